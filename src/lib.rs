@@ -1,0 +1,8 @@
+//! pulsewatch: an event-time stream processor on Apache Kafka that watches a fleet of
+//! applications through their heartbeats.
+//!
+//! Module map:
+//! - [`heartbeat`]: the heartbeat record and its validation rules.
+//! - [`codec`]: Avro single-object and JSON encodings on the wire.
+pub mod codec;
+pub mod heartbeat;
