@@ -5,4 +5,5 @@
 //! - [`heartbeat`]: the heartbeat record and its validation rules.
 //! - [`codec`]: Avro single-object and JSON encodings on the wire.
 pub mod codec;
+pub mod config;
 pub mod heartbeat;

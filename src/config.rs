@@ -1,0 +1,429 @@
+//! The one validated configuration: defaults in code, then `pulsewatch.toml`, then
+//! `PULSEWATCH_<SECTION>_<KEY>` environment overrides.
+//!
+//! Unknown keys, in the file or in the environment, are rejected with the key named; so are
+//! values that do not parse or make no sense. `pulsewatch.toml` at the repository root
+//! documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Environment variable naming the config file (the `--config` flag wins over it).
+pub const CONFIG_ENV: &str = "PULSEWATCH_CONFIG";
+const ENV_PREFIX: &str = "PULSEWATCH_";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("environment variable {var}: {problem}")]
+    Env { var: String, problem: String },
+    #[error("config key {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), problem: problem.into() }
+}
+
+/// Everything pulsewatch can be told.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    pub http: HttpConfig,
+    pub input: InputConfig,
+    pub retention: RetentionConfig,
+}
+
+/// The Kafka cluster and how pulsewatch names its topics there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Prepended to every topic and consumer-group name, so that several deployments (or
+    /// tests) share one cluster without seeing each other's data.
+    pub topic_prefix: String,
+    /// `client.id` of every client pulsewatch creates.
+    pub client_id: String,
+    /// Raw librdkafka properties (security, tuning), applied to every client.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            client_id: "pulsewatch".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The full name of a topic or group: the prefix, then the base name.
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{}", self.topic_prefix, base)
+    }
+
+    /// A librdkafka client config with the brokers, the client id and the raw properties.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers).set("client.id", &self.client_id);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// The PostgreSQL database the sink writes and analysts read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A libpq-style URL, `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// The schema every table, view and partition lives in (created when missing).
+    pub schema: String,
+    /// Largest number of connections in the pool.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://postgres@127.0.0.1:54329/pulsewatch".into(),
+            schema: "pulsewatch".into(),
+            pool_size: 8,
+        }
+    }
+}
+
+/// The HTTP endpoint for metrics and health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address `/metrics`, `/healthz` and `/readyz` listen on.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// What counts as valid input on `heartbeats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// A beat whose `sent_at` is further than this from the record's broker timestamp is
+    /// invalid input (dead-lettered), in milliseconds. Default 24 h.
+    pub max_sent_at_drift_ms: i64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig { max_sent_at_drift_ms: crate::codec::DEFAULT_MAX_DRIFT_MS }
+    }
+}
+
+/// How long PostgreSQL keeps data, and how far ahead partitions are created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days of raw `heartbeat_event` partitions kept.
+    pub raw_days: u32,
+    /// Days of `metric_rollup_1m` partitions kept.
+    pub rollup_days: u32,
+    /// Months of `alert_event` partitions kept; 0 keeps them all.
+    pub alert_months: u32,
+    /// Days of daily partitions created ahead of today.
+    pub days_ahead: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { raw_days: 7, rollup_days: 90, alert_months: 0, days_ahead: 3 }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then `PULSEWATCH_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                    path: path.display().to_string(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut tree, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().message().to_owned())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process environment and the file `--config`, `PULSEWATCH_CONFIG` or
+    /// `./pulsewatch.toml` names, in that order of preference.
+    pub fn from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_file = std::env::var_os(CONFIG_ENV).map(std::path::PathBuf::from);
+        let default_file = Path::new("pulsewatch.toml");
+        let chosen = file
+            .map(Path::to_path_buf)
+            .or(env_file)
+            .or_else(|| default_file.exists().then(|| default_file.to_path_buf()));
+        Config::load(chosen.as_deref(), std::env::vars())
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(invalid("kafka.brokers", "must list at least one host:port, comma-separated"));
+        }
+        if !self.kafka.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(invalid(
+                "kafka.topic_prefix",
+                "may hold only ASCII letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if self.kafka.topic_prefix.len() > 200 {
+            return Err(invalid("kafka.topic_prefix", "is longer than 200 characters"));
+        }
+        self.postgres
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| invalid("postgres.url", format!("is not a valid PostgreSQL URL: {e}")))?;
+        if !is_sql_identifier(&self.postgres.schema) {
+            return Err(invalid(
+                "postgres.schema",
+                "must be a lower-case SQL identifier: a-z or _, then a-z, 0-9 or _, at most 63 bytes",
+            ));
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", "must be at least 1"));
+        }
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("http.listen", format!("is not an address like 127.0.0.1:9464: {e}")))?;
+        if self.input.max_sent_at_drift_ms <= 0 {
+            return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
+        }
+        for (key, days) in [
+            ("retention.raw_days", self.retention.raw_days),
+            ("retention.rollup_days", self.retention.rollup_days),
+        ] {
+            if days == 0 {
+                return Err(invalid(key, "must be at least 1 day"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, with passwords and secrets replaced by `****`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.postgres.url = mask_url_password(&shown.postgres.url);
+        for (k, v) in shown.kafka.properties.iter_mut() {
+            let k = k.to_ascii_lowercase();
+            if ["password", "secret", "token", "key"].iter().any(|s| k.contains(s))
+                && !k.ends_with(".location")
+            {
+                *v = "****".into();
+            }
+        }
+        toml::to_string_pretty(&shown).expect("the config always serialises")
+    }
+}
+
+/// Whether `s` can name a schema without quoting.
+pub fn is_sql_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else { return url.to_owned() };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}{}:****{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Applies `PULSEWATCH_<SECTION>_<KEY>` overrides; the value's type is the default's.
+fn apply_env(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+    let mut vars: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV).collect();
+    vars.sort();
+    for (var, value) in vars {
+        let env_err = |problem: String| ConfigError::Env { var: var.clone(), problem };
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            return Err(env_err("is not of the form PULSEWATCH_<SECTION>_<KEY>".into()));
+        };
+        let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
+            let known: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            return Err(env_err(format!("unknown section {section:?} (known: {})", known.join(", "))));
+        };
+        let typed = match section_defaults.get(key) {
+            None => {
+                let known: Vec<&str> = section_defaults.keys().map(String::as_str).collect();
+                return Err(env_err(format!("unknown key {section}.{key} (known: {})", known.join(", "))));
+            }
+            Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
+            Some(toml::Value::Integer(_)) => toml::Value::Integer(
+                value.trim().parse().map_err(|_| env_err(format!("{value:?} is not an integer")))?,
+            ),
+            Some(toml::Value::Float(_)) => toml::Value::Float(
+                value.trim().parse().map_err(|_| env_err(format!("{value:?} is not a number")))?,
+            ),
+            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+                value.trim().parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?,
+            ),
+            Some(_) => return Err(env_err(format!("{section}.{key} is a table: set it in the config file"))),
+        };
+        let table = tree
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| invalid(section, "must be a table"))?;
+        table.insert(key.to_owned(), typed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_str(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("pulsewatch-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.toml", text.len() ^ vars.len() << 16 ^ text.as_ptr() as usize));
+        std::fs::write(&path, text).unwrap();
+        let result = Config::load(Some(&path), env(vars));
+        std::fs::remove_file(&path).ok();
+        result
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::load(None, env(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_file_is_valid_and_documents_every_key() {
+        let text = include_str!("../pulsewatch.toml");
+        let config = load_str(text, &[]).unwrap();
+        assert_eq!(config, Config::default(), "pulsewatch.toml shows the defaults");
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            assert!(text.contains(&format!("[{section}]")), "section {section} missing");
+            for key in keys.as_table().unwrap().keys() {
+                let documented =
+                    text.contains(&format!("\n{key} =")) || text.contains(&format!("[{section}.{key}]"));
+                assert!(documented, "key {section}.{key} not documented");
+            }
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load_str(
+            "[kafka]\nbrokers = \"file:9092\"\n",
+            &[
+                ("PULSEWATCH_KAFKA_BROKERS", "env:9092"),
+                ("PULSEWATCH_KAFKA_TOPIC_PREFIX", "t1."),
+                ("PULSEWATCH_POSTGRES_URL", "postgres://u:secret@db:5432/x"),
+                ("PULSEWATCH_POSTGRES_SCHEMA", "test_1"),
+                ("PULSEWATCH_POSTGRES_POOL_SIZE", "3"),
+                ("PULSEWATCH_HTTP_LISTEN", "0.0.0.0:9000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "env:9092");
+        assert_eq!(c.kafka.topic_prefix, "t1.");
+        assert_eq!(c.postgres.schema, "test_1");
+        assert_eq!(c.postgres.pool_size, 3);
+        assert_eq!(c.http.listen, "0.0.0.0:9000");
+        assert_eq!(c.kafka.name("heartbeats"), "t1.heartbeats");
+    }
+
+    #[test]
+    fn names_an_unknown_key_in_the_file() {
+        let err = load_str("[kafka]\nbrokerz = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("kafka") && err.contains("brokerz"), "{err}");
+        let err = load_str("[kafak]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn names_an_unknown_environment_variable() {
+        let err = Config::load(None, env(&[("PULSEWATCH_KAFKA_BROKER", "x")])).unwrap_err().to_string();
+        assert!(err.contains("PULSEWATCH_KAFKA_BROKER") && err.contains("kafka.broker"), "{err}");
+        let err = Config::load(None, env(&[("PULSEWATCH_NOPE_X", "x")])).unwrap_err().to_string();
+        assert!(err.contains("unknown section"), "{err}");
+    }
+
+    #[test]
+    fn names_a_bad_value() {
+        let err =
+            Config::load(None, env(&[("PULSEWATCH_POSTGRES_POOL_SIZE", "many")])).unwrap_err().to_string();
+        assert!(err.contains("PULSEWATCH_POSTGRES_POOL_SIZE") && err.contains("not an integer"), "{err}");
+        let err =
+            Config::load(None, env(&[("PULSEWATCH_HTTP_LISTEN", "localhost")])).unwrap_err().to_string();
+        assert!(err.contains("http.listen"), "{err}");
+        let err =
+            Config::load(None, env(&[("PULSEWATCH_POSTGRES_SCHEMA", "Drop Table")])).unwrap_err().to_string();
+        assert!(err.contains("postgres.schema"), "{err}");
+        let err = load_str("[postgres]\npool_size = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("postgres.pool_size"), "{err}");
+        let err = load_str("[retention]\nraw_days = 0\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("retention.raw_days"), "{err}");
+    }
+
+    #[test]
+    fn show_masks_secrets() {
+        let mut c = Config::default();
+        c.postgres.url = "postgres://app:hunter2@db:5432/pw".into();
+        c.kafka.properties.insert("sasl.password".into(), "hunter3".into());
+        c.kafka.properties.insert("ssl.ca.location".into(), "/etc/ca.pem".into());
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("postgres://app:****@db:5432/pw"), "{shown}");
+        assert!(shown.contains("/etc/ca.pem"), "{shown}");
+    }
+}
