@@ -4,6 +4,11 @@
 //! Module map:
 //! - [`heartbeat`]: the heartbeat record and its validation rules.
 //! - [`codec`]: Avro single-object and JSON encodings on the wire.
+//! - [`config`]: the validated configuration (file, then environment).
+//! - [`topology`]: the declared Kafka topics, their creation and drift.
+//! - [`store`]: PostgreSQL connection, migrations and time partitions.
 pub mod codec;
 pub mod config;
 pub mod heartbeat;
+pub mod store;
+pub mod topology;

@@ -1,0 +1,72 @@
+//! PostgreSQL: connecting, the schema's migrations ([`migrate`]) and its time partitions
+//! ([`partitions`]).
+
+pub mod migrate;
+pub mod partitions;
+
+use thiserror::Error;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{PostgresConfig, is_sql_identifier};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("{what}: {source}")]
+    Query {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {shipped} shipped)"
+    )]
+    ChecksumMismatch { version: i32, name: String, applied: String, shipped: String },
+    #[error("schema name {0:?} is not a plain lower-case SQL identifier")]
+    BadSchema(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database is down or overloaded), as opposed
+    /// to a problem that needs a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect(_) => true,
+            StoreError::Query { source, .. } => source.is_closed() || source.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// Adds what a failing statement was meant to do.
+pub(crate) trait QueryContext<T> {
+    fn doing(self, what: impl Into<String>) -> Result<T, StoreError>;
+}
+
+impl<T> QueryContext<T> for Result<T, tokio_postgres::Error> {
+    fn doing(self, what: impl Into<String>) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { what: what.into(), source })
+    }
+}
+
+/// Opens one connection (its driver runs on a spawned task).
+pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
+    let (client, connection) =
+        tokio_postgres::connect(&config.url, NoTls).await.map_err(StoreError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The schema name, double-quoted for SQL, after checking it is a plain identifier.
+pub fn quoted_schema(schema: &str) -> Result<String, StoreError> {
+    if is_sql_identifier(schema) {
+        Ok(format!("\"{schema}\""))
+    } else {
+        Err(StoreError::BadSchema(schema.to_owned()))
+    }
+}

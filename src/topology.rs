@@ -1,0 +1,257 @@
+//! The Kafka topics pulsewatch declares (`topology/topics.toml`), their creation, and drift
+//! detection against what the cluster actually has.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::config::KafkaConfig;
+
+/// The topology shipped with pulsewatch.
+pub const BUILTIN: &str = include_str!("../topology/topics.toml");
+
+/// Base names of the topics, as the rest of the code refers to them.
+pub mod names {
+    pub const HEARTBEATS: &str = "heartbeats";
+    pub const ALERTS: &str = "alerts";
+    pub const APP_STATE: &str = "app-state";
+    pub const METRICS_1M: &str = "metrics-1m";
+    pub const HEARTBEATS_DLQ: &str = "heartbeats-dlq";
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Error)]
+pub enum TopologyError {
+    #[error("topology file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    Create { topic: String, code: RDKafkaErrorCode },
+    #[error("describing topic {topic} failed: {problem}")]
+    Describe { topic: String, problem: String },
+}
+
+/// One declared topic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Base name; the configured prefix is put in front of it.
+    pub name: String,
+    pub partitions: i32,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Every declared topic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    #[serde(rename = "topic")]
+    pub topics: Vec<TopicSpec>,
+}
+
+fn default_replication_factor() -> i32 {
+    1
+}
+
+/// A difference between what is declared and what the cluster has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Drift {
+    Missing { topic: String },
+    Partitions { topic: String, declared: i32, actual: i32 },
+    Config { topic: String, key: String, declared: String, actual: Option<String> },
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Missing { topic } => write!(f, "{topic}: missing"),
+            Drift::Partitions { topic, declared, actual } => {
+                write!(f, "{topic}: {actual} partitions, declared {declared}")
+            }
+            Drift::Config { topic, key, declared, actual } => {
+                write!(f, "{topic}: {key} is {}, declared {declared}", actual.as_deref().unwrap_or("unset"))
+            }
+        }
+    }
+}
+
+/// What `apply` or `check` found and did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<Drift>,
+}
+
+impl Topology {
+    pub fn builtin() -> Topology {
+        Topology::parse(BUILTIN, "topology/topics.toml").expect("the shipped topology parses")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TopologyError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        Topology::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Topology, TopologyError> {
+        let parse_err = |message: String| TopologyError::Parse { path: path.to_owned(), message };
+        let t: Topology = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for spec in &t.topics {
+            if spec.partitions < 1 {
+                return Err(parse_err(format!("topic {}: partitions must be at least 1", spec.name)));
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn topic(&self, base: &str) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.name == base)
+    }
+}
+
+/// An admin client for the configured cluster.
+pub fn admin_client(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    kafka.client_config().create()
+}
+
+/// Creates the missing topics and reports drift on the existing ones.
+pub async fn apply(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, TopologyError> {
+    let admin = admin_client(kafka)?;
+    let mut report = inspect(&admin, kafka, topology).await?;
+    let missing: Vec<String> = report
+        .drift
+        .iter()
+        .filter_map(|d| match d {
+            Drift::Missing { topic } => Some(topic.clone()),
+            _ => None,
+        })
+        .collect();
+    report.drift.retain(|d| !matches!(d, Drift::Missing { .. }));
+    let specs: Vec<(&String, &TopicSpec)> = missing
+        .iter()
+        .map(|full| {
+            let spec = topology.topics.iter().find(|t| kafka.name(&t.name) == *full).expect("declared");
+            (full, spec)
+        })
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|(full, spec)| {
+            let mut t =
+                NewTopic::new(full, spec.partitions, TopicReplication::Fixed(topology.replication_factor));
+            for (k, v) in &spec.config {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    if !new_topics.is_empty() {
+        let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+        for result in admin.create_topics(new_topics.iter(), &opts).await? {
+            match result {
+                Ok(topic) => report.created.push(topic),
+                // Another instance created it between our look and our create: fine.
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.unchanged.push(topic),
+                Err((topic, code)) => return Err(TopologyError::Create { topic, code }),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Reports drift (missing topics included) without changing anything.
+pub async fn check(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, TopologyError> {
+    let admin = admin_client(kafka)?;
+    inspect(&admin, kafka, topology).await
+}
+
+async fn inspect(
+    admin: &AdminClient<DefaultClientContext>,
+    kafka: &KafkaConfig,
+    topology: &Topology,
+) -> Result<Report, TopologyError> {
+    let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, TIMEOUT))?;
+    let mut report = Report::default();
+    let mut existing = Vec::new();
+    for spec in &topology.topics {
+        let full = kafka.name(&spec.name);
+        match metadata.topics().iter().find(|t| t.name() == full) {
+            None => report.drift.push(Drift::Missing { topic: full }),
+            Some(t) => {
+                let actual = t.partitions().len() as i32;
+                if actual != spec.partitions {
+                    report.drift.push(Drift::Partitions {
+                        topic: full.clone(),
+                        declared: spec.partitions,
+                        actual,
+                    });
+                }
+                existing.push((full, spec));
+            }
+        }
+    }
+    if existing.is_empty() {
+        return Ok(report);
+    }
+    let resources: Vec<ResourceSpecifier<'_>> =
+        existing.iter().map(|(full, _)| ResourceSpecifier::Topic(full.as_str())).collect();
+    let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let described = admin.describe_configs(resources.iter(), &opts).await?;
+    for ((full, spec), result) in existing.iter().zip(described) {
+        let resource = result
+            .map_err(|code| TopologyError::Describe { topic: full.clone(), problem: code.to_string() })?;
+        let before = report.drift.len();
+        for (key, declared) in &spec.config {
+            let actual = resource.get(key).and_then(|e| e.value.clone());
+            if actual.as_deref() != Some(declared.as_str()) {
+                report.drift.push(Drift::Config {
+                    topic: full.clone(),
+                    key: key.clone(),
+                    declared: declared.clone(),
+                    actual,
+                });
+            }
+        }
+        let partitions_drift = report.drift[..before]
+            .iter()
+            .any(|d| matches!(d, Drift::Partitions { topic, .. } if topic == full));
+        if report.drift.len() == before && !partitions_drift {
+            report.unchanged.push(full.clone());
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_declares_every_topic_of_the_design() {
+        let t = Topology::builtin();
+        for name in
+            [names::HEARTBEATS, names::ALERTS, names::APP_STATE, names::METRICS_1M, names::HEARTBEATS_DLQ]
+        {
+            assert!(t.topic(name).is_some(), "{name} not declared");
+        }
+        assert_eq!(t.topic(names::APP_STATE).unwrap().config["cleanup.policy"], "compact");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_zero_partitions() {
+        assert!(Topology::parse("[[topic]]\nname='a'\npartitions=1\nfoo=1\n", "x").is_err());
+        assert!(Topology::parse("[[topic]]\nname='a'\npartitions=0\n", "x").is_err());
+    }
+}
