@@ -10,5 +10,7 @@
 pub mod codec;
 pub mod config;
 pub mod heartbeat;
+pub mod loadgen;
 pub mod store;
+pub mod tally;
 pub mod topology;

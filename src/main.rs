@@ -1,1 +1,305 @@
-fn main() {}
+//! The `pulsewatch` command: parses the command line, sets up logging, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use pulsewatch::codec::Encoding;
+use pulsewatch::config::Config;
+use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
+use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
+use pulsewatch::store;
+use pulsewatch::tally;
+use pulsewatch::topology::{self, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "pulsewatch",
+    version,
+    about = "Watches a fleet of applications through their heartbeats on Kafka"
+)]
+struct Cli {
+    /// Config file (default: $PULSEWATCH_CONFIG, else ./pulsewatch.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Create the declared Kafka topics, or check them for drift.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Apply the SQL migrations not yet applied, then create the time partitions.
+    Migrate,
+    /// Time partitions of heartbeat_event, metric_rollup_1m and alert_event.
+    Partitions {
+        #[command(subcommand)]
+        action: PartitionsAction,
+    },
+    /// Publish synthetic heartbeats, with faults, and write a ground-truth manifest.
+    Loadgen(LoadgenArgs),
+    /// Read the heartbeats topic to its end and say what is there, beside a manifest.
+    Summary {
+        /// A loadgen manifest to compare with.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Give up reading after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the effective config as TOML, secrets masked.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Create missing topics; report existing ones whose settings differ.
+    Apply {
+        /// Topology file (default: the shipped topology/topics.toml).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Exit non-zero if a topic is missing or differs from the declaration.
+    Check {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PartitionsAction {
+    /// Create partitions ahead and drop those past the retention.
+    Maintain {
+        /// Act as if today were this UTC date (YYYY-MM-DD).
+        #[arg(long)]
+        today: Option<chrono::NaiveDate>,
+    },
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    /// Number of applications.
+    #[arg(long, default_value_t = 100)]
+    apps: usize,
+    /// Instances per application.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
+    /// Heartbeat period of every instance.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Upper bound on records per second (default: as fast as the scenario needs).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live run, after any backfill, for this long.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many beats.
+    #[arg(long)]
+    count: Option<u64>,
+    /// History whose event times end now, written as fast as possible (e.g. 2h).
+    #[arg(long, value_parser = parse_duration)]
+    backfill: Option<Duration>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// avro or json.
+    #[arg(long, default_value = "avro")]
+    encoding: Encoding,
+    /// A fault: KIND:APP[/INSTANCE]@START[+LENGTH], e.g. crash:3/0@10m+5m (repeatable).
+    #[arg(long = "fault")]
+    faults: Vec<FaultSpec>,
+    /// Give applications 0..16 one scenario each (crash, clean-stop, restart, memory-high, ...).
+    #[arg(long)]
+    mix: bool,
+    /// Where to write the ground-truth manifest (JSON).
+    #[arg(long, default_value = "pulsewatch-output/manifest.json")]
+    manifest: PathBuf,
+    /// Application ids are this prefix and a zero-padded index.
+    #[arg(long, default_value = "app-")]
+    app_prefix: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::from_process(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Config { action: ConfigAction::Show } => print!("{}", config.to_masked_toml()),
+        Command::Topology { action } => {
+            let (file, check_only) = match action {
+                TopologyAction::Apply { file } => (file, false),
+                TopologyAction::Check { file } => (file, true),
+            };
+            let declared = match file {
+                Some(path) => Topology::from_file(&path)?,
+                None => Topology::builtin(),
+            };
+            let report = runtime.block_on(async {
+                if check_only {
+                    topology::check(&config.kafka, &declared).await
+                } else {
+                    topology::apply(&config.kafka, &declared).await
+                }
+            })?;
+            for t in &report.created {
+                println!("created   {t}");
+            }
+            for t in &report.unchanged {
+                println!("ok        {t}");
+            }
+            for d in &report.drift {
+                println!("drift     {d}");
+            }
+            if check_only && !report.drift.is_empty() {
+                eprintln!("{} difference(s) from the declared topology", report.drift.len());
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Migrate => runtime.block_on(async {
+            let mut client = store::connect(&config.postgres).await?;
+            let applied = store::migrate::migrate(&mut client, &config.postgres.schema).await?;
+            if applied.is_empty() {
+                println!("schema {}: up to date", config.postgres.schema);
+            }
+            for v in applied {
+                println!("schema {}: applied migration {v}", config.postgres.schema);
+            }
+            let today = chrono::Utc::now().date_naive();
+            let report =
+                store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
+                    .await?;
+            println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
+            anyhow::Ok(())
+        })?,
+        Command::Partitions { action: PartitionsAction::Maintain { today } } => runtime.block_on(async {
+            let mut client = store::connect(&config.postgres).await?;
+            let today = today.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            let report =
+                store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
+                    .await?;
+            for p in &report.created {
+                println!("created   {p}");
+            }
+            for p in &report.dropped {
+                println!("dropped   {p}");
+            }
+            println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
+            anyhow::Ok(())
+        })?,
+        Command::Loadgen(args) => {
+            let opts = LoadgenOptions {
+                apps: args.apps,
+                instances: args.instances,
+                interval: args.interval,
+                rate: args.rate,
+                duration: args.duration,
+                count: args.count,
+                seed: args.seed,
+                encoding: args.encoding,
+                faults: args.faults,
+                mix: args.mix,
+                backfill: args.backfill,
+                manifest: Some(args.manifest.clone()),
+                app_prefix: args.app_prefix,
+                now_ms: None,
+                progress: !args.quiet,
+            };
+            let m = loadgen::run(&config.kafka, &opts)?;
+            println!(
+                "loadgen: {} beats and {} poison records to {} in {:.1} s ({:.0} records/s); {} faults; manifest {}",
+                m.beats_total,
+                m.poison_total,
+                m.topic,
+                m.wall_seconds,
+                m.achieved_rate,
+                m.faults.len(),
+                args.manifest.display()
+            );
+        }
+        Command::Summary { manifest, timeout } => {
+            let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
+            let t = tally::tally_topic(&config.kafka, &topic, config.input.max_sent_at_drift_ms, timeout)?;
+            println!(
+                "topic {topic}: {} records, {} valid heartbeats from {} applications",
+                t.records,
+                t.decoded,
+                t.beats_per_app.len()
+            );
+            for (code, n) in &t.errors_by_code {
+                println!("  rejected ({code}): {n}");
+            }
+            if let (Some(lo), Some(hi)) = (t.min_sent_at_ms, t.max_sent_at_ms) {
+                println!("  event time spans {:.1} minutes", (hi - lo) as f64 / 60_000.0);
+            }
+            let split = t.partitions_per_app.values().filter(|p| p.len() > 1).count();
+            println!(
+                "  keys not equal to app_id: {}; applications spread over several partitions: {split}",
+                t.key_mismatches
+            );
+            if let Some(path) = manifest {
+                let m = Manifest::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let matching =
+                    m.per_app.iter().filter(|(app, c)| t.beats_per_app.get(*app) == Some(&c.beats)).count();
+                println!(
+                    "  manifest {}: {} beats, {} poison, {} faults; per-app counts match for {matching} of {} applications",
+                    path.display(),
+                    m.beats_total,
+                    m.poison_total,
+                    m.faults.len(),
+                    m.per_app.len()
+                );
+                for f in &m.faults {
+                    println!(
+                        "    fault {:<16} {:<12} {:<16} expects {}",
+                        f.kind,
+                        f.app_id,
+                        f.instance_id.as_deref().unwrap_or("(all instances)"),
+                        if f.expected_alerts.is_empty() {
+                            "no alert".to_owned()
+                        } else {
+                            f.expected_alerts.join(", ")
+                        }
+                    );
+                }
+                if matching != m.per_app.len() {
+                    bail!("the topic does not hold what the manifest says was produced");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

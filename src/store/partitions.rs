@@ -138,13 +138,11 @@ pub async fn maintain(
             report.created.push(name);
         }
         for name in &existing {
-            if let Some(start) = parse_partition(&plan, name) {
-                if expired(&plan, start, today) {
-                    tx.batch_execute(&format!("DROP TABLE {q}.\"{name}\""))
-                        .await
-                        .doing(format!("dropping partition {name}"))?;
-                    report.dropped.push(name.clone());
-                }
+            if parse_partition(&plan, name).is_some_and(|start| expired(&plan, start, today)) {
+                tx.batch_execute(&format!("DROP TABLE {q}.\"{name}\""))
+                    .await
+                    .doing(format!("dropping partition {name}"))?;
+                report.dropped.push(name.clone());
             }
         }
     }

@@ -1,0 +1,125 @@
+//! Reads a heartbeat topic from its beginning to its current end and counts what is there:
+//! records per application and instance, decode errors by code, keys that are not the
+//! app_id. The summary a demo prints, and how tests check what reached Kafka.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use thiserror::Error;
+
+use crate::codec;
+use crate::config::KafkaConfig;
+
+#[derive(Debug, Error)]
+pub enum TallyError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("reading {topic} did not reach its end within {secs} s ({read} of {expected} records)")]
+    Timeout { topic: String, secs: u64, read: u64, expected: u64 },
+}
+
+/// What a topic holds.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    pub records: u64,
+    pub decoded: u64,
+    pub beats_per_app: BTreeMap<String, u64>,
+    pub beats_per_instance: BTreeMap<(String, String), u64>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Records whose key is not their app_id (should stay 0).
+    pub key_mismatches: u64,
+    /// Partitions each application's beats were found on (one each when keys are right).
+    pub partitions_per_app: BTreeMap<String, BTreeSet<i32>>,
+    pub min_sent_at_ms: Option<i64>,
+    pub max_sent_at_ms: Option<i64>,
+}
+
+/// Reads `topic` to the end it had when the call began. Blocking.
+pub fn tally_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    max_drift_ms: i64,
+    timeout: Duration,
+) -> Result<Tally, TallyError> {
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", kafka.name("tally"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .filter(|p: &Vec<i32>| !p.is_empty())
+        .ok_or_else(|| TallyError::NoTopic(topic.to_owned()))?;
+    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut expected = 0u64;
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+        if high > low {
+            remaining.insert(p, high);
+            expected += (high - low) as u64;
+            assignment.add_partition_offset(topic, p, Offset::Offset(low))?;
+        }
+    }
+    let mut tally = Tally::default();
+    if remaining.is_empty() {
+        return Ok(tally);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + timeout;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(TallyError::Timeout {
+                topic: topic.to_owned(),
+                secs: timeout.as_secs(),
+                read: tally.records,
+                expected,
+            });
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            // Transaction markers take offsets too: a partition whose position reached the
+            // end is done even if its last offset was not a record.
+            let position = consumer.position()?;
+            remaining.retain(|&p, &mut high| {
+                !matches!(position.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= high)
+            });
+            continue;
+        };
+        let msg = msg?;
+        let partition = msg.partition();
+        tally.records += 1;
+        let reference = msg.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        match codec::decode(msg.payload().unwrap_or_default(), reference, max_drift_ms) {
+            Ok(beat) => {
+                tally.decoded += 1;
+                if msg.key() != Some(beat.app_id.as_bytes()) {
+                    tally.key_mismatches += 1;
+                }
+                tally.min_sent_at_ms =
+                    Some(tally.min_sent_at_ms.map_or(beat.sent_at, |m| m.min(beat.sent_at)));
+                tally.max_sent_at_ms =
+                    Some(tally.max_sent_at_ms.map_or(beat.sent_at, |m| m.max(beat.sent_at)));
+                tally.partitions_per_app.entry(beat.app_id.clone()).or_default().insert(partition);
+                *tally.beats_per_app.entry(beat.app_id.clone()).or_default() += 1;
+                *tally.beats_per_instance.entry((beat.app_id, beat.instance_id)).or_default() += 1;
+            }
+            Err(e) => *tally.errors_by_code.entry(e.code().to_owned()).or_default() += 1,
+        }
+        if remaining.get(&partition).is_some_and(|&high| msg.offset() + 1 >= high) {
+            remaining.remove(&partition);
+        }
+    }
+    Ok(tally)
+}
