@@ -1,0 +1,74 @@
+//! `topology apply` and `check` against the real broker.
+
+mod common;
+
+use std::time::Duration;
+
+use pulsewatch::topology::{self, Drift, Topology};
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+
+#[test]
+fn apply_creates_what_is_missing_and_twice_changes_nothing() {
+    let config = common::isolated_config("topology_apply");
+    let declared = Topology::builtin();
+    common::runtime().block_on(async {
+        let before = topology::check(&config.kafka, &declared).await.unwrap();
+        assert_eq!(before.drift.len(), declared.topics.len(), "every topic is missing at first: {:?}", before.drift);
+        assert!(before.drift.iter().all(|d| matches!(d, Drift::Missing { .. })));
+
+        let first = topology::apply(&config.kafka, &declared).await.unwrap();
+        let mut created = first.created.clone();
+        created.sort();
+        let mut expected: Vec<String> = declared.topics.iter().map(|t| config.kafka.name(&t.name)).collect();
+        expected.sort();
+        assert_eq!(created, expected);
+        assert!(first.drift.is_empty(), "{:?}", first.drift);
+
+        let second = topology::apply(&config.kafka, &declared).await.unwrap();
+        assert!(second.created.is_empty(), "second apply created {:?}", second.created);
+        assert!(second.drift.is_empty(), "{:?}", second.drift);
+        assert_eq!(second.unchanged.len(), declared.topics.len());
+
+        let check = topology::check(&config.kafka, &declared).await.unwrap();
+        assert!(check.drift.is_empty(), "{:?}", check.drift);
+    });
+}
+
+#[test]
+fn a_changed_setting_is_reported_as_drift() {
+    let config = common::isolated_config("topology_drift");
+    let declared = Topology::builtin();
+    common::runtime().block_on(async {
+        topology::apply(&config.kafka, &declared).await.unwrap();
+        let alerts = config.kafka.name("alerts");
+        let admin = topology::admin_client(&config.kafka).unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(&alerts)).set("retention.ms", "3600000");
+        let results = admin
+            .alter_configs([&change], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+        let mut drift = Vec::new();
+        for _ in 0..50 {
+            drift = topology::check(&config.kafka, &declared).await.unwrap().drift;
+            if !drift.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            drift,
+            vec![Drift::Config {
+                topic: alerts.clone(),
+                key: "retention.ms".into(),
+                declared: "2592000000".into(),
+                actual: Some("3600000".into()),
+            }]
+        );
+        // apply reports it too, and does not paper over it.
+        let report = topology::apply(&config.kafka, &declared).await.unwrap();
+        assert_eq!(report.drift.len(), 1, "{:?}", report.drift);
+        assert!(report.created.is_empty());
+    });
+}
