@@ -26,7 +26,10 @@ fn text(bytes: &[u8]) -> String {
 fn config_show_prints_overrides_with_secrets_masked() {
     let out = pulsewatch(
         &["config", "show"],
-        &[("PULSEWATCH_POSTGRES_URL", "postgres://pw:hunter2@db:5432/x"), ("PULSEWATCH_KAFKA_TOPIC_PREFIX", "prod.")],
+        &[
+            ("PULSEWATCH_POSTGRES_URL", "postgres://pw:hunter2@db:5432/x"),
+            ("PULSEWATCH_KAFKA_TOPIC_PREFIX", "prod."),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);

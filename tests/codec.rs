@@ -114,8 +114,15 @@ fn each_bad_input_class_has_its_own_error() {
             b[2] ^= 1;
             b
         }),
-        ("missing_field", br#"{"app_id":"a","instance_id":"i","sent_at":1,"interval_ms":1000,"status":"OK"}"#.to_vec()),
-        ("mistyped_field", br#"{"app_id":"a","instance_id":"i","seq":1,"sent_at":"x","interval_ms":1000,"status":"OK"}"#.to_vec()),
+        (
+            "missing_field",
+            br#"{"app_id":"a","instance_id":"i","sent_at":1,"interval_ms":1000,"status":"OK"}"#.to_vec(),
+        ),
+        (
+            "mistyped_field",
+            br#"{"app_id":"a","instance_id":"i","seq":1,"sent_at":"x","interval_ms":1000,"status":"OK"}"#
+                .to_vec(),
+        ),
         ("ratio_out_of_range", avro::encode(&with(&|b| b.cpu_ratio = Some(1.5)))),
         ("negative_value", json::encode(&with(&|b| b.requests_total = Some(-5)))),
         ("negative_value", avro::encode(&with(&|b| b.threads = Some(-1)))),

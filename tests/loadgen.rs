@@ -19,7 +19,8 @@ fn prepare(test: &str) -> Config {
 
 fn read_back(config: &Config) -> Tally {
     let topic = config.kafka.name(names::HEARTBEATS);
-    tally::tally_topic(&config.kafka, &topic, config.input.max_sent_at_drift_ms, Duration::from_secs(120)).unwrap()
+    tally::tally_topic(&config.kafka, &topic, config.input.max_sent_at_drift_ms, Duration::from_secs(120))
+        .unwrap()
 }
 
 fn assert_matches_manifest(t: &Tally, m: &Manifest) {
@@ -28,7 +29,11 @@ fn assert_matches_manifest(t: &Tally, m: &Manifest) {
     for (app, counts) in &m.per_app {
         assert_eq!(t.beats_per_app.get(app), Some(&counts.beats), "beats of {app}");
         for (instance, c) in &counts.instances {
-            assert_eq!(t.beats_per_instance.get(&(app.clone(), instance.clone())), Some(&c.beats), "{instance}");
+            assert_eq!(
+                t.beats_per_instance.get(&(app.clone(), instance.clone())),
+                Some(&c.beats),
+                "{instance}"
+            );
         }
     }
     assert_eq!(t.beats_per_app.len(), m.per_app.len());
@@ -53,12 +58,20 @@ fn a_two_hour_backfill_spans_two_hours_and_matches_its_manifest() {
         ..LoadgenOptions::default()
     };
     let m = loadgen::run(&config.kafka, &opts).unwrap();
-    assert_eq!(Manifest::read(&dir.join("manifest.json")).unwrap(), m, "the manifest on disk is the one returned");
+    assert_eq!(
+        Manifest::read(&dir.join("manifest.json")).unwrap(),
+        m,
+        "the manifest on disk is the one returned"
+    );
     assert!(m.poison_total > 0, "the mix includes poison");
     assert_eq!(m.faults.len(), 17);
     let t = read_back(&config);
     assert_matches_manifest(&t, &m);
-    assert_eq!(t.errors_by_code.values().sum::<u64>(), m.poison_total, "poison, and only poison, is rejected");
+    assert_eq!(
+        t.errors_by_code.values().sum::<u64>(),
+        m.poison_total,
+        "poison, and only poison, is rejected"
+    );
     let span = t.max_sent_at_ms.unwrap() - t.min_sent_at_ms.unwrap();
     let interval = i64::from(m.interval_ms);
     assert!(span > 2 * 3_600_000 - 2 * interval && span <= 2 * 3_600_000, "event time spans {span} ms");

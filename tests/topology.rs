@@ -13,7 +13,12 @@ fn apply_creates_what_is_missing_and_twice_changes_nothing() {
     let declared = Topology::builtin();
     common::runtime().block_on(async {
         let before = topology::check(&config.kafka, &declared).await.unwrap();
-        assert_eq!(before.drift.len(), declared.topics.len(), "every topic is missing at first: {:?}", before.drift);
+        assert_eq!(
+            before.drift.len(),
+            declared.topics.len(),
+            "every topic is missing at first: {:?}",
+            before.drift
+        );
         assert!(before.drift.iter().all(|d| matches!(d, Drift::Missing { .. })));
 
         let first = topology::apply(&config.kafka, &declared).await.unwrap();

@@ -9,8 +9,15 @@ use pulsewatch::config::Config;
 
 /// A config pointing at the local stack, with a topic prefix and schema of this test's own.
 pub fn isolated_config(test: &str) -> Config {
-    let mut config = Config::load(None, std::env::vars().filter(|(k, _)| k.starts_with("PULSEWATCH_") && k != "PULSEWATCH_KAFKA_TOPIC_PREFIX" && k != "PULSEWATCH_POSTGRES_SCHEMA"))
-        .expect("the PULSEWATCH_* environment is a valid config");
+    let mut config = Config::load(
+        None,
+        std::env::vars().filter(|(k, _)| {
+            k.starts_with("PULSEWATCH_")
+                && k != "PULSEWATCH_KAFKA_TOPIC_PREFIX"
+                && k != "PULSEWATCH_POSTGRES_SCHEMA"
+        }),
+    )
+    .expect("the PULSEWATCH_* environment is a valid config");
     let id = uuid::Uuid::new_v4().simple().to_string();
     let tag = format!("{}_{}", test.replace('-', "_"), &id[..8]);
     config.kafka.topic_prefix = format!("it-{}-", tag.replace('_', "-"));
