@@ -7,10 +7,13 @@
 //! - [`config`]: the validated configuration (file, then environment).
 //! - [`topology`]: the declared Kafka topics, their creation and drift.
 //! - [`store`]: PostgreSQL connection, migrations and time partitions.
+pub mod alert;
 pub mod codec;
 pub mod config;
 pub mod heartbeat;
 pub mod loadgen;
+pub mod rules;
 pub mod store;
 pub mod tally;
 pub mod topology;
+pub mod watermark;

@@ -1,0 +1,211 @@
+//! The alert record (`io.pulsewatch.Alert`): kinds, severities, the stable alert id, and its
+//! Avro single-object encoding on the `alerts` topic.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
+use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter, Schema};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The alert schema, as shipped in `schemas/`.
+pub const ALERT_SCHEMA: &str = include_str!("../schemas/alert.avsc");
+
+static SCHEMA: LazyLock<Schema> =
+    LazyLock::new(|| Schema::parse_str(ALERT_SCHEMA).expect("schemas/alert.avsc is a valid Avro schema"));
+static READER: LazyLock<GenericSingleObjectReader> =
+    LazyLock::new(|| GenericSingleObjectReader::new(SCHEMA.clone()).expect("the alert schema resolves"));
+static HEADER: LazyLock<Vec<u8>> =
+    LazyLock::new(|| RabinFingerprintHeader::from_schema(&SCHEMA).build_header());
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertKind {
+    InstanceLate,
+    InstanceDown,
+    AppDown,
+    InstanceRestarted,
+    Flapping,
+    MemoryHigh,
+    CpuHigh,
+    DbPoolSaturated,
+    DiskHigh,
+    SlowResponses,
+    ErrorRateHigh,
+    QueueBacklog,
+    SlowQueries,
+    MemoryLeakSuspected,
+    ConnectionLeakSuspected,
+    SessionLeakSuspected,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::InstanceLate => "INSTANCE_LATE",
+            AlertKind::InstanceDown => "INSTANCE_DOWN",
+            AlertKind::AppDown => "APP_DOWN",
+            AlertKind::InstanceRestarted => "INSTANCE_RESTARTED",
+            AlertKind::Flapping => "FLAPPING",
+            AlertKind::MemoryHigh => "MEMORY_HIGH",
+            AlertKind::CpuHigh => "CPU_HIGH",
+            AlertKind::DbPoolSaturated => "DB_POOL_SATURATED",
+            AlertKind::DiskHigh => "DISK_HIGH",
+            AlertKind::SlowResponses => "SLOW_RESPONSES",
+            AlertKind::ErrorRateHigh => "ERROR_RATE_HIGH",
+            AlertKind::QueueBacklog => "QUEUE_BACKLOG",
+            AlertKind::SlowQueries => "SLOW_QUERIES",
+            AlertKind::MemoryLeakSuspected => "MEMORY_LEAK_SUSPECTED",
+            AlertKind::ConnectionLeakSuspected => "CONNECTION_LEAK_SUSPECTED",
+            AlertKind::SessionLeakSuspected => "SESSION_LEAK_SUSPECTED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "WARNING",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "FIRING",
+            AlertState::Resolved => "RESOLVED",
+        }
+    }
+}
+
+/// One transition of one alert. Field names are the contract of DESIGN.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub app_id: String,
+    pub instance_id: Option<String>,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub state: AlertState,
+    pub started_at: i64,
+    pub event_at: i64,
+    pub emitted_at: i64,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub summary: String,
+    pub evidence: BTreeMap<String, String>,
+    pub recommendations: Vec<String>,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+#[derive(Debug, Error)]
+pub enum AlertCodecError {
+    #[error("not an io.pulsewatch.Alert record: {0}")]
+    Decode(String),
+}
+
+/// The stable id of the alert about `kind` on `app_id` (and `instance_id`): the same on every
+/// replay, on every processor instance.
+pub fn alert_id(app_id: &str, instance_id: Option<&str>, kind: AlertKind) -> String {
+    // FNV-1a over the three parts with separators that cannot occur in UTF-8 text.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in
+        [app_id.as_bytes(), &[0xff], instance_id.unwrap_or("").as_bytes(), &[0xfe], kind.as_str().as_bytes()]
+    {
+        for &b in part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+impl Alert {
+    /// Avro single-object encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let value = apache_avro::to_value(self)
+            .and_then(|v| v.resolve(&SCHEMA))
+            .expect("an alert always fits its schema");
+        let mut out = Vec::with_capacity(256);
+        let mut writer = GenericSingleObjectWriter::new_with_capacity(&SCHEMA, 256).expect("schema resolves");
+        writer.write_value(value, &mut out).expect("writing to a Vec cannot fail");
+        debug_assert!(out.starts_with(&HEADER));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Alert, AlertCodecError> {
+        let mut reader = bytes;
+        let value = READER.read_value(&mut reader).map_err(|e| AlertCodecError::Decode(e.to_string()))?;
+        apache_avro::from_value(&value).map_err(|e| AlertCodecError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Alert {
+        Alert {
+            alert_id: alert_id("shop", Some("shop-1"), AlertKind::MemoryHigh),
+            app_id: "shop".into(),
+            instance_id: Some("shop-1".into()),
+            kind: AlertKind::MemoryHigh,
+            severity: Severity::Critical,
+            state: AlertState::Firing,
+            started_at: 1_000,
+            event_at: 61_000,
+            emitted_at: 61_500,
+            value: Some(0.93),
+            threshold: Some(0.9),
+            summary: "memory at 93% of its limit".into(),
+            evidence: [("memory_used_bytes".to_string(), "930".to_string())].into(),
+            recommendations: vec!["look for a leak".into()],
+            source_partition: 3,
+            source_offset: 42,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_avro() {
+        let a = sample();
+        assert_eq!(Alert::decode(&a.encode()).unwrap(), a);
+        let app_level = Alert { instance_id: None, value: None, threshold: None, ..sample() };
+        assert_eq!(Alert::decode(&app_level.encode()).unwrap(), app_level);
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = alert_id("shop", Some("shop-1"), AlertKind::MemoryHigh);
+        assert_eq!(a, alert_id("shop", Some("shop-1"), AlertKind::MemoryHigh));
+        assert_ne!(a, alert_id("shop", Some("shop-1"), AlertKind::CpuHigh));
+        assert_ne!(a, alert_id("shop", None, AlertKind::MemoryHigh));
+        assert_ne!(
+            alert_id("ab", Some("c"), AlertKind::AppDown),
+            alert_id("a", Some("bc"), AlertKind::AppDown)
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Alert::decode(b"nope").is_err());
+    }
+}
