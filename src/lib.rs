@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod codec;
 pub mod config;
+pub mod engine;
 pub mod heartbeat;
 pub mod loadgen;
 pub mod rules;

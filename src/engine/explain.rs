@@ -1,0 +1,248 @@
+//! What an alert says: a one-line summary, the evidence (the figures that were measured), and
+//! recommendations that point at the measured cause rather than a generic checklist.
+
+use std::collections::BTreeMap;
+
+use crate::alert::{AlertKind, AlertState, Severity};
+use crate::heartbeat::Heartbeat;
+
+use super::rollup::memory_ratio;
+
+/// The words of one alert transition.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Explanation {
+    pub summary: String,
+    pub evidence: BTreeMap<String, String>,
+    pub recommendations: Vec<String>,
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0}%", v * 100.0)
+}
+
+fn put<T: ToString>(e: &mut BTreeMap<String, String>, k: &str, v: Option<T>) {
+    if let Some(v) = v {
+        e.insert(k.to_owned(), v.to_string());
+    }
+}
+
+/// Evidence common to every alert about an instance: its last figures.
+fn figures(b: &Heartbeat, e: &mut BTreeMap<String, String>) {
+    put(e, "memory_used_bytes", b.memory_used_bytes);
+    put(e, "memory_limit_bytes", b.memory_limit_bytes);
+    put(e, "memory_used_ratio", memory_ratio(b).map(|r| format!("{r:.3}")));
+    put(e, "cpu_ratio", b.cpu_ratio.map(|v| format!("{v:.3}")));
+    put(e, "db_pool_size", b.db_pool_size);
+    put(e, "db_pool_in_use", b.db_pool_in_use);
+    put(e, "db_pool_waiting", b.db_pool_waiting);
+    put(e, "latency_p95_ms", b.latency_p95_ms);
+    put(e, "db_query_p95_ms", b.db_query_p95_ms);
+    put(e, "request_queue_depth", b.request_queue_depth);
+    put(e, "sessions_active", b.sessions_active);
+    put(e, "threads", b.threads);
+    put(e, "open_fds", b.open_fds);
+    put(e, "status", Some(b.status.as_str()));
+    put(e, "seq", Some(b.seq));
+    if let Some(v) = b.labels.get("version") {
+        e.insert("version".into(), v.clone());
+    }
+}
+
+/// Explains a threshold rule's transition, given the beat that caused it and the error rate
+/// and request rate measured over the last minute.
+pub fn threshold(
+    kind: AlertKind,
+    state: AlertState,
+    severity: Severity,
+    value: f64,
+    threshold: f64,
+    beat: &Heartbeat,
+    requests_per_s: Option<f64>,
+) -> Explanation {
+    let mut evidence = BTreeMap::new();
+    figures(beat, &mut evidence);
+    put(&mut evidence, "requests_per_s", requests_per_s.map(|r| format!("{r:.2}")));
+    let who = format!("{}/{}", beat.app_id, beat.instance_id);
+    let level = severity.as_str().to_lowercase();
+    let (what, shown_value, shown_threshold) = match kind {
+        AlertKind::MemoryHigh => ("memory used", pct(value), pct(threshold)),
+        AlertKind::CpuHigh => ("CPU", pct(value), pct(threshold)),
+        AlertKind::DbPoolSaturated => ("database pool in use", pct(value), pct(threshold)),
+        AlertKind::DiskHigh => ("disk used", pct(value), pct(threshold)),
+        AlertKind::SlowResponses => ("p95 latency", format!("{value:.0} ms"), format!("{threshold:.0} ms")),
+        AlertKind::QueueBacklog => ("request queue", format!("{value:.0}"), format!("{threshold:.0}")),
+        AlertKind::ErrorRateHigh => ("error rate", pct(value), pct(threshold)),
+        AlertKind::SlowQueries => ("p95 query time", format!("{value:.0} ms"), format!("{threshold:.0} ms")),
+        _ => ("value", format!("{value}"), format!("{threshold}")),
+    };
+    let summary = match state {
+        AlertState::Firing => {
+            format!("{who}: {what} at {shown_value}, above the {level} level {shown_threshold}")
+        }
+        AlertState::Resolved => format!("{who}: {what} back to {shown_value}, below {shown_threshold}"),
+    };
+    let recommendations = if state == AlertState::Resolved { Vec::new() } else { recommend(kind, beat) };
+    Explanation { summary, evidence, recommendations }
+}
+
+fn recommend(kind: AlertKind, b: &Heartbeat) -> Vec<String> {
+    let waiting = b.db_pool_waiting.unwrap_or(0);
+    let pool_full = match (b.db_pool_in_use, b.db_pool_size) {
+        (Some(u), Some(s)) if s > 0 => f64::from(u) / f64::from(s) >= 0.9 || waiting > 0,
+        _ => waiting > 0,
+    };
+    let slow_queries = b.db_query_p95_ms.is_some_and(|q| q >= 2_000.0);
+    let cpu_hot = b.cpu_ratio.is_some_and(|c| c >= 0.8);
+    let mem_hot = memory_ratio(b).is_some_and(|m| m >= 0.8);
+    let mut r = Vec::new();
+    match kind {
+        AlertKind::MemoryHigh => {
+            r.push("If memory keeps growing while traffic is flat, suspect a leak: take a heap profile (tracemalloc, objgraph) and compare two snapshots.".into());
+            if b.sessions_active.is_some() {
+                r.push("Check that sessions are expired and cleaned up; a growing sessions_active points at session accumulation.".into());
+            }
+            r.push("If the working set is legitimate, raise the memory limit or spread load over more instances.".into());
+        }
+        AlertKind::CpuHigh => {
+            r.push("Profile the hot path (py-spy top / perf) to find what burns CPU.".into());
+            if pool_full {
+                r.push(
+                    "The database pool is also saturated: requests may spin on retries; fix the pool first."
+                        .into(),
+                );
+            }
+            r.push(
+                "If the load is legitimate, add workers or instances; move heavy work to a background queue."
+                    .into(),
+            );
+        }
+        AlertKind::DbPoolSaturated => {
+            if waiting > 0 && b.latency_p95_ms.is_some_and(|l| l >= 1_000.0) {
+                r.push(format!("{waiting} requests wait for a connection while latency rises: connections are held too long (long or idle-in-transaction sessions, unreleased connections) or the pool is too small."));
+            }
+            if slow_queries {
+                r.push("Queries are slow too: find them in pg_stat_statements and EXPLAIN ANALYZE them; a missing index holds connections longer.".into());
+            }
+            r.push("Look for connections not returned to the pool (sessions not closed on error paths) in pg_stat_activity, state 'idle in transaction'.".into());
+            r.push(
+                "Only if each connection is used briefly, raise the pool size (or put PgBouncer in front)."
+                    .into(),
+            );
+        }
+        AlertKind::DiskHigh => {
+            r.push("Free space: rotate and compress logs, purge temporary files and old uploads.".into());
+            r.push("Grow the volume or move bulky data off the instance.".into());
+        }
+        AlertKind::SlowResponses => {
+            if pool_full {
+                r.push(
+                    "The database pool is saturated: requests wait for connections; see DB_POOL_SATURATED."
+                        .into(),
+                );
+            }
+            if slow_queries {
+                r.push("Database queries are slow (p95 query time high): EXPLAIN ANALYZE the slowest in pg_stat_statements, look for N+1 queries and missing indexes.".into());
+            }
+            if cpu_hot {
+                r.push("CPU is saturated: profile the request handlers or add workers.".into());
+            }
+            if mem_hot {
+                r.push("Memory is near its limit: garbage collection or swapping may stall requests.".into());
+            }
+            if r.is_empty() {
+                r.push("Resources look normal: look for blocking I/O in request handlers (external calls without timeouts, synchronous logging) and too few workers.".into());
+            }
+        }
+        AlertKind::ErrorRateHigh => {
+            r.push("Read the application's logs for the dominant error; compare with the last deploy (label version).".into());
+            if pool_full {
+                r.push("The database pool is saturated: errors may be connection timeouts.".into());
+            }
+        }
+        AlertKind::QueueBacklog => {
+            r.push("Requests arrive faster than they are served: add workers or instances.".into());
+            if slow_queries || pool_full {
+                r.push(
+                    "Requests are slowed by the database (slow queries or a full pool): fix that first."
+                        .into(),
+                );
+            }
+        }
+        AlertKind::SlowQueries => {
+            r.push("Find the slowest statements in pg_stat_statements and EXPLAIN ANALYZE them; add missing indexes, remove N+1 query patterns.".into());
+            r.push("Check for lock waits and long transactions in pg_stat_activity.".into());
+        }
+        _ => {}
+    }
+    r
+}
+
+/// Explains a liveness transition of an instance (late, down, back, restarted).
+pub fn liveness(
+    kind: AlertKind,
+    state: AlertState,
+    app_id: &str,
+    instance_id: &str,
+    last: &Heartbeat,
+    silent_ms: i64,
+) -> Explanation {
+    let mut evidence = BTreeMap::new();
+    figures(last, &mut evidence);
+    evidence.insert("last_sent_at".into(), last.sent_at.to_string());
+    evidence.insert("interval_ms".into(), last.interval_ms.to_string());
+    evidence.insert("silent_ms".into(), silent_ms.to_string());
+    let who = format!("{app_id}/{instance_id}");
+    let secs = silent_ms as f64 / 1000.0;
+    let mut recommendations = Vec::new();
+    let summary = match (kind, state) {
+        (AlertKind::InstanceLate, AlertState::Firing) => {
+            format!("{who}: no heartbeat for {secs:.0} s (interval {} s)", last.interval_ms / 1000)
+        }
+        (AlertKind::InstanceDown, AlertState::Firing) => {
+            recommendations.push(
+                "Check whether the process is alive (systemctl status, kubectl get pod) and its exit reason."
+                    .into(),
+            );
+            if memory_ratio(last).is_some_and(|m| m >= 0.85) {
+                recommendations.push(format!(
+                    "Its last beat reported memory at {} of the limit: look for an OOM kill (dmesg, kubectl describe pod).",
+                    pct(memory_ratio(last).unwrap_or_default())
+                ));
+            }
+            recommendations.push("If the process is alive, check its path to Kafka (network, credentials, producer errors in its log).".into());
+            format!("{who}: down, no heartbeat for {secs:.0} s")
+        }
+        (AlertKind::InstanceRestarted, AlertState::Firing) => {
+            if memory_ratio(last).is_some_and(|m| m >= 0.85) {
+                recommendations.push(
+                    "The instance restarted with memory near its limit: likely an OOM kill; look for a leak."
+                        .into(),
+                );
+            } else {
+                recommendations.push("Check whether the restart was a deploy; if not, read the exit reason of the previous process.".into());
+            }
+            format!("{who}: restarted (seq started over)")
+        }
+        (_, AlertState::Resolved) => format!("{who}: {} resolved", kind.as_str()),
+        (_, AlertState::Firing) => format!("{who}: {}", kind.as_str()),
+    };
+    Explanation { summary, evidence, recommendations }
+}
+
+/// Explains APP_DOWN.
+pub fn app_down(state: AlertState, app_id: &str, instances: usize) -> Explanation {
+    let mut evidence = BTreeMap::new();
+    evidence.insert("instances_down".into(), instances.to_string());
+    match state {
+        AlertState::Firing => Explanation {
+            summary: format!("{app_id}: every instance is down ({instances})"),
+            evidence,
+            recommendations: vec![
+                "Every instance stopped at once: look for a shared cause (a deploy, a dependency, the host or cluster, the network to Kafka).".into(),
+            ],
+        },
+        AlertState::Resolved => {
+            Explanation { summary: format!("{app_id}: an instance is beating again"), evidence, recommendations: vec![] }
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The decision engine of one partition: per-application state, liveness deadlines, threshold
+//! rules, one-minute rollups and snapshots, all on event time.
+//!
+//! Pure: it takes beats (with their offsets) and wall-clock readings and returns effects
+//! (alerts, rollups) and snapshots; it knows nothing of Kafka or PostgreSQL. Deadlines live
+//! in a heap of timers keyed by event time, fired when the partition's watermark passes them;
+//! a timer-driven alert carries the deadline it crossed as its `event_at`.
+
+pub mod explain;
+pub mod rollup;
+pub mod state;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
+use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::rules::{RuleSet, Transition};
+use crate::watermark::{Watermark, WatermarkConfig};
+use explain::Explanation;
+use rollup::{MinuteAcc, Rollup, minute_of};
+pub use state::{AppSnapshot, AppState, InstanceState, Liveness};
+
+/// How the engine decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Event time a beat may arrive after newer ones and still count, ms.
+    pub allowed_lateness_ms: i64,
+    /// A beat stamped further than this ahead of the watermark is clamped for watermark purposes, ms.
+    pub max_skew_ms: i64,
+    /// LATE once no beat for late_factor × interval.
+    pub late_factor: f64,
+    /// DOWN this long after LATE, ms; 0 means max(3 × interval, 30 s).
+    pub down_grace_ms: i64,
+    /// An instance DOWN this long is forgotten (its alerts resolve), ms.
+    pub forget_after_ms: i64,
+    /// INSTANCE_RESTARTED resolves after this long without another restart, ms.
+    pub restart_quiet_ms: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            allowed_lateness_ms: 5_000,
+            max_skew_ms: 60_000,
+            late_factor: 2.0,
+            down_grace_ms: 0,
+            forget_after_ms: 24 * 3_600_000,
+            restart_quiet_ms: 10 * 60_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn watermark(&self) -> WatermarkConfig {
+        WatermarkConfig { allowed_lateness_ms: self.allowed_lateness_ms, max_skew_ms: self.max_skew_ms }
+    }
+
+    pub fn late_after(&self, interval_ms: i32) -> i64 {
+        (self.late_factor * f64::from(interval_ms)).round() as i64
+    }
+
+    pub fn down_grace(&self, interval_ms: i32) -> i64 {
+        if self.down_grace_ms > 0 { self.down_grace_ms } else { (3 * i64::from(interval_ms)).max(30_000) }
+    }
+}
+
+/// What processing produced, to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Alert(Alert),
+    Rollup(Rollup),
+}
+
+/// An instance's alert transition decided while applying a beat: kind, state, severity,
+/// started_at, words, value, threshold.
+type PendingTransition = (AlertKind, AlertState, Severity, i64, Explanation, Option<f64>, Option<f64>);
+
+/// Why a timer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TimerKind {
+    /// The instance's next liveness deadline (late, down or forget).
+    Liveness,
+    /// The end of the quiet period of an INSTANCE_RESTARTED alert.
+    RestartQuiet,
+    /// The end of an open rollup minute (the minute's start is the instance field's key).
+    RollupClose(i64),
+}
+
+/// A deadline. Ordered by time, then by identity, so that firing order is deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: i64,
+    app_id: String,
+    instance_id: String,
+    kind: TimerKind,
+}
+
+/// Counters the engine keeps for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    pub beats: u64,
+    pub out_of_order: u64,
+    pub late_for_rollup: u64,
+}
+
+/// The state and logic of one partition.
+pub struct Engine {
+    partition: i32,
+    config: EngineConfig,
+    rules: RuleSet,
+    watermark: Watermark,
+    apps: HashMap<String, AppState>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    dirty: BTreeSet<String>,
+    /// Offset of the last record seen: the position timer-driven alerts point at.
+    last_offset: i64,
+    pub stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(partition: i32, config: EngineConfig, rules: RuleSet) -> Engine {
+        Engine {
+            partition,
+            watermark: Watermark::new(config.watermark()),
+            config,
+            rules,
+            apps: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: BTreeSet::new(),
+            last_offset: -1,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark.current()
+    }
+
+    pub fn clamped_beats(&self) -> u64 {
+        self.watermark.clamped
+    }
+
+    pub fn app_count(&self) -> usize {
+        self.apps.len()
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.apps.values().map(|a| a.instances.len()).sum()
+    }
+
+    pub fn app(&self, app_id: &str) -> Option<&AppState> {
+        self.apps.get(app_id)
+    }
+
+    /// Processes one valid beat read at `offset`, at wall time `wall_ms`.
+    pub fn on_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.stats.beats += 1;
+        self.last_offset = offset;
+        self.watermark.observe(beat.sent_at, wall_ms);
+        self.apply_beat(beat, offset, wall_ms, out);
+        self.fire_due(wall_ms, out);
+    }
+
+    /// The partition has been read to its end.
+    pub fn on_end_of_partition(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.watermark.reached_end(wall_ms);
+        self.fire_due(wall_ms, out);
+    }
+
+    /// A clock tick: once caught up, the watermark moves with the wall clock.
+    pub fn on_tick(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.watermark.advance(wall_ms);
+        self.fire_due(wall_ms, out);
+    }
+
+    /// The snapshots of the applications that changed since the last call, in app order.
+    pub fn take_snapshots(&mut self) -> Vec<AppSnapshot> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let updated_at = self.watermark.current().unwrap_or_default();
+        dirty
+            .into_iter()
+            .map(|app_id| match self.apps.get(&app_id) {
+                Some(app) => app.snapshot(&app_id, updated_at),
+                None => AppSnapshot::gone(&app_id, updated_at),
+            })
+            .collect()
+    }
+
+    fn schedule(&mut self, at: i64, app_id: &str, instance_id: &str, kind: TimerKind) {
+        self.timers.push(Reverse(Timer {
+            at,
+            app_id: app_id.to_owned(),
+            instance_id: instance_id.to_owned(),
+            kind,
+        }));
+    }
+
+    fn apply_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64, out: &mut Vec<Effect>) {
+        let t = beat.sent_at;
+        let partition = self.partition;
+        let app_id = beat.app_id.clone();
+        let instance_id = beat.instance_id.clone();
+        self.dirty.insert(app_id.clone());
+        let app = self.apps.entry(app_id.clone()).or_default();
+        app.last_seen = app.last_seen.max(t);
+        app.labels.clone_from(&beat.labels);
+
+        // Rollup: the beat joins its minute unless that minute was already emitted.
+        let minute = minute_of(t);
+        let deltas = app.instances.get(&instance_id).map(|i| i.deltas_to(&beat)).unwrap_or_default();
+        let wm = self.watermark.current().unwrap_or(i64::MIN);
+        let mut new_minute = false;
+        if minute + rollup::MINUTE_MS > wm || app.rollups.contains_key(&minute) {
+            app.rollups
+                .entry(minute)
+                .or_insert_with(|| {
+                    new_minute = true;
+                    MinuteAcc::new(minute)
+                })
+                .add(&beat, &deltas);
+        } else {
+            self.stats.late_for_rollup += 1;
+        }
+
+        let known = app.instances.get(&instance_id).map(|i| i.last.sent_at);
+        if known.is_some_and(|last| t < last) {
+            // An older beat than one already seen: it counts in the rollup, not in liveness.
+            self.stats.out_of_order += 1;
+            if new_minute {
+                self.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+            }
+            return;
+        }
+
+        let mut transitions: Vec<PendingTransition> = Vec::new();
+        let mut schedule_liveness = false;
+        let mut schedule_quiet: Option<i64> = None;
+        let app_down_open = app.app_down.take_if(|_| beat.status != InstanceStatus::Stopping);
+        if let Some(started) = app_down_open {
+            let ex = explain::app_down(AlertState::Resolved, &app_id, app.instances.len());
+            out.push(Effect::Alert(build(
+                &app_id,
+                None,
+                AlertKind::AppDown,
+                Severity::Critical,
+                AlertState::Resolved,
+                started,
+                t.max(started),
+                wall_ms,
+                None,
+                None,
+                ex,
+                partition,
+                offset,
+            )));
+        }
+
+        let instance = app.instances.entry(instance_id.clone()).or_insert_with(|| {
+            schedule_liveness = true;
+            InstanceState::new(beat.clone())
+        });
+        let is_new = schedule_liveness;
+        if !is_new {
+            // Back from LATE or DOWN: those alerts resolve at this beat's time.
+            for (kind, open) in [
+                (AlertKind::InstanceLate, instance.late_since),
+                (AlertKind::InstanceDown, instance.down_since),
+            ] {
+                if let Some(started) = open {
+                    let ex = explain::liveness(
+                        kind,
+                        AlertState::Resolved,
+                        &app_id,
+                        &instance_id,
+                        &beat,
+                        t - instance.last.sent_at,
+                    );
+                    let sev =
+                        if kind == AlertKind::InstanceDown { Severity::Critical } else { Severity::Warning };
+                    transitions.push((kind, AlertState::Resolved, sev, started, ex, None, None));
+                }
+            }
+            instance.late_since = None;
+            instance.down_since = None;
+            if instance.liveness != Liveness::Up {
+                instance.record_transition(t);
+            }
+            instance.liveness = Liveness::Up;
+            // A seq that goes back means a new process.
+            if beat.seq < instance.last.seq {
+                match instance.restarted {
+                    Some((started, _)) => instance.restarted = Some((started, t)),
+                    None => {
+                        let ex = explain::liveness(
+                            AlertKind::InstanceRestarted,
+                            AlertState::Firing,
+                            &app_id,
+                            &instance_id,
+                            &instance.last,
+                            t - instance.last.sent_at,
+                        );
+                        let mut ex = ex;
+                        ex.evidence.insert("previous_seq".into(), instance.last.seq.to_string());
+                        ex.evidence.insert("new_seq".into(), beat.seq.to_string());
+                        transitions.push((
+                            AlertKind::InstanceRestarted,
+                            AlertState::Firing,
+                            Severity::Warning,
+                            t,
+                            ex,
+                            None,
+                            None,
+                        ));
+                        instance.restarted = Some((t, t));
+                    }
+                }
+                schedule_quiet = Some(t + self.config.restart_quiet_ms);
+            }
+        }
+
+        // Threshold rules.
+        let requests_per_s = instance.observe_rates(&beat, &deltas);
+        let error_rate = instance.error_rate(self.rules.error_rate_min_requests);
+        let values = figures_for_rules(&beat, error_rate);
+        for (i, (kind, th)) in self.rules.rules().into_iter().enumerate() {
+            let Some(value) = values[i] else { continue };
+            if let Some(tr) = instance.rules[i].observe(t, value, &th) {
+                let (state, severity, started, shown_threshold) = match tr {
+                    Transition::Fire { severity, started_at } => {
+                        let level = if severity == Severity::Critical { th.critical } else { th.warning };
+                        (AlertState::Firing, severity, started_at, level)
+                    }
+                    Transition::Resolve { started_at } => {
+                        let sev = instance.rules[i].firing.unwrap_or(Severity::Warning);
+                        (AlertState::Resolved, sev, started_at, th.resolve_below)
+                    }
+                };
+                let ex =
+                    explain::threshold(kind, state, severity, value, shown_threshold, &beat, requests_per_s);
+                transitions.push((kind, state, severity, started, ex, Some(value), Some(shown_threshold)));
+            }
+        }
+
+        let stopping = beat.status == InstanceStatus::Stopping;
+        instance.anchor = beat.sent_at.max(wm);
+        instance.last = beat;
+        if stopping {
+            // A clean shutdown: every open alert of the instance resolves, and it leaves.
+            for (kind, sev, started) in instance.open_alerts() {
+                let ex =
+                    explain::liveness(kind, AlertState::Resolved, &app_id, &instance_id, &instance.last, 0);
+                transitions.push((kind, AlertState::Resolved, sev, started, ex, None, None));
+            }
+            app.instances.remove(&instance_id);
+            app.stopped.insert(instance_id.clone());
+        } else {
+            app.stopped.remove(&instance_id);
+            if let Some(inst) = app.instances.get(&instance_id)
+                && inst.scheduled.is_none_or(|s| s > next_deadline(&self.config, inst))
+            {
+                schedule_liveness = true;
+            }
+        }
+
+        for (kind, state, severity, started, ex, value, threshold) in transitions {
+            // A resolution never precedes its firing (a late beat can be older than the deadline it answers).
+            let event_at = if state == AlertState::Resolved { t.max(started) } else { t };
+            out.push(Effect::Alert(build(
+                &app_id,
+                Some(&instance_id),
+                kind,
+                severity,
+                state,
+                started,
+                event_at,
+                wall_ms,
+                value,
+                threshold,
+                ex,
+                partition,
+                offset,
+            )));
+        }
+        if new_minute {
+            self.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+        }
+        if schedule_liveness {
+            self.schedule_liveness(&app_id, &instance_id);
+        }
+        if let Some(at) = schedule_quiet {
+            self.schedule(at, &app_id, &instance_id, TimerKind::RestartQuiet);
+        }
+    }
+
+    fn schedule_liveness(&mut self, app_id: &str, instance_id: &str) {
+        let Some(inst) = self.apps.get(app_id).and_then(|a| a.instances.get(instance_id)) else { return };
+        let at = next_deadline(&self.config, inst);
+        if let Some(inst) = self.apps.get_mut(app_id).and_then(|a| a.instances.get_mut(instance_id)) {
+            inst.scheduled = Some(at);
+        }
+        self.schedule(at, app_id, instance_id, TimerKind::Liveness);
+    }
+
+    /// Fires every timer the watermark has passed, in deadline order.
+    fn fire_due(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        let Some(wm) = self.watermark.current() else { return };
+        while let Some(Reverse(top)) = self.timers.peek() {
+            if top.at > wm {
+                break;
+            }
+            let Some(Reverse(timer)) = self.timers.pop() else { break };
+            match timer.kind {
+                TimerKind::Liveness => self.fire_liveness(&timer, wall_ms, out),
+                TimerKind::RestartQuiet => self.fire_restart_quiet(&timer, wall_ms, out),
+                TimerKind::RollupClose(minute) => {
+                    if let Some(app) = self.apps.get_mut(&timer.app_id) {
+                        if let Some(acc) = app.rollups.remove(&minute) {
+                            out.push(Effect::Rollup(acc.finish(&timer.app_id)));
+                        }
+                        if app.instances.is_empty() && app.rollups.is_empty() && app.app_down.is_none() {
+                            self.apps.remove(&timer.app_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fire_liveness(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
+        let Some(inst) = self.apps.get(&timer.app_id).and_then(|a| a.instances.get(&timer.instance_id))
+        else {
+            return;
+        };
+        if inst.scheduled != Some(timer.at) {
+            return; // superseded by a later schedule
+        }
+        let due = next_deadline(&self.config, inst);
+        if due > timer.at {
+            // A newer beat moved the deadline: wait for it.
+            self.schedule_liveness(&timer.app_id, &timer.instance_id);
+            return;
+        }
+        let (partition, offset) = (self.partition, self.last_offset);
+        let app_id = timer.app_id.clone();
+        let instance_id = timer.instance_id.clone();
+        let app = self.apps.get_mut(&app_id).expect("checked above");
+        let inst = app.instances.get_mut(&instance_id).expect("checked above");
+        inst.scheduled = None;
+        let silent = due - inst.last.sent_at;
+        match inst.liveness {
+            Liveness::Up => {
+                inst.liveness = Liveness::Late;
+                inst.late_since = Some(due);
+                let ex = explain::liveness(
+                    AlertKind::InstanceLate,
+                    AlertState::Firing,
+                    &app_id,
+                    &instance_id,
+                    &inst.last,
+                    silent,
+                );
+                out.push(Effect::Alert(build(
+                    &app_id,
+                    Some(&instance_id),
+                    AlertKind::InstanceLate,
+                    Severity::Warning,
+                    AlertState::Firing,
+                    due,
+                    due,
+                    wall_ms,
+                    Some(silent as f64),
+                    Some(self.config.late_after(inst.last.interval_ms) as f64),
+                    ex,
+                    partition,
+                    offset,
+                )));
+            }
+            Liveness::Late => {
+                inst.liveness = Liveness::Down;
+                inst.down_since = Some(due);
+                inst.record_transition(due);
+                let ex = explain::liveness(
+                    AlertKind::InstanceDown,
+                    AlertState::Firing,
+                    &app_id,
+                    &instance_id,
+                    &inst.last,
+                    silent,
+                );
+                let threshold = (self.config.late_after(inst.last.interval_ms)
+                    + self.config.down_grace(inst.last.interval_ms)) as f64;
+                out.push(Effect::Alert(build(
+                    &app_id,
+                    Some(&instance_id),
+                    AlertKind::InstanceDown,
+                    Severity::Critical,
+                    AlertState::Firing,
+                    due,
+                    due,
+                    wall_ms,
+                    Some(silent as f64),
+                    Some(threshold),
+                    ex,
+                    partition,
+                    offset,
+                )));
+                if app.app_down.is_none() && app.instances.values().all(|i| i.liveness == Liveness::Down) {
+                    app.app_down = Some(due);
+                    let ex = explain::app_down(AlertState::Firing, &app_id, app.instances.len());
+                    out.push(Effect::Alert(build(
+                        &app_id,
+                        None,
+                        AlertKind::AppDown,
+                        Severity::Critical,
+                        AlertState::Firing,
+                        due,
+                        due,
+                        wall_ms,
+                        Some(app.instances.len() as f64),
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+            }
+            Liveness::Down => {
+                // Forgotten: its alerts resolve and it leaves the application.
+                for (kind, sev, started) in inst.open_alerts() {
+                    let mut ex = explain::liveness(
+                        kind,
+                        AlertState::Resolved,
+                        &app_id,
+                        &instance_id,
+                        &inst.last,
+                        silent,
+                    );
+                    ex.summary = format!(
+                        "{app_id}/{instance_id}: {} resolved, instance forgotten after {} s of silence",
+                        kind.as_str(),
+                        silent / 1000
+                    );
+                    out.push(Effect::Alert(build(
+                        &app_id,
+                        Some(&instance_id),
+                        kind,
+                        sev,
+                        AlertState::Resolved,
+                        started,
+                        due,
+                        wall_ms,
+                        None,
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+                app.instances.remove(&instance_id);
+                if app.instances.is_empty()
+                    && let Some(started) = app.app_down.take()
+                {
+                    let mut ex = explain::app_down(AlertState::Resolved, &app_id, 0);
+                    ex.summary = format!("{app_id}: APP_DOWN resolved, every instance forgotten");
+                    out.push(Effect::Alert(build(
+                        &app_id,
+                        None,
+                        AlertKind::AppDown,
+                        Severity::Critical,
+                        AlertState::Resolved,
+                        started,
+                        due,
+                        wall_ms,
+                        None,
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+                self.dirty.insert(app_id);
+                return;
+            }
+        }
+        self.dirty.insert(app_id.clone());
+        self.schedule_liveness(&app_id, &instance_id);
+    }
+
+    fn fire_restart_quiet(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
+        let quiet = self.config.restart_quiet_ms;
+        let (partition, offset) = (self.partition, self.last_offset);
+        let Some(inst) =
+            self.apps.get_mut(&timer.app_id).and_then(|a| a.instances.get_mut(&timer.instance_id))
+        else {
+            return;
+        };
+        let Some((started, last)) = inst.restarted else { return };
+        if last + quiet != timer.at {
+            return; // a later restart extended the quiet period
+        }
+        inst.restarted = None;
+        let mut ex = explain::liveness(
+            AlertKind::InstanceRestarted,
+            AlertState::Resolved,
+            &timer.app_id,
+            &timer.instance_id,
+            &inst.last,
+            0,
+        );
+        ex.summary = format!("{}/{}: no restart for {} min", timer.app_id, timer.instance_id, quiet / 60_000);
+        out.push(Effect::Alert(build(
+            &timer.app_id,
+            Some(&timer.instance_id),
+            AlertKind::InstanceRestarted,
+            Severity::Warning,
+            AlertState::Resolved,
+            started,
+            timer.at,
+            wall_ms,
+            None,
+            None,
+            ex,
+            partition,
+            offset,
+        )));
+        self.dirty.insert(timer.app_id.clone());
+    }
+}
+
+/// The instance's next liveness deadline (late, down or forget), from its state.
+fn next_deadline(config: &EngineConfig, inst: &InstanceState) -> i64 {
+    let late_at = inst.anchor + config.late_after(inst.last.interval_ms);
+    match inst.liveness {
+        Liveness::Up => late_at,
+        Liveness::Late => late_at + config.down_grace(inst.last.interval_ms),
+        Liveness::Down => late_at + config.down_grace(inst.last.interval_ms) + config.forget_after_ms,
+    }
+}
+
+/// The figure each threshold rule judges, in [`RuleSet::rules`] order.
+fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; 8] {
+    let pool = match (b.db_pool_in_use, b.db_pool_size, b.db_pool_waiting) {
+        (_, _, Some(w)) if w > 0 => Some(1.0),
+        (Some(u), Some(s), _) if s > 0 => Some(f64::from(u) / f64::from(s)),
+        _ => None,
+    };
+    [
+        rollup::memory_ratio(b),
+        b.cpu_ratio.map(f64::from),
+        pool,
+        b.disk_used_ratio.map(f64::from),
+        b.latency_p95_ms.map(f64::from),
+        b.request_queue_depth.map(f64::from),
+        error_rate,
+        b.db_query_p95_ms.map(f64::from),
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    app_id: &str,
+    instance_id: Option<&str>,
+    kind: AlertKind,
+    severity: Severity,
+    state: AlertState,
+    started_at: i64,
+    event_at: i64,
+    emitted_at: i64,
+    value: Option<f64>,
+    threshold: Option<f64>,
+    ex: Explanation,
+    source_partition: i32,
+    source_offset: i64,
+) -> Alert {
+    Alert {
+        alert_id: alert_id(app_id, instance_id, kind),
+        app_id: app_id.to_owned(),
+        instance_id: instance_id.map(str::to_owned),
+        kind,
+        severity,
+        state,
+        started_at,
+        event_at,
+        emitted_at,
+        value,
+        threshold,
+        summary: ex.summary,
+        evidence: ex.evidence,
+        recommendations: ex.recommendations,
+        source_partition,
+        source_offset,
+    }
+}
+
+#[cfg(test)]
+mod tests;

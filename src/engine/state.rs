@@ -1,0 +1,241 @@
+//! Per-application and per-instance state, and the snapshot of an application published on
+//! `app-state` and upserted into the `application` table.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::rollup::{Deltas, MinuteAcc, memory_ratio};
+use crate::alert::{AlertKind, Severity};
+use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::rules::RuleState;
+
+/// Where an instance stands on liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    Up,
+    Late,
+    Down,
+}
+
+/// Length of the window the error rate is measured over.
+const RATE_WINDOW_MS: i64 = 60_000;
+
+/// The kinds of the threshold rules, in the order of `RuleSet::rules`.
+const RULE_KINDS: [AlertKind; 8] = [
+    AlertKind::MemoryHigh,
+    AlertKind::CpuHigh,
+    AlertKind::DbPoolSaturated,
+    AlertKind::DiskHigh,
+    AlertKind::SlowResponses,
+    AlertKind::QueueBacklog,
+    AlertKind::ErrorRateHigh,
+    AlertKind::SlowQueries,
+];
+
+/// One instance of an application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// The newest beat (by event time).
+    pub last: Heartbeat,
+    /// Event time the liveness deadlines count from: the newest beat's `sent_at`, or the
+    /// watermark when that beat arrived already behind it (late data must not make its
+    /// deadline look passed).
+    pub anchor: i64,
+    pub liveness: Liveness,
+    /// Deadline at which INSTANCE_LATE fired, while it is open.
+    pub late_since: Option<i64>,
+    /// Deadline at which INSTANCE_DOWN fired, while it is open.
+    pub down_since: Option<i64>,
+    /// The liveness deadline the timer heap holds for this instance.
+    pub scheduled: Option<i64>,
+    pub rules: [RuleState; 8],
+    /// (started_at, last restart) of an open INSTANCE_RESTARTED alert.
+    pub restarted: Option<(i64, i64)>,
+    /// Event times of recent UP/DOWN transitions.
+    pub transitions: VecDeque<i64>,
+    /// (event time, requests, errors) deltas within the last minute.
+    pub rate_window: VecDeque<(i64, f64, f64)>,
+}
+
+impl InstanceState {
+    pub fn new(first: Heartbeat) -> InstanceState {
+        InstanceState {
+            anchor: first.sent_at,
+            last: first,
+            liveness: Liveness::Up,
+            late_since: None,
+            down_since: None,
+            scheduled: None,
+            rules: [RuleState::default(); 8],
+            restarted: None,
+            transitions: VecDeque::new(),
+            rate_window: VecDeque::new(),
+        }
+    }
+
+    /// Counter increases from the previous beat to `b`; a counter that went down was reset
+    /// and counts from zero, as Prometheus' `rate` does.
+    pub fn deltas_to(&self, b: &Heartbeat) -> Deltas {
+        let d = |prev: Option<i64>, cur: Option<i64>| match (prev, cur) {
+            (Some(p), Some(c)) if c >= p => (c - p) as f64,
+            (Some(_), Some(c)) => c as f64,
+            _ => 0.0,
+        };
+        let p = &self.last;
+        Deltas {
+            requests: d(p.requests_total, b.requests_total),
+            errors: d(p.errors_total, b.errors_total),
+            slow: d(p.slow_requests_total, b.slow_requests_total),
+            cache_hits: d(p.cache_hits_total, b.cache_hits_total),
+            cache_misses: d(p.cache_misses_total, b.cache_misses_total),
+        }
+    }
+
+    /// Adds a beat's deltas to the rate window; returns requests per second over it.
+    pub fn observe_rates(&mut self, b: &Heartbeat, d: &Deltas) -> Option<f64> {
+        b.requests_total?;
+        self.rate_window.push_back((b.sent_at, d.requests, d.errors));
+        while self.rate_window.front().is_some_and(|(t, _, _)| *t <= b.sent_at - RATE_WINDOW_MS) {
+            self.rate_window.pop_front();
+        }
+        let requests: f64 = self.rate_window.iter().map(|(_, r, _)| r).sum();
+        Some(requests / (RATE_WINDOW_MS as f64 / 1000.0))
+    }
+
+    /// errors / requests over the last minute, if at least `min_requests` were served.
+    pub fn error_rate(&self, min_requests: f64) -> Option<f64> {
+        let (requests, errors) =
+            self.rate_window.iter().fold((0.0, 0.0), |(r, e), (_, dr, de)| (r + dr, e + de));
+        (requests >= min_requests && requests > 0.0).then(|| errors / requests)
+    }
+
+    pub fn record_transition(&mut self, t: i64) {
+        self.transitions.push_back(t);
+        while self.transitions.len() > 32 {
+            self.transitions.pop_front();
+        }
+    }
+
+    /// Every open alert of this instance: (kind, severity, started_at).
+    pub fn open_alerts(&self) -> Vec<(AlertKind, Severity, i64)> {
+        let mut open = Vec::new();
+        if let Some(s) = self.late_since {
+            open.push((AlertKind::InstanceLate, Severity::Warning, s));
+        }
+        if let Some(s) = self.down_since {
+            open.push((AlertKind::InstanceDown, Severity::Critical, s));
+        }
+        if let Some((s, _)) = self.restarted {
+            open.push((AlertKind::InstanceRestarted, Severity::Warning, s));
+        }
+        for (kind, rule) in RULE_KINDS.iter().zip(&self.rules) {
+            if let (Some(sev), Some(s)) = (rule.firing, rule.started_at) {
+                open.push((*kind, sev, s));
+            }
+        }
+        open
+    }
+}
+
+/// One application: its instances and what is open about it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppState {
+    pub instances: BTreeMap<String, InstanceState>,
+    /// Instances that left with STOPPING.
+    pub stopped: BTreeSet<String>,
+    /// Deadline at which APP_DOWN fired, while it is open.
+    pub app_down: Option<i64>,
+    /// Rollup minutes not yet closed, by minute start.
+    pub rollups: BTreeMap<i64, MinuteAcc>,
+    pub last_seen: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AppState {
+    pub fn snapshot(&self, app_id: &str, updated_at_ms: i64) -> AppSnapshot {
+        let total = self.instances.len();
+        let up = self.instances.values().filter(|i| i.liveness == Liveness::Up).count();
+        let down = self.instances.values().filter(|i| i.liveness == Liveness::Down).count();
+        let degraded = self.instances.values().any(|i| i.last.status == InstanceStatus::Degraded);
+        let status = if total == 0 {
+            "STOPPED"
+        } else if down == total {
+            "DOWN"
+        } else if up == 0 {
+            "LATE"
+        } else if up < total || degraded {
+            "DEGRADED"
+        } else {
+            "UP"
+        };
+        let mut open: Vec<Severity> =
+            self.instances.values().flat_map(|i| i.open_alerts()).map(|(_, sev, _)| sev).collect();
+        if self.app_down.is_some() {
+            open.push(Severity::Critical);
+        }
+        let health = match open.iter().max() {
+            Some(Severity::Critical) => "critical",
+            Some(Severity::Warning) => "warning",
+            None => "healthy",
+        };
+        let newest = self.instances.values().max_by_key(|i| (i.last.sent_at, i.last.instance_id.clone()));
+        let mut last_figures = BTreeMap::new();
+        if let Some(i) = newest {
+            let b = &i.last;
+            let mut put = |k: &str, v: Option<f64>| {
+                if let Some(v) = v.filter(|v| v.is_finite()) {
+                    last_figures.insert(k.to_owned(), v);
+                }
+            };
+            put("memory_used_ratio", memory_ratio(b));
+            put("memory_used_bytes", b.memory_used_bytes.map(|v| v as f64));
+            put("cpu_ratio", b.cpu_ratio.map(f64::from));
+            put("disk_used_ratio", b.disk_used_ratio.map(f64::from));
+            put("db_pool_in_use", b.db_pool_in_use.map(f64::from));
+            put("db_pool_size", b.db_pool_size.map(f64::from));
+            put("db_pool_waiting", b.db_pool_waiting.map(f64::from));
+            put("latency_p95_ms", b.latency_p95_ms.map(f64::from));
+            put("request_queue_depth", b.request_queue_depth.map(f64::from));
+            put("sessions_active", b.sessions_active.map(|v| v as f64));
+        }
+        AppSnapshot {
+            app_id: app_id.to_owned(),
+            status: status.to_owned(),
+            health: health.to_owned(),
+            instances_up: up as u32,
+            instances_total: total as u32,
+            last_seen_ms: (self.last_seen > 0).then_some(self.last_seen),
+            last_figures,
+            open_alerts: open.len() as u32,
+            labels: self.labels.clone(),
+            updated_at_ms,
+        }
+    }
+}
+
+/// The current state of one application, as published on `app-state` (JSON, key app_id)
+/// and stored in the `application` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSnapshot {
+    pub app_id: String,
+    /// UP, DEGRADED, LATE, DOWN or STOPPED.
+    pub status: String,
+    /// healthy, warning or critical.
+    pub health: String,
+    pub instances_up: u32,
+    pub instances_total: u32,
+    pub last_seen_ms: Option<i64>,
+    pub last_figures: BTreeMap<String, f64>,
+    pub open_alerts: u32,
+    pub labels: BTreeMap<String, String>,
+    /// The partition's watermark when the snapshot was taken.
+    pub updated_at_ms: i64,
+}
+
+impl AppSnapshot {
+    /// The snapshot of an application the engine no longer tracks.
+    pub fn gone(app_id: &str, updated_at_ms: i64) -> AppSnapshot {
+        AppState::default().snapshot(app_id, updated_at_ms)
+    }
+}

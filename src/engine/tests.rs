@@ -1,0 +1,342 @@
+use super::*;
+use crate::loadgen::scenario::{ActiveFault, FaultKind, InstanceSim};
+
+const S: i64 = 1_000;
+const T0: i64 = 1_800_000_000_000;
+
+fn engine() -> Engine {
+    Engine::new(0, EngineConfig::default(), RuleSet::default())
+}
+
+fn beat(app: &str, inst: &str, seq: i64, t: i64) -> Heartbeat {
+    Heartbeat::new(app, format!("{app}-{inst}"), seq, t)
+}
+
+fn alerts(effects: &[Effect]) -> Vec<(AlertKind, AlertState, Severity, i64, Option<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) => Some((a.kind, a.state, a.severity, a.event_at, a.instance_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Beats `app` every 5 s from `from` to `to` (inclusive), as one instance `i0`.
+fn run_app(e: &mut Engine, app: &str, from: i64, to: i64, seq0: i64, out: &mut Vec<Effect>) -> i64 {
+    let mut seq = seq0;
+    let mut t = from;
+    while t <= to {
+        seq += 1;
+        e.on_beat(beat(app, "i0", seq, t), seq, 0, out);
+        t += 5 * S;
+    }
+    seq
+}
+
+#[test]
+fn steady_beats_raise_nothing() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 600 * S, 0, &mut out);
+    assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
+    assert_eq!(e.app("a").unwrap().snapshot("a", 0).status, "UP");
+}
+
+#[test]
+fn a_silent_instance_goes_late_then_down_at_its_deadlines_and_resolves_on_return() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Two apps on the partition; "b" keeps beating and drives the watermark.
+    run_app(&mut e, "a", T0, T0 + 20 * S, 0, &mut out);
+    run_app(&mut e, "b", T0, T0 + 120 * S, 0, &mut out);
+    let last = T0 + 20 * S;
+    let late_at = last + 10 * S;
+    let down_at = late_at + 30 * S;
+    assert_eq!(
+        alerts(&out),
+        vec![
+            (AlertKind::InstanceLate, AlertState::Firing, Severity::Warning, late_at, Some("a-i0".into())),
+            (AlertKind::InstanceDown, AlertState::Firing, Severity::Critical, down_at, Some("a-i0".into())),
+            (AlertKind::AppDown, AlertState::Firing, Severity::Critical, down_at, None),
+        ]
+    );
+    assert_eq!(e.app("a").unwrap().snapshot("a", 0).status, "DOWN");
+    out.clear();
+    let back = T0 + 125 * S;
+    e.on_beat(beat("a", "i0", 5, back), 100, 0, &mut out);
+    let got = alerts(&out);
+    assert!(got.contains(&(
+        AlertKind::InstanceLate,
+        AlertState::Resolved,
+        Severity::Warning,
+        back,
+        Some("a-i0".into())
+    )));
+    assert!(got.contains(&(
+        AlertKind::InstanceDown,
+        AlertState::Resolved,
+        Severity::Critical,
+        back,
+        Some("a-i0".into())
+    )));
+    assert!(got.contains(&(AlertKind::AppDown, AlertState::Resolved, Severity::Critical, back, None)));
+    assert_eq!(got.len(), 3);
+}
+
+#[test]
+fn app_down_waits_for_every_instance() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for (i, t) in (0..5).map(|i| (i, T0 + i * 5 * S)) {
+        e.on_beat(beat("a", "i0", i + 1, t), i, 0, &mut out);
+        e.on_beat(beat("a", "i1", i + 1, t), i, 0, &mut out);
+    }
+    // i0 goes silent; i1 keeps beating.
+    for i in 5..40 {
+        e.on_beat(beat("a", "i1", i + 1, T0 + i * 5 * S), i, 0, &mut out);
+    }
+    let kinds: Vec<AlertKind> = alerts(&out).iter().map(|a| a.0).collect();
+    assert_eq!(kinds, vec![AlertKind::InstanceLate, AlertKind::InstanceDown]);
+    assert_eq!(e.app("a").unwrap().snapshot("a", 0).status, "DEGRADED");
+}
+
+#[test]
+fn a_caught_up_partition_fires_on_wall_time_a_lagging_one_does_not() {
+    let mut lagging = engine();
+    let mut out = Vec::new();
+    run_app(&mut lagging, "a", T0, T0 + 20 * S, 0, &mut out);
+    lagging.on_tick(10_000_000, &mut out);
+    assert!(alerts(&out).is_empty(), "no wall-time advance while lagging");
+
+    let mut caught_up = engine();
+    let mut out = Vec::new();
+    let wall = 5_000_000;
+    run_app(&mut caught_up, "a", T0, T0 + 20 * S, 0, &mut out);
+    caught_up.on_end_of_partition(wall, &mut out);
+    caught_up.on_tick(wall + 30 * S, &mut out);
+    assert_eq!(alerts(&out).iter().map(|a| a.0).collect::<Vec<_>>(), vec![AlertKind::InstanceLate]);
+    caught_up.on_tick(wall + 120 * S, &mut out);
+    let got = alerts(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[1].3, T0 + 20 * S + 40 * S, "event_at is the deadline, not the tick");
+}
+
+#[test]
+fn stopping_leaves_cleanly_without_alerts() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 20 * S, 0, &mut out);
+    let mut bye = beat("a", "i0", 6, T0 + 25 * S);
+    bye.status = InstanceStatus::Stopping;
+    e.on_beat(bye, 6, 0, &mut out);
+    run_app(&mut e, "b", T0, T0 + 600 * S, 0, &mut out);
+    assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
+    let snaps = e.take_snapshots();
+    let a = snaps.iter().find(|s| s.app_id == "a").unwrap();
+    assert_eq!((a.status.as_str(), a.instances_total), ("STOPPED", 0));
+}
+
+#[test]
+fn a_seq_reset_fires_restarted_once_and_it_resolves_after_the_quiet_period() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 60 * S, 0, &mut out);
+    let t = run_app(&mut e, "a", T0 + 65 * S, T0 + 70 * S, 0, &mut out);
+    assert_eq!(t, 2);
+    let got = alerts(&out);
+    assert_eq!(
+        got,
+        vec![(
+            AlertKind::InstanceRestarted,
+            AlertState::Firing,
+            Severity::Warning,
+            T0 + 65 * S,
+            Some("a-i0".into())
+        )]
+    );
+    out.clear();
+    run_app(&mut e, "a", T0 + 75 * S, T0 + 1_000 * S, 2, &mut out);
+    assert_eq!(
+        alerts(&out),
+        vec![(
+            AlertKind::InstanceRestarted,
+            AlertState::Resolved,
+            Severity::Warning,
+            T0 + 665 * S,
+            Some("a-i0".into())
+        )]
+    );
+}
+
+fn run_cpu(minutes_high: i64) -> Vec<(AlertKind, AlertState, Severity, i64, Option<String>)> {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let mut seq = 0;
+    let mut t = T0;
+    while t < T0 + 20 * 60 * S {
+        seq += 1;
+        let mut b = beat("a", "i0", seq, t);
+        let high = t >= T0 + 60 * S && t < T0 + (60 + minutes_high * 60) * S;
+        b.cpu_ratio = Some(if high { 0.95 } else { 0.3 });
+        e.on_beat(b, seq, 0, &mut out);
+        t += 5 * S;
+    }
+    alerts(&out)
+}
+
+#[test]
+fn cpu_above_90_for_4_minutes_fires_nothing_for_6_it_fires_critical() {
+    assert!(run_cpu(4).is_empty(), "{:?}", run_cpu(4));
+    let six = run_cpu(6);
+    assert_eq!(six.len(), 2, "{six:?}");
+    assert_eq!(
+        (six[0].0, six[0].1, six[0].2, six[0].3),
+        (AlertKind::CpuHigh, AlertState::Firing, Severity::Critical, T0 + 360 * S)
+    );
+    assert_eq!((six[1].1, six[1].3), (AlertState::Resolved, T0 + 420 * S));
+}
+
+#[test]
+fn error_rate_comes_from_counter_deltas_and_survives_a_reset() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let (mut req, mut err) = (10_000i64, 0i64);
+    for i in 0..60 {
+        let t = T0 + i * 5 * S;
+        if i == 30 {
+            // The process restarted: counters start over (seq too).
+            req = 0;
+            err = 0;
+        }
+        req += 100;
+        err += if i >= 10 { 15 } else { 0 };
+        let mut b = beat("a", "i0", if i >= 30 { i - 29 } else { i + 1 }, t);
+        b.requests_total = Some(req);
+        b.errors_total = Some(err);
+        e.on_beat(b, i, 0, &mut out);
+    }
+    let got: Vec<_> = alerts(&out).into_iter().filter(|a| a.0 == AlertKind::ErrorRateHigh).collect();
+    // 15 % errors: warning once the minute's rate passes 5 %, then critical past 10 %; the
+    // counter reset at beat 30 neither resolves nor re-fires it.
+    let states: Vec<(AlertState, Severity)> = got.iter().map(|a| (a.1, a.2)).collect();
+    assert_eq!(
+        states,
+        vec![(AlertState::Firing, Severity::Warning), (AlertState::Firing, Severity::Critical)]
+    );
+}
+
+#[test]
+fn rollups_close_when_the_watermark_passes_the_minute_and_add_up() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let start = T0 - T0 % 60_000;
+    run_app(&mut e, "a", start, start + 300 * S - 1, 0, &mut out);
+    e.on_end_of_partition(0, &mut out);
+    e.on_tick(120 * S, &mut out);
+    let rollups: Vec<&Rollup> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Rollup(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rollups.len(), 5);
+    assert!(rollups.iter().all(|r| r.beats == 12));
+    assert_eq!(
+        rollups.iter().map(|r| r.minute).collect::<Vec<_>>(),
+        (0..5).map(|m| start + m * 60_000).collect::<Vec<_>>()
+    );
+}
+
+/// Drives the engine with the load generator's simulated fleet (no Kafka).
+fn simulate(kind: FaultKind, minutes: i64) -> Vec<Alert> {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let interval = 5_000;
+    let fault =
+        ActiveFault { kind, app: 0, instance: None, from_ms: T0 + 10 * 60 * S, to_ms: T0 + 30 * 60 * S };
+    let mut sims: Vec<InstanceSim> = (0..2)
+        .flat_map(|app| (0..2).map(move |i| (app, i)))
+        .map(|(app, i)| InstanceSim::new(3, app, i, format!("app-{app}"), interval))
+        .collect();
+    let mut offset = 0;
+    for round in 0..(minutes * 12) {
+        for sim in sims.iter_mut() {
+            let t = T0 + round * interval + sim.phase_ms;
+            let faults: Vec<&ActiveFault> =
+                if fault.covers(sim.app, sim.instance) { vec![&fault] } else { vec![] };
+            if let Some(b) = sim.beat(t, interval as i32, &faults) {
+                offset += 1;
+                e.on_beat(b, offset, 0, &mut out);
+            }
+        }
+    }
+    out.into_iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_threshold_scenario_yields_its_alert_on_its_app_only_and_resolves() {
+    for (kind, expected) in [
+        (FaultKind::MemoryHigh, AlertKind::MemoryHigh),
+        (FaultKind::CpuHigh, AlertKind::CpuHigh),
+        (FaultKind::PoolSaturation, AlertKind::DbPoolSaturated),
+        (FaultKind::SlowResponses, AlertKind::SlowResponses),
+        (FaultKind::ErrorBurst, AlertKind::ErrorRateHigh),
+        (FaultKind::QueueBacklog, AlertKind::QueueBacklog),
+        (FaultKind::SlowQueries, AlertKind::SlowQueries),
+        (FaultKind::DiskHigh, AlertKind::DiskHigh),
+    ] {
+        let got = simulate(kind, 45);
+        let of_kind: Vec<&Alert> = got.iter().filter(|a| a.kind == expected).collect();
+        assert!(!of_kind.is_empty(), "{kind:?}: no {expected:?} in {got:#?}");
+        assert!(got.iter().all(|a| a.app_id == "app-0"), "{kind:?}: an alert on a healthy app: {got:#?}");
+        for inst in ["app-0-i0", "app-0-i1"] {
+            let mine: Vec<&&Alert> =
+                of_kind.iter().filter(|a| a.instance_id.as_deref() == Some(inst)).collect();
+            assert_eq!(mine.first().map(|a| a.state), Some(AlertState::Firing), "{kind:?} {inst}");
+            assert_eq!(mine.last().map(|a| a.state), Some(AlertState::Resolved), "{kind:?} {inst} resolves");
+            assert!(mine.last().unwrap().event_at >= T0 + 30 * 60 * S);
+            assert!(!mine[0].recommendations.is_empty(), "{kind:?} explains itself");
+        }
+    }
+}
+
+#[test]
+fn non_faults_raise_nothing() {
+    for kind in [FaultKind::Steady, FaultKind::WorkloadRamp, FaultKind::GcSawtooth, FaultKind::CleanStop] {
+        let got = simulate(kind, 45);
+        assert!(got.is_empty(), "{kind:?}: {got:#?}");
+    }
+}
+
+#[test]
+fn an_alert_id_fires_at_most_once_until_resolved() {
+    for kind in [FaultKind::Crash, FaultKind::MemoryHigh, FaultKind::ErrorBurst, FaultKind::Restart] {
+        let got = simulate(kind, 60);
+        assert!(!got.is_empty(), "{kind:?}");
+        let mut open: HashMap<String, Severity> = HashMap::new();
+        for a in &got {
+            match a.state {
+                AlertState::Firing => {
+                    if let Some(prev) = open.insert(a.alert_id.clone(), a.severity) {
+                        assert!(
+                            a.severity > prev,
+                            "{kind:?}: {} fired twice at {:?}",
+                            a.alert_id,
+                            a.severity
+                        );
+                    }
+                }
+                AlertState::Resolved => {
+                    assert!(open.remove(&a.alert_id).is_some(), "{kind:?}: resolved without firing: {a:?}");
+                }
+            }
+        }
+    }
+}
