@@ -41,6 +41,48 @@ pub struct Config {
     pub http: HttpConfig,
     pub input: InputConfig,
     pub retention: RetentionConfig,
+    /// Event-time and liveness settings of the decision engine.
+    pub detection: crate::engine::EngineConfig,
+    /// Threshold rules.
+    pub rules: crate::rules::RuleSet,
+    pub processor: ProcessorConfig,
+    pub sink: SinkConfig,
+}
+
+/// How the processor stage batches its work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Outputs and consumed offsets are committed together at most this often, ms.
+    pub commit_interval_ms: u64,
+    /// Most records processed between two commits.
+    pub max_batch_records: usize,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig { commit_interval_ms: 100, max_batch_records: 20_000 }
+    }
+}
+
+/// How the sink stage batches its writes to PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// A transaction is written once this many rows are buffered...
+    pub batch_rows: usize,
+    /// ...or this long after the first buffered row, ms.
+    pub batch_ms: u64,
+    /// First retry delay after a database error, ms; doubled (with jitter) on each retry.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig { batch_rows: 20_000, batch_ms: 500, retry_initial_ms: 200, retry_max_ms: 10_000 }
+    }
 }
 
 /// The Kafka cluster and how pulsewatch names its topics there.

@@ -10,6 +10,7 @@ use pulsewatch::codec::Encoding;
 use pulsewatch::config::Config;
 use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
 use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
+use pulsewatch::service::{self, Stage};
 use pulsewatch::store;
 use pulsewatch::tally;
 use pulsewatch::topology::{self, Topology};
@@ -30,6 +31,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the processor and sink stages (or one of them) until SIGTERM or SIGINT.
+    Run {
+        /// all, processor or sink.
+        #[arg(long, default_value = "all")]
+        stage: Stage,
+    },
     /// Show the effective configuration.
     Config {
         #[command(subcommand)]
@@ -156,8 +163,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::from_process(cli.config.as_deref())?;
+    if let Command::Run { stage } = cli.command {
+        service::run(config, stage)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
+        Command::Run { .. } => unreachable!("handled above"),
         Command::Config { action: ConfigAction::Show } => print!("{}", config.to_masked_toml()),
         Command::Topology { action } => {
             let (file, check_only) = match action {

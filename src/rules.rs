@@ -102,13 +102,9 @@ impl RuleSet {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transition {
     /// Fires (or escalates) at this severity; `started_at` is when the condition began.
-    Fire {
-        severity: Severity,
-        started_at: i64,
-    },
-    Resolve {
-        started_at: i64,
-    },
+    Fire { severity: Severity, started_at: i64 },
+    /// Resolves the alert that fired at `severity`.
+    Resolve { severity: Severity, started_at: i64 },
 }
 
 /// The state of one rule on one instance.
@@ -142,10 +138,10 @@ impl RuleState {
         }
         let held = |since: Option<i64>| since.is_some_and(|s| t - s >= th.for_ms);
         match self.firing {
-            Some(_) if value < th.resolve_below => {
+            Some(severity) if value < th.resolve_below => {
                 let started_at = self.started_at.take().unwrap_or(t);
                 self.firing = None;
-                Some(Transition::Resolve { started_at })
+                Some(Transition::Resolve { severity, started_at })
             }
             Some(Severity::Warning) if held(self.critical_since) => {
                 self.firing = Some(Severity::Critical);
@@ -221,7 +217,10 @@ mod tests {
             "0.77 is above 0.75"
         );
         let resolved = feed(&mut s, &CPU, 20 * MINUTE + 5_000, 20 * MINUTE + 5_000, 5_000, 0.7);
-        assert_eq!(resolved, vec![(20 * MINUTE + 5_000, Transition::Resolve { started_at: 0 })]);
+        assert_eq!(
+            resolved,
+            vec![(20 * MINUTE + 5_000, Transition::Resolve { severity: Severity::Warning, started_at: 0 })]
+        );
         assert_eq!(s.firing, None);
     }
 

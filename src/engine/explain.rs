@@ -17,7 +17,7 @@ pub struct Explanation {
 }
 
 fn pct(v: f64) -> String {
-    format!("{:.0}%", v * 100.0)
+    format!("{:.1}%", v * 100.0)
 }
 
 fn put<T: ToString>(e: &mut BTreeMap<String, String>, k: &str, v: Option<T>) {

@@ -241,6 +241,17 @@ impl Engine {
         }
 
         let mut transitions: Vec<PendingTransition> = Vec::new();
+        // Deadlines of this app that passed before this beat are facts of event time,
+        // whatever the (possibly clamped) watermark says: the app's beats arrive in order, so
+        // its instances were silent until now. Other instances' beats may still be within
+        // the allowed lateness.
+        let ctx = StepContext { config: &self.config, partition, offset: self.last_offset, wall_ms };
+        let overdue = app.instances.values().any(|i| next_deadline(&self.config, i) < t);
+        let ids: Vec<String> = if overdue { app.instances.keys().cloned().collect() } else { Vec::new() };
+        for id in ids {
+            let until = if id == instance_id { t - 1 } else { t - 1 - self.config.allowed_lateness_ms };
+            step_liveness(&ctx, app, &app_id, &id, until, out);
+        }
         let mut schedule_liveness = false;
         let mut schedule_quiet: Option<i64> = None;
         let app_down_open = app.app_down.take_if(|_| beat.status != InstanceStatus::Stopping);
@@ -338,9 +349,8 @@ impl Engine {
                         let level = if severity == Severity::Critical { th.critical } else { th.warning };
                         (AlertState::Firing, severity, started_at, level)
                     }
-                    Transition::Resolve { started_at } => {
-                        let sev = instance.rules[i].firing.unwrap_or(Severity::Warning);
-                        (AlertState::Resolved, sev, started_at, th.resolve_below)
+                    Transition::Resolve { severity, started_at } => {
+                        (AlertState::Resolved, severity, started_at, th.resolve_below)
                     }
                 };
                 let ex =
@@ -442,156 +452,20 @@ impl Engine {
         if inst.scheduled != Some(timer.at) {
             return; // superseded by a later schedule
         }
-        let due = next_deadline(&self.config, inst);
-        if due > timer.at {
-            // A newer beat moved the deadline: wait for it.
-            self.schedule_liveness(&timer.app_id, &timer.instance_id);
-            return;
+        let wm = self.watermark.current().unwrap_or(timer.at);
+        let ctx = StepContext {
+            config: &self.config,
+            partition: self.partition,
+            offset: self.last_offset,
+            wall_ms,
+        };
+        let app = self.apps.get_mut(&timer.app_id).expect("checked above");
+        if let Some(inst) = app.instances.get_mut(&timer.instance_id) {
+            inst.scheduled = None;
         }
-        let (partition, offset) = (self.partition, self.last_offset);
-        let app_id = timer.app_id.clone();
-        let instance_id = timer.instance_id.clone();
-        let app = self.apps.get_mut(&app_id).expect("checked above");
-        let inst = app.instances.get_mut(&instance_id).expect("checked above");
-        inst.scheduled = None;
-        let silent = due - inst.last.sent_at;
-        match inst.liveness {
-            Liveness::Up => {
-                inst.liveness = Liveness::Late;
-                inst.late_since = Some(due);
-                let ex = explain::liveness(
-                    AlertKind::InstanceLate,
-                    AlertState::Firing,
-                    &app_id,
-                    &instance_id,
-                    &inst.last,
-                    silent,
-                );
-                out.push(Effect::Alert(build(
-                    &app_id,
-                    Some(&instance_id),
-                    AlertKind::InstanceLate,
-                    Severity::Warning,
-                    AlertState::Firing,
-                    due,
-                    due,
-                    wall_ms,
-                    Some(silent as f64),
-                    Some(self.config.late_after(inst.last.interval_ms) as f64),
-                    ex,
-                    partition,
-                    offset,
-                )));
-            }
-            Liveness::Late => {
-                inst.liveness = Liveness::Down;
-                inst.down_since = Some(due);
-                inst.record_transition(due);
-                let ex = explain::liveness(
-                    AlertKind::InstanceDown,
-                    AlertState::Firing,
-                    &app_id,
-                    &instance_id,
-                    &inst.last,
-                    silent,
-                );
-                let threshold = (self.config.late_after(inst.last.interval_ms)
-                    + self.config.down_grace(inst.last.interval_ms)) as f64;
-                out.push(Effect::Alert(build(
-                    &app_id,
-                    Some(&instance_id),
-                    AlertKind::InstanceDown,
-                    Severity::Critical,
-                    AlertState::Firing,
-                    due,
-                    due,
-                    wall_ms,
-                    Some(silent as f64),
-                    Some(threshold),
-                    ex,
-                    partition,
-                    offset,
-                )));
-                if app.app_down.is_none() && app.instances.values().all(|i| i.liveness == Liveness::Down) {
-                    app.app_down = Some(due);
-                    let ex = explain::app_down(AlertState::Firing, &app_id, app.instances.len());
-                    out.push(Effect::Alert(build(
-                        &app_id,
-                        None,
-                        AlertKind::AppDown,
-                        Severity::Critical,
-                        AlertState::Firing,
-                        due,
-                        due,
-                        wall_ms,
-                        Some(app.instances.len() as f64),
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
-                }
-            }
-            Liveness::Down => {
-                // Forgotten: its alerts resolve and it leaves the application.
-                for (kind, sev, started) in inst.open_alerts() {
-                    let mut ex = explain::liveness(
-                        kind,
-                        AlertState::Resolved,
-                        &app_id,
-                        &instance_id,
-                        &inst.last,
-                        silent,
-                    );
-                    ex.summary = format!(
-                        "{app_id}/{instance_id}: {} resolved, instance forgotten after {} s of silence",
-                        kind.as_str(),
-                        silent / 1000
-                    );
-                    out.push(Effect::Alert(build(
-                        &app_id,
-                        Some(&instance_id),
-                        kind,
-                        sev,
-                        AlertState::Resolved,
-                        started,
-                        due,
-                        wall_ms,
-                        None,
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
-                }
-                app.instances.remove(&instance_id);
-                if app.instances.is_empty()
-                    && let Some(started) = app.app_down.take()
-                {
-                    let mut ex = explain::app_down(AlertState::Resolved, &app_id, 0);
-                    ex.summary = format!("{app_id}: APP_DOWN resolved, every instance forgotten");
-                    out.push(Effect::Alert(build(
-                        &app_id,
-                        None,
-                        AlertKind::AppDown,
-                        Severity::Critical,
-                        AlertState::Resolved,
-                        started,
-                        due,
-                        wall_ms,
-                        None,
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
-                }
-                self.dirty.insert(app_id);
-                return;
-            }
-        }
-        self.dirty.insert(app_id.clone());
-        self.schedule_liveness(&app_id, &instance_id);
+        step_liveness(&ctx, app, &timer.app_id, &timer.instance_id, wm, out);
+        self.dirty.insert(timer.app_id.clone());
+        self.schedule_liveness(&timer.app_id, &timer.instance_id);
     }
 
     fn fire_restart_quiet(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
@@ -632,6 +506,170 @@ impl Engine {
             offset,
         )));
         self.dirty.insert(timer.app_id.clone());
+    }
+}
+
+/// What liveness steps need besides the application's state.
+struct StepContext<'a> {
+    config: &'a EngineConfig,
+    partition: i32,
+    offset: i64,
+    wall_ms: i64,
+}
+
+/// Moves one instance through every liveness deadline up to `until` (UP → LATE → DOWN →
+/// forgotten), emitting the alert of each step with the deadline as its event time.
+fn step_liveness(
+    ctx: &StepContext<'_>,
+    app: &mut AppState,
+    app_id: &str,
+    instance_id: &str,
+    until: i64,
+    out: &mut Vec<Effect>,
+) {
+    let (partition, offset, wall_ms) = (ctx.partition, ctx.offset, ctx.wall_ms);
+    loop {
+        let Some(inst) = app.instances.get_mut(instance_id) else { return };
+        let due = next_deadline(ctx.config, inst);
+        if due > until {
+            return;
+        }
+        let silent = due - inst.last.sent_at;
+        let interval = inst.last.interval_ms;
+        match inst.liveness {
+            Liveness::Up => {
+                inst.liveness = Liveness::Late;
+                inst.late_since = Some(due);
+                let ex = explain::liveness(
+                    AlertKind::InstanceLate,
+                    AlertState::Firing,
+                    app_id,
+                    instance_id,
+                    &inst.last,
+                    silent,
+                );
+                let threshold = ctx.config.late_after(interval) as f64;
+                out.push(Effect::Alert(build(
+                    app_id,
+                    Some(instance_id),
+                    AlertKind::InstanceLate,
+                    Severity::Warning,
+                    AlertState::Firing,
+                    due,
+                    due,
+                    wall_ms,
+                    Some(silent as f64),
+                    Some(threshold),
+                    ex,
+                    partition,
+                    offset,
+                )));
+            }
+            Liveness::Late => {
+                inst.liveness = Liveness::Down;
+                inst.down_since = Some(due);
+                inst.record_transition(due);
+                let ex = explain::liveness(
+                    AlertKind::InstanceDown,
+                    AlertState::Firing,
+                    app_id,
+                    instance_id,
+                    &inst.last,
+                    silent,
+                );
+                let threshold = (ctx.config.late_after(interval) + ctx.config.down_grace(interval)) as f64;
+                out.push(Effect::Alert(build(
+                    app_id,
+                    Some(instance_id),
+                    AlertKind::InstanceDown,
+                    Severity::Critical,
+                    AlertState::Firing,
+                    due,
+                    due,
+                    wall_ms,
+                    Some(silent as f64),
+                    Some(threshold),
+                    ex,
+                    partition,
+                    offset,
+                )));
+                if app.app_down.is_none() && app.instances.values().all(|i| i.liveness == Liveness::Down) {
+                    app.app_down = Some(due);
+                    let ex = explain::app_down(AlertState::Firing, app_id, app.instances.len());
+                    out.push(Effect::Alert(build(
+                        app_id,
+                        None,
+                        AlertKind::AppDown,
+                        Severity::Critical,
+                        AlertState::Firing,
+                        due,
+                        due,
+                        wall_ms,
+                        Some(app.instances.len() as f64),
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+            }
+            Liveness::Down => {
+                // Forgotten: its alerts resolve and it leaves the application.
+                for (kind, sev, started) in inst.open_alerts() {
+                    let mut ex = explain::liveness(
+                        kind,
+                        AlertState::Resolved,
+                        app_id,
+                        instance_id,
+                        &inst.last,
+                        silent,
+                    );
+                    ex.summary = format!(
+                        "{app_id}/{instance_id}: {} resolved, instance forgotten after {} s of silence",
+                        kind.as_str(),
+                        silent / 1000
+                    );
+                    out.push(Effect::Alert(build(
+                        app_id,
+                        Some(instance_id),
+                        kind,
+                        sev,
+                        AlertState::Resolved,
+                        started,
+                        due,
+                        wall_ms,
+                        None,
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+                app.instances.remove(instance_id);
+                if app.instances.is_empty()
+                    && let Some(started) = app.app_down.take()
+                {
+                    let mut ex = explain::app_down(AlertState::Resolved, app_id, 0);
+                    ex.summary = format!("{app_id}: APP_DOWN resolved, every instance forgotten");
+                    out.push(Effect::Alert(build(
+                        app_id,
+                        None,
+                        AlertKind::AppDown,
+                        Severity::Critical,
+                        AlertState::Resolved,
+                        started,
+                        due,
+                        wall_ms,
+                        None,
+                        None,
+                        ex,
+                        partition,
+                        offset,
+                    )));
+                }
+                return;
+            }
+        }
     }
 }
 

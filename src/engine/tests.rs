@@ -340,3 +340,49 @@ fn an_alert_id_fires_at_most_once_until_resolved() {
         }
     }
 }
+
+#[test]
+fn a_crashed_app_goes_down_instance_by_instance_then_app_down() {
+    let got = simulate(FaultKind::Crash, 45);
+    let fired: Vec<(AlertKind, Option<String>, AlertState)> =
+        got.iter().map(|a| (a.kind, a.instance_id.clone(), a.state)).collect();
+    for inst in ["app-0-i0", "app-0-i1"] {
+        for kind in [AlertKind::InstanceLate, AlertKind::InstanceDown] {
+            for state in [AlertState::Firing, AlertState::Resolved] {
+                assert!(
+                    fired.contains(&(kind, Some(inst.into()), state)),
+                    "{kind:?} {state:?} {inst} missing: {fired:#?}"
+                );
+            }
+        }
+    }
+    assert!(fired.contains(&(AlertKind::AppDown, None, AlertState::Firing)), "{fired:#?}");
+    assert!(fired.contains(&(AlertKind::AppDown, None, AlertState::Resolved)), "{fired:#?}");
+}
+
+#[test]
+fn a_gap_in_an_apps_own_beats_is_late_and_down_even_when_the_watermark_is_clamped() {
+    // The app is alone on its partition, so its return ten minutes later is clamped as a
+    // clock jump: its own gap must still count.
+    let mut e = engine();
+    let mut out = Vec::new();
+    for i in 0..10 {
+        e.on_beat(beat("solo", "i0", i + 1, T0 + i * 5 * S), i, 0, &mut out);
+        e.on_beat(beat("solo", "i1", i + 1, T0 + i * 5 * S + 500), i, 0, &mut out);
+    }
+    let back = T0 + 45 * S + 600 * S;
+    e.on_beat(beat("solo", "i0", 1, back), 20, 0, &mut out);
+    e.on_beat(beat("solo", "i1", 1, back + 500), 21, 0, &mut out);
+    let got = alerts(&out);
+    let firing = |kind, inst: Option<&str>| {
+        got.iter().any(|a| a.0 == kind && a.1 == AlertState::Firing && a.4.as_deref() == inst)
+    };
+    assert!(firing(AlertKind::InstanceLate, Some("solo-i0")), "{got:#?}");
+    assert!(firing(AlertKind::InstanceDown, Some("solo-i0")), "{got:#?}");
+    assert!(firing(AlertKind::InstanceDown, Some("solo-i1")), "{got:#?}");
+    assert!(firing(AlertKind::AppDown, None), "{got:#?}");
+    let app_down: Vec<_> = got.iter().filter(|a| a.0 == AlertKind::AppDown).collect();
+    assert_eq!(app_down.len(), 2, "fires, then resolves on the first return: {got:#?}");
+    assert_eq!(app_down[0].3, T0 + 45 * S + 500 + 40 * S, "APP_DOWN at the last instance's down deadline");
+    assert_eq!((app_down[1].1, app_down[1].3), (AlertState::Resolved, back));
+}

@@ -10,18 +10,16 @@ pub mod manifest;
 pub mod scenario;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
 use thiserror::Error;
 
 use crate::codec::{self, Encoding};
 use crate::config::KafkaConfig;
+use crate::kafka::{self, TrackedProducer};
 use crate::topology::names;
 use manifest::FaultRecord;
 pub use manifest::Manifest;
@@ -114,49 +112,6 @@ pub fn mix() -> Vec<(FaultKind, f64, Option<f64>)> {
         (GcSawtooth, 0.1, None),
         (Poison, 0.25, Some(0.5)),
     ]
-}
-
-/// Counts deliveries from the producer's callbacks.
-#[derive(Default)]
-struct DeliveryCounter {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                let mut first = self.first_error.lock().expect("not poisoned");
-                first.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-fn producer(kafka: &KafkaConfig) -> Result<BaseProducer<DeliveryCounter>, KafkaError> {
-    let mut c = kafka.client_config();
-    c.set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
-        .set("message.timeout.ms", "120000")
-        // The Java client's partitioner: beats from every producer land on the same partition.
-        .set("partitioner", "murmur2_random");
-    for (k, v) in &kafka.properties {
-        c.set(k, v);
-    }
-    c.create_with_context(DeliveryCounter::default())
 }
 
 fn wall_ms() -> i64 {
@@ -270,7 +225,7 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
         .collect();
     let mut poison_rng = scenario::instance_rng(opts.seed, usize::MAX, usize::MAX, 2);
 
-    let producer = producer(kafka)?;
+    let producer = kafka::producer(kafka)?;
     let expected_total = opts.count.unwrap_or(fleet * (span_ms / i64::from(interval_ms)).max(1) as u64);
     let bar = if opts.progress { ProgressBar::new(expected_total) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -299,11 +254,11 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
             let active: Vec<&ActiveFault> = sim_faults[idx].iter().map(|&f| &faults[f]).collect();
             let Some(beat) = sim.beat(t, interval_ms, &active) else { continue };
             let payload = codec::encode(&beat, opts.encoding);
-            send(&producer, &topic, &beat.app_id, &payload)?;
+            kafka::send(&producer, &topic, &beat.app_id, &payload, None)?;
             manifest.count_beat(&beat.app_id, &beat.instance_id, beat.seq, beat.sent_at);
             sent += 1;
             if active.iter().any(|f| f.kind == FaultKind::Poison && f.active_at(t)) {
-                send(&producer, &topic, &beat.app_id, &scenario::poison_bytes(&mut poison_rng))?;
+                kafka::send(&producer, &topic, &beat.app_id, &scenario::poison_bytes(&mut poison_rng), None)?;
                 manifest.count_poison(&beat.app_id);
                 sent += 1;
             }
@@ -323,14 +278,13 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
     bar.set_message("flushing");
     producer.flush(Duration::from_secs(120))?;
     bar.finish_and_clear();
-    let ctx = producer.context();
-    let failed = ctx.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let first = ctx.first_error.lock().expect("not poisoned").clone().unwrap_or_default();
-        return Err(LoadgenError::Undelivered { failed, first });
+    let tracker = producer.context();
+    if tracker.failed() > 0 {
+        let first = tracker.first_error().unwrap_or_default();
+        return Err(LoadgenError::Undelivered { failed: tracker.failed(), first });
     }
     manifest.wall_seconds = started.elapsed().as_secs_f64();
-    manifest.achieved_rate = ctx.delivered.load(Ordering::Relaxed) as f64 / manifest.wall_seconds.max(1e-9);
+    manifest.achieved_rate = tracker.delivered() as f64 / manifest.wall_seconds.max(1e-9);
     if let Some(path) = &opts.manifest {
         manifest
             .write(path)
@@ -341,30 +295,13 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
 
 /// Sleeps (serving delivery callbacks) until the event-time clock, the wall clock plus
 /// `clock_offset_ms`, reaches `t`; a beat in the past is sent at once.
-fn wait_for_event_time(t: i64, clock_offset_ms: i64, producer: &BaseProducer<DeliveryCounter>) {
+fn wait_for_event_time(t: i64, clock_offset_ms: i64, producer: &TrackedProducer) {
     loop {
         let now = wall_ms() + clock_offset_ms;
         if t <= now {
             return;
         }
         producer.poll(Duration::from_millis((t - now).min(100) as u64));
-    }
-}
-
-fn send(
-    producer: &BaseProducer<DeliveryCounter>,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-) -> Result<(), LoadgenError> {
-    loop {
-        match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                producer.poll(Duration::from_millis(50));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
     }
 }
 

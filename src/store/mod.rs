@@ -33,7 +33,14 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Connect(_) => true,
-            StoreError::Query { source, .. } => source.is_closed() || source.code().is_none(),
+            StoreError::Query { source, .. } => {
+                source.is_closed()
+                    || source.code().is_none_or(|code| {
+                        // Connection exceptions, operator intervention (shutdown, restart),
+                        // insufficient resources, and serialization failures or deadlocks.
+                        ["08", "57", "53", "40"].iter().any(|class| code.code().starts_with(class))
+                    })
+            }
             _ => false,
         }
     }

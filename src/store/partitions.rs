@@ -5,7 +5,7 @@
 //! covers that UTC day or month; names are how `maintain` finds what to drop.
 
 use chrono::{Datelike, Days, Months, NaiveDate};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::{QueryContext, StoreError, quoted_schema};
 use crate::config::RetentionConfig;
@@ -148,6 +148,31 @@ pub async fn maintain(
     }
     tx.commit().await.doing("committing partition maintenance")?;
     Ok(report)
+}
+
+/// Creates the partition of `plan` that holds `day`, if it does not exist yet; returns its
+/// name. The sink calls this before writing rows of a day it has not seen.
+pub async fn ensure(
+    client: &impl GenericClient,
+    schema: &str,
+    plan: &Plan,
+    day: NaiveDate,
+) -> Result<String, StoreError> {
+    let q = quoted_schema(schema)?;
+    let start = match plan.period {
+        Period::Day => day,
+        Period::Month => day.with_day(1).expect("day 1 exists"),
+    };
+    let (name, end) = partition_for(plan, start);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {q}.\"{name}\" PARTITION OF {q}.\"{table}\"
+             FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
+            table = plan.table
+        ))
+        .await
+        .doing(format!("creating partition {name}"))?;
+    Ok(name)
 }
 
 #[cfg(test)]

@@ -1,0 +1,118 @@
+//! Kafka plumbing shared by the stages and the load generator: a producer whose context
+//! counts deliveries, and sending that waits when librdkafka's queue is full.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::config::KafkaConfig;
+
+/// Counts what the broker acknowledged and what it refused.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl DeliveryTracker {
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().expect("not poisoned").clone()
+    }
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().expect("not poisoned").get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+pub type TrackedProducer = BaseProducer<DeliveryTracker>;
+
+/// An idempotent producer for the configured cluster, batching for throughput. Keys are
+/// partitioned with murmur2, as the Java client does, so every producer agrees on where an
+/// application's records go.
+pub fn producer(kafka: &KafkaConfig) -> Result<TrackedProducer, KafkaError> {
+    let mut c = kafka.client_config();
+    c.set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", "120000")
+        .set("partitioner", "murmur2_random");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.create_with_context(DeliveryTracker::default())
+}
+
+/// Enqueues one record, serving delivery callbacks while librdkafka's queue is full.
+pub fn send(
+    producer: &TrackedProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(20));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits until everything enqueued is acknowledged; fails if anything was refused since
+/// `failed_before` (the tracker's failure count when the batch began).
+pub fn flush(producer: &TrackedProducer, failed_before: u64, timeout: Duration) -> Result<(), KafkaError> {
+    producer.flush(timeout)?;
+    let tracker = producer.context();
+    if tracker.failed() > failed_before {
+        tracing::error!(error = tracker.first_error().unwrap_or_default(), "records were not delivered");
+        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+    }
+    Ok(())
+}
+
+/// Logs a client-level error, except the end-of-partition events the stages ask for
+/// (`enable.partition.eof`), which librdkafka also reports as errors.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    if matches!(error, KafkaError::PartitionEOF(_)) || reason.contains("PartitionEOF") {
+        return;
+    }
+    tracing::error!(error = %error, "kafka: {reason}");
+}

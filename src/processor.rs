@@ -1,0 +1,243 @@
+//! The processor stage: consumes `heartbeats` in consumer group `<prefix>processor`, runs
+//! one [`Engine`] per assigned partition, and publishes alerts, rollups and snapshots.
+//!
+//! The loop works in batches: read up to `max_batch_records` or `commit_interval_ms`,
+//! publish every output of the batch, wait until the broker has acknowledged them, and only
+//! then commit the consumed offsets. Outputs and offsets move together; a crash between the
+//! two repeats the batch (at-least-once). Undecodable or invalid records go to
+//! `heartbeats-dlq` with the reason in headers, and processing goes on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::Producer;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use thiserror::Error;
+
+use crate::codec;
+use crate::config::Config;
+use crate::engine::{Effect, Engine};
+use crate::kafka::{self, TrackedProducer};
+use crate::metrics::METRICS;
+use crate::shutdown::Shutdown;
+use crate::topology::names;
+
+#[derive(Debug, Error)]
+pub enum ProcessorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Remembers partitions revoked during a poll, so their engines can be dropped.
+#[derive(Default)]
+struct RebalanceLog {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("not poisoned");
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions revoked");
+        }
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions assigned");
+        }
+    }
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The names of the stage's topics.
+struct Topics {
+    heartbeats: String,
+    alerts: String,
+    app_state: String,
+    metrics: String,
+    dlq: String,
+}
+
+/// Runs the processor until `shutdown`; blocking. `ready` turns true once it has joined
+/// its group and read its first assignment.
+pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(), ProcessorError> {
+    let k = &config.kafka;
+    let topics = Topics {
+        heartbeats: k.name(names::HEARTBEATS),
+        alerts: k.name(names::ALERTS),
+        app_state: k.name(names::APP_STATE),
+        metrics: k.name(names::METRICS_1M),
+        dlq: k.name(names::HEARTBEATS_DLQ),
+    };
+    let consumer: BaseConsumer<RebalanceLog> = k
+        .client_config()
+        .set("group.id", k.name("processor"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(RebalanceLog::default())?;
+    consumer.subscribe(&[&topics.heartbeats])?;
+    let producer = kafka::producer(k)?;
+    let mut engines: HashMap<i32, Engine> = HashMap::new();
+    let mut effects: Vec<Effect> = Vec::new();
+    let commit_interval = Duration::from_millis(config.processor.commit_interval_ms);
+    tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
+
+    while !shutdown.is_triggered() {
+        let started = Instant::now();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut arrivals: Vec<i64> = Vec::new();
+        let failed_before = producer.context().failed();
+        let mut records = 0usize;
+        while records < config.processor.max_batch_records {
+            let left = commit_interval.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let Some(polled) = consumer.poll(left) else { break };
+            let wall = wall_ms();
+            match polled {
+                Err(KafkaError::PartitionEOF(p)) => {
+                    ready.store(true, Ordering::Relaxed);
+                    if let Some(engine) = engines.get_mut(&p) {
+                        engine.on_end_of_partition(wall, &mut effects);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "processor: consumer error"),
+                Ok(msg) => {
+                    ready.store(true, Ordering::Relaxed);
+                    records += 1;
+                    let p = msg.partition();
+                    offsets.insert(p, msg.offset() + 1);
+                    let broker_ms = msg.timestamp().to_millis();
+                    arrivals.push(broker_ms.unwrap_or(wall));
+                    let engine = engines
+                        .entry(p)
+                        .or_insert_with(|| Engine::new(p, config.detection.clone(), config.rules.clone()));
+                    match codec::decode(
+                        msg.payload().unwrap_or_default(),
+                        broker_ms.unwrap_or(wall),
+                        config.input.max_sent_at_drift_ms,
+                    ) {
+                        Ok(beat) => engine.on_beat(beat, msg.offset(), wall, &mut effects),
+                        Err(e) => dead_letter(&producer, &topics, &msg, &e)?,
+                    }
+                }
+            }
+        }
+        METRICS.records_in.with_label_values(&["processor", &topics.heartbeats]).inc_by(records as u64);
+        let wall = wall_ms();
+        let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
+        partitions.sort_by_key(|e| e.partition());
+        for engine in partitions {
+            engine.on_tick(wall, &mut effects);
+            for snapshot in engine.take_snapshots() {
+                let payload = serde_json::to_vec(&snapshot).expect("a snapshot serialises");
+                kafka::send(&producer, &topics.app_state, &snapshot.app_id, &payload, None)?;
+                METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
+            }
+        }
+        publish(&producer, &topics, &mut effects)?;
+        if offsets.is_empty() && producer.in_flight_count() == 0 {
+            update_gauges(&engines);
+            continue;
+        }
+        kafka::flush(&producer, failed_before, Duration::from_secs(60))?;
+        if !offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, next) in &offsets {
+                tpl.add_partition_offset(&topics.heartbeats, *p, Offset::Offset(*next))?;
+            }
+            consumer.commit(&tpl, CommitMode::Sync)?;
+        }
+        let done = wall_ms();
+        for t in arrivals {
+            METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
+        }
+        METRICS.batch_seconds.with_label_values(&["processor"]).observe(started.elapsed().as_secs_f64());
+        for p in consumer.context().revoked.lock().expect("not poisoned").drain(..) {
+            engines.remove(&p);
+        }
+        update_gauges(&engines);
+    }
+    // Finish what is in flight: everything published was flushed with its batch's commit.
+    kafka::flush(&producer, producer.context().failed(), Duration::from_secs(20))?;
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+fn update_gauges(engines: &HashMap<i32, Engine>) {
+    METRICS.tracked_apps.set(engines.values().map(|e| e.app_count() as i64).sum());
+    METRICS.tracked_instances.set(engines.values().map(|e| e.instance_count() as i64).sum());
+    METRICS.clamped_beats.set(engines.values().map(|e| e.clamped_beats() as i64).sum());
+}
+
+fn publish(producer: &TrackedProducer, topics: &Topics, effects: &mut Vec<Effect>) -> Result<(), KafkaError> {
+    for effect in effects.drain(..) {
+        match effect {
+            Effect::Alert(a) => {
+                kafka::send(producer, &topics.alerts, &a.app_id, &a.encode(), None)?;
+                METRICS
+                    .alerts
+                    .with_label_values(&[a.kind.as_str(), a.severity.as_str(), a.state.as_str()])
+                    .inc();
+                METRICS.records_out.with_label_values(&["processor", &topics.alerts]).inc();
+                tracing::info!(app = %a.app_id, instance = a.instance_id.as_deref().unwrap_or("-"), kind = a.kind.as_str(), severity = a.severity.as_str(), state = a.state.as_str(), event_at = a.event_at, "{}", a.summary);
+            }
+            Effect::Rollup(r) => {
+                let payload = serde_json::to_vec(&r).expect("a rollup serialises");
+                kafka::send(producer, &topics.metrics, &r.app_id, &payload, None)?;
+                METRICS.records_out.with_label_values(&["processor", &topics.metrics]).inc();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends an undecodable or invalid record to the dead-letter topic, as it was, with headers
+/// naming the error and where it came from.
+fn dead_letter(
+    producer: &TrackedProducer,
+    topics: &Topics,
+    msg: &BorrowedMessage<'_>,
+    error: &codec::DecodeError,
+) -> Result<(), KafkaError> {
+    let code = error.code();
+    let message = error.to_string();
+    let partition = msg.partition().to_string();
+    let offset = msg.offset().to_string();
+    let timestamp = msg.timestamp().to_millis().map(|t| t.to_string()).unwrap_or_default();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "pulsewatch.error.code", value: Some(code) })
+        .insert(Header { key: "pulsewatch.error.message", value: Some(&message) })
+        .insert(Header { key: "pulsewatch.source.topic", value: Some(&topics.heartbeats) })
+        .insert(Header { key: "pulsewatch.source.partition", value: Some(&partition) })
+        .insert(Header { key: "pulsewatch.source.offset", value: Some(&offset) })
+        .insert(Header { key: "pulsewatch.source.timestamp", value: Some(&timestamp) });
+    let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
+    kafka::send(producer, &topics.dlq, &key, msg.payload().unwrap_or_default(), Some(headers))?;
+    METRICS.decode_errors.with_label_values(&[code]).inc();
+    METRICS.dlq_records.with_label_values(&[code]).inc();
+    tracing::debug!(
+        partition = msg.partition(),
+        offset = msg.offset(),
+        code,
+        "processor: dead-lettered: {message}"
+    );
+    Ok(())
+}
