@@ -111,7 +111,7 @@ pub fn flush(producer: &TrackedProducer, failed_before: u64, timeout: Duration) 
 /// Logs a client-level error, except the end-of-partition events the stages ask for
 /// (`enable.partition.eof`), which librdkafka also reports as errors.
 pub fn log_client_error(error: &KafkaError, reason: &str) {
-    if matches!(error, KafkaError::PartitionEOF(_)) || reason.contains("PartitionEOF") {
+    if matches!(error, KafkaError::PartitionEOF(_)) || error.to_string().contains("PartitionEOF") {
         return;
     }
     tracing::error!(error = %error, "kafka: {reason}");

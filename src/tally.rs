@@ -1,5 +1,5 @@
-//! Reads a heartbeat topic from its beginning to its current end and counts what is there:
-//! records per application and instance, decode errors by code, keys that are not the
+//! Reads a topic from its beginning to its current end; for a heartbeat topic, counts what is
+//! there: records per application and instance, decode errors by code, keys that are not the
 //! app_id. The summary a demo prints, and how tests check what reached Kafka.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -40,13 +40,13 @@ pub struct Tally {
     pub max_sent_at_ms: Option<i64>,
 }
 
-/// Reads `topic` to the end it had when the call began. Blocking.
-pub fn tally_topic(
+/// Reads `topic` to the end it had when the call began (read_committed) and returns its
+/// records, partition by partition in offset order. Blocking.
+pub fn read_to_end(
     kafka: &KafkaConfig,
     topic: &str,
-    max_drift_ms: i64,
     timeout: Duration,
-) -> Result<Tally, TallyError> {
+) -> Result<Vec<OwnedMessage>, TallyError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", kafka.name("tally"))
@@ -73,9 +73,9 @@ pub fn tally_topic(
             assignment.add_partition_offset(topic, p, Offset::Offset(low))?;
         }
     }
-    let mut tally = Tally::default();
+    let mut out = Vec::new();
     if remaining.is_empty() {
-        return Ok(tally);
+        return Ok(out);
     }
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
@@ -84,7 +84,7 @@ pub fn tally_topic(
             return Err(TallyError::Timeout {
                 topic: topic.to_owned(),
                 secs: timeout.as_secs(),
-                read: tally.records,
+                read: out.len() as u64,
                 expected,
             });
         }
@@ -98,6 +98,25 @@ pub fn tally_topic(
             continue;
         };
         let msg = msg?;
+        let partition = msg.partition();
+        if remaining.get(&partition).is_some_and(|&high| msg.offset() + 1 >= high) {
+            remaining.remove(&partition);
+        }
+        out.push(msg.detach());
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(out)
+}
+
+/// Reads a heartbeat topic to its current end and counts what is there. Blocking.
+pub fn tally_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    max_drift_ms: i64,
+    timeout: Duration,
+) -> Result<Tally, TallyError> {
+    let mut tally = Tally::default();
+    for msg in read_to_end(kafka, topic, timeout)? {
         let partition = msg.partition();
         tally.records += 1;
         let reference = msg.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
@@ -116,9 +135,6 @@ pub fn tally_topic(
                 *tally.beats_per_instance.entry((beat.app_id, beat.instance_id)).or_default() += 1;
             }
             Err(e) => *tally.errors_by_code.entry(e.code().to_owned()).or_default() += 1,
-        }
-        if remaining.get(&partition).is_some_and(|&high| msg.offset() + 1 >= high) {
-            remaining.remove(&partition);
         }
     }
     Ok(tally)
