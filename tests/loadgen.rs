@@ -111,7 +111,11 @@ fn json_with_faults_on_chosen_instances_matches_its_manifest() {
     let restarted = &m.per_app["app-0003"].instances["app-0003-i0"];
     assert_eq!(restarted.beats, 60);
     assert_eq!(restarted.last_seq, 60 - 24);
-    assert_eq!(m.faults[0].expected_alerts, vec!["INSTANCE_LATE", "INSTANCE_DOWN"]);
+    assert_eq!(
+        m.faults[0].expected_alerts,
+        vec!["INSTANCE_LATE", "INSTANCE_DOWN"],
+        "one instance of three, never back"
+    );
     assert!(m.faults[1].expected_alerts.is_empty(), "a clean stop expects no alert");
 }
 

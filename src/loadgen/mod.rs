@@ -208,7 +208,12 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
             instance_id: f.instance.map(|i| format!("{}-i{i}", ids[f.app])),
             from_ms: f.from_ms,
             to_ms: (f.to_ms != i64::MAX).then_some(f.to_ms),
-            expected_alerts: f.kind.expected_alerts(whole_app).into_iter().map(String::from).collect(),
+            expected_alerts: f
+                .kind
+                .expected_alerts(whole_app, f.to_ms != i64::MAX)
+                .into_iter()
+                .map(String::from)
+                .collect(),
         });
     }
 

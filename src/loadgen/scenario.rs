@@ -90,7 +90,17 @@ impl FaultKind {
     }
 
     /// The alert kinds pulsewatch should raise for this fault: the ground truth for scoring.
-    pub fn expected_alerts(self, whole_app_down: bool) -> Vec<&'static str> {
+    /// `whole_app`: every instance of the app is hit; `ends`: the fault has an end (a crashed
+    /// instance then comes back as a new process).
+    pub fn expected_alerts(self, whole_app: bool, ends: bool) -> Vec<&'static str> {
+        let mut kinds = self.expected_while_active(whole_app);
+        if self == FaultKind::Crash && ends {
+            kinds.push("INSTANCE_RESTARTED");
+        }
+        kinds
+    }
+
+    fn expected_while_active(self, whole_app_down: bool) -> Vec<&'static str> {
         match self {
             FaultKind::Steady | FaultKind::CleanStop | FaultKind::WorkloadRamp | FaultKind::GcSawtooth => {
                 vec![]

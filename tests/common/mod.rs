@@ -57,3 +57,140 @@ fn reachable(what: &str, addr: &str) {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// A `pulsewatch run` child process with this test's config; killed when dropped.
+pub struct Pipeline {
+    child: std::process::Child,
+    pub http: String,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Pipeline {
+    /// Starts the given stages with `extra` environment overrides and waits until ready.
+    pub fn start(config: &Config, stage: &str, extra: &[(&str, &str)]) -> Pipeline {
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("{}{stage}.log", config.kafka.topic_prefix)),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulsewatch"));
+        cmd.args(["run", "--stage", stage])
+            .env("PULSEWATCH_KAFKA_BROKERS", &config.kafka.brokers)
+            .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
+            .env("PULSEWATCH_POSTGRES_URL", &config.postgres.url)
+            .env("PULSEWATCH_POSTGRES_SCHEMA", &config.postgres.schema)
+            .env("PULSEWATCH_HTTP_LISTEN", &http)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .current_dir(std::env::temp_dir())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("pulsewatch starts");
+        let mut p = Pipeline { child, http };
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    pub fn wait_ready(&mut self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("pulsewatch exited early: {status}");
+            }
+            if http_get(&self.http, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("pulsewatch not ready within {within:?}");
+    }
+
+    /// The value of a metric line starting with `prefix` (summed over matching lines).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http_get(&self.http, "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns how long it took.
+    pub fn stop(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "pulsewatch exited with {status} on SIGTERM");
+        started.elapsed()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("not within {within:?}: {what}");
+}
+
+/// Every alert transition on the alerts topic (read_committed).
+pub fn alerts(config: &Config) -> Vec<pulsewatch::alert::Alert> {
+    use rdkafka::message::Message;
+    let topic = config.kafka.name(pulsewatch::topology::names::ALERTS);
+    pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
+        .unwrap()
+        .iter()
+        .map(|m| pulsewatch::alert::Alert::decode(m.payload().unwrap()).unwrap())
+        .collect()
+}
+
+/// Creates the topics and the schema of an isolated test.
+pub fn prepare(test: &str) -> Config {
+    let config = isolated_config(test);
+    let rt = runtime();
+    rt.block_on(pulsewatch::topology::apply(&config.kafka, &pulsewatch::topology::Topology::builtin()))
+        .unwrap();
+    rt.block_on(async {
+        let mut client = pulsewatch::store::connect(&config.postgres).await.unwrap();
+        pulsewatch::store::migrate::migrate(&mut client, &config.postgres.schema).await.unwrap();
+    });
+    config
+}
+
+/// One query's first column as i64.
+pub fn query_i64(config: &Config, sql: &str) -> i64 {
+    runtime().block_on(async {
+        let client = pulsewatch::store::connect(&config.postgres).await.unwrap();
+        client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    })
+}
