@@ -184,6 +184,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
                 config,
                 &group,
                 taken,
+                &expected,
                 &mut known_partitions,
                 shutdown,
                 rt,
@@ -361,6 +362,7 @@ fn write_with_retry(
     config: &Config,
     group: &str,
     batch: Batch,
+    expected: &HashMap<(String, i32), i64>,
     known_partitions: &mut BTreeSet<String>,
     shutdown: &Shutdown,
     rt: &Handle,
@@ -402,11 +404,17 @@ fn write_with_retry(
         }
     };
     if let Some(tpl) = paused {
-        // Records fetched while paused were dropped: go back to where the batch ended.
+        // Records polled while paused were dropped: every partition goes back to where the
+        // batch ends, or where the last written batch ended.
         consumer.resume(&tpl)?;
-        if result.is_ok() {
-            for ((topic, p), (_, next)) in &batch.ranges {
-                let _ = consumer.seek(topic, *p, Offset::Offset(*next), Duration::from_secs(10));
+        for e in tpl.elements() {
+            let tp = (e.topic().to_owned(), e.partition());
+            let next = batch.ranges.get(&tp).map(|r| r.1).or_else(|| expected.get(&tp).copied());
+            if let Some(next) = next
+                && let Err(err) =
+                    consumer.seek(e.topic(), e.partition(), Offset::Offset(next), Duration::from_secs(10))
+            {
+                tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "sink: seek after pause failed");
             }
         }
     }
