@@ -282,6 +282,12 @@ impl Config {
         Ok(())
     }
 
+    /// The threshold rules with their per-application overrides compiled.
+    pub fn compiled_rules(&self) -> Result<crate::rules::CompiledRules, String> {
+        let d = &self.detection;
+        crate::rules::CompiledRules::new(&self.rules, d.late_factor, d.down_grace_ms, d.forget_after_ms)
+    }
+
     /// The effective config as TOML, with passwords and secrets replaced by `****`.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();

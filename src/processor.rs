@@ -31,6 +31,8 @@ use crate::topology::names;
 pub enum ProcessorError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("config key rules: {0}")]
+    Rules(String),
 }
 
 /// Remembers partitions revoked during a poll, so their engines can be dropped.
@@ -93,6 +95,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         .create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[&topics.heartbeats])?;
     let producer = kafka::producer(k)?;
+    let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
     let mut engines: HashMap<i32, Engine> = HashMap::new();
     let mut effects: Vec<Effect> = Vec::new();
     let commit_interval = Duration::from_millis(config.processor.commit_interval_ms);
@@ -128,7 +131,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     arrivals.push(broker_ms.unwrap_or(wall));
                     let engine = engines
                         .entry(p)
-                        .or_insert_with(|| Engine::new(p, config.detection.clone(), config.rules.clone()));
+                        .or_insert_with(|| Engine::new(p, config.detection.clone(), rules.clone()));
                     match codec::decode(
                         msg.payload().unwrap_or_default(),
                         broker_ms.unwrap_or(wall),

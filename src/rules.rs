@@ -44,6 +44,183 @@ pub struct RuleSet {
     pub error_rate_min_requests: f64,
     /// db_query_p95_ms.
     pub db_query_p95_ms: Thresholds,
+    /// Per-application overrides, applied in order (a later match wins).
+    pub overrides: Vec<RuleOverride>,
+}
+
+/// Replaces some fields of one rule's thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThresholdsOverride {
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+    pub for_ms: Option<i64>,
+    pub resolve_below: Option<f64>,
+}
+
+impl ThresholdsOverride {
+    fn apply(&self, t: &mut Thresholds) {
+        t.warning = self.warning.unwrap_or(t.warning);
+        t.critical = self.critical.unwrap_or(t.critical);
+        t.for_ms = self.for_ms.unwrap_or(t.for_ms);
+        t.resolve_below = self.resolve_below.unwrap_or(t.resolve_below);
+    }
+}
+
+/// Settings for the applications whose app_id matches `app` (a glob) and whose labels hold
+/// `label` (`key=value`); either may be left out, both must match when given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleOverride {
+    pub app: Option<String>,
+    pub label: Option<String>,
+    pub late_factor: Option<f64>,
+    pub down_grace_ms: Option<i64>,
+    pub memory: Option<ThresholdsOverride>,
+    pub cpu: Option<ThresholdsOverride>,
+    pub db_pool: Option<ThresholdsOverride>,
+    pub disk: Option<ThresholdsOverride>,
+    pub latency_p95_ms: Option<ThresholdsOverride>,
+    pub queue_depth: Option<ThresholdsOverride>,
+    pub error_rate: Option<ThresholdsOverride>,
+    pub db_query_p95_ms: Option<ThresholdsOverride>,
+}
+
+impl RuleOverride {
+    fn thresholds(&self) -> [Option<ThresholdsOverride>; 8] {
+        [
+            self.memory,
+            self.cpu,
+            self.db_pool,
+            self.disk,
+            self.latency_p95_ms,
+            self.queue_depth,
+            self.error_rate,
+            self.db_query_p95_ms,
+        ]
+    }
+}
+
+/// What one application is judged by: the rules and liveness settings after its overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub rules: [(AlertKind, Thresholds); 8],
+    pub late_factor: f64,
+    /// 0 means max(3 × interval, 30 s).
+    pub down_grace_ms: i64,
+    pub forget_after_ms: i64,
+}
+
+impl Profile {
+    /// Silence after which an instance is LATE.
+    pub fn late_after(&self, interval_ms: i32) -> i64 {
+        (self.late_factor * f64::from(interval_ms)).round() as i64
+    }
+
+    /// Further silence after which a LATE instance is DOWN.
+    pub fn down_grace(&self, interval_ms: i32) -> i64 {
+        if self.down_grace_ms > 0 { self.down_grace_ms } else { (3 * i64::from(interval_ms)).max(30_000) }
+    }
+}
+
+/// The rule set with its override matchers compiled, handing out each app's profile.
+#[derive(Debug, Clone)]
+pub struct CompiledRules {
+    pub error_rate_min_requests: f64,
+    default: std::sync::Arc<Profile>,
+    overrides: Vec<MatchingOverride>,
+}
+
+/// An override with its app glob compiled and its label split into key and value.
+type MatchingOverride = (Option<globset::GlobMatcher>, Option<(String, String)>, RuleOverride);
+
+impl CompiledRules {
+    /// `late_factor`, `down_grace_ms` and `forget_after_ms` are the defaults from `[detection]`.
+    pub fn new(
+        rules: &RuleSet,
+        late_factor: f64,
+        down_grace_ms: i64,
+        forget_after_ms: i64,
+    ) -> Result<CompiledRules, String> {
+        rules.validate()?;
+        let default = Profile { rules: rules.rules(), late_factor, down_grace_ms, forget_after_ms };
+        let mut overrides = Vec::new();
+        for (i, o) in rules.overrides.iter().enumerate() {
+            let glob = match &o.app {
+                Some(g) => Some(
+                    globset::Glob::new(g)
+                        .map_err(|e| format!("overrides[{i}].app {g:?}: {e}"))?
+                        .compile_matcher(),
+                ),
+                None => None,
+            };
+            let label = match &o.label {
+                Some(l) => {
+                    let (k, v) = l
+                        .split_once('=')
+                        .ok_or_else(|| format!("overrides[{i}].label {l:?} is not key=value"))?;
+                    Some((k.trim().to_owned(), v.trim().to_owned()))
+                }
+                None => None,
+            };
+            if glob.is_none() && label.is_none() {
+                return Err(format!("overrides[{i}] needs app (a glob) or label (key=value)"));
+            }
+            let mut check = default.clone();
+            apply(&mut check, o);
+            for (kind, t) in check.rules {
+                if !(t.resolve_below <= t.warning && t.warning <= t.critical) || t.for_ms < 0 {
+                    return Err(format!(
+                        "overrides[{i}] {}: needs resolve_below <= warning <= critical",
+                        kind.as_str()
+                    ));
+                }
+            }
+            if check.late_factor < 1.0 || check.down_grace_ms < 0 {
+                return Err(format!("overrides[{i}]: late_factor must be >= 1 and down_grace_ms >= 0"));
+            }
+            overrides.push((glob, label, o.clone()));
+        }
+        Ok(CompiledRules {
+            error_rate_min_requests: rules.error_rate_min_requests,
+            default: default.into(),
+            overrides,
+        })
+    }
+
+    /// The profile of an application, from its id and labels.
+    pub fn profile_for(
+        &self,
+        app_id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> std::sync::Arc<Profile> {
+        let mut matched = self
+            .overrides
+            .iter()
+            .filter(|(glob, label, _)| {
+                glob.as_ref().is_none_or(|g| g.is_match(app_id))
+                    && label.as_ref().is_none_or(|(k, v)| labels.get(k) == Some(v))
+            })
+            .peekable();
+        if matched.peek().is_none() {
+            return self.default.clone();
+        }
+        let mut profile = (*self.default).clone();
+        for (_, _, o) in matched {
+            apply(&mut profile, o);
+        }
+        profile.into()
+    }
+}
+
+fn apply(profile: &mut Profile, o: &RuleOverride) {
+    profile.late_factor = o.late_factor.unwrap_or(profile.late_factor);
+    profile.down_grace_ms = o.down_grace_ms.unwrap_or(profile.down_grace_ms);
+    for ((_, t), over) in profile.rules.iter_mut().zip(o.thresholds()) {
+        if let Some(over) = over {
+            over.apply(t);
+        }
+    }
 }
 
 const MINUTE: i64 = 60_000;
@@ -66,6 +243,7 @@ impl Default for RuleSet {
             error_rate: t(0.05, 0.10, MINUTE, 0.04),
             error_rate_min_requests: 20.0,
             db_query_p95_ms: t(2_000.0, 5_000.0, MINUTE, 1_500.0),
+            overrides: Vec::new(),
         }
     }
 }
@@ -260,5 +438,61 @@ mod tests {
     #[test]
     fn defaults_are_consistent() {
         RuleSet::default().validate().unwrap();
+    }
+
+    #[test]
+    fn overrides_match_by_glob_and_label_and_later_ones_win() {
+        let mut rules = RuleSet::default();
+        rules.overrides.push(RuleOverride {
+            app: Some("batch-*".into()),
+            late_factor: Some(10.0),
+            cpu: Some(ThresholdsOverride { for_ms: Some(30 * MINUTE), ..Default::default() }),
+            ..Default::default()
+        });
+        rules.overrides.push(RuleOverride {
+            label: Some("team=payments".into()),
+            memory: Some(ThresholdsOverride {
+                warning: Some(0.85),
+                critical: Some(0.97),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        rules.overrides.push(RuleOverride {
+            app: Some("batch-nightly".into()),
+            late_factor: Some(20.0),
+            ..Default::default()
+        });
+        let c = CompiledRules::new(&rules, 2.0, 0, 86_400_000).unwrap();
+        let none = std::collections::BTreeMap::new();
+        let payments: std::collections::BTreeMap<String, String> =
+            [("team".into(), "payments".into())].into();
+        let web = c.profile_for("web", &none);
+        assert_eq!(web.late_factor, 2.0);
+        assert_eq!(web.rules[1].1.for_ms, 5 * MINUTE);
+        let batch = c.profile_for("batch-daily", &none);
+        assert_eq!((batch.late_factor, batch.rules[1].1.for_ms), (10.0, 30 * MINUTE));
+        assert_eq!(c.profile_for("batch-nightly", &none).late_factor, 20.0, "the later match wins");
+        let pay = c.profile_for("web", &payments);
+        assert_eq!(
+            (pay.rules[0].1.warning, pay.rules[0].1.critical, pay.rules[0].1.resolve_below),
+            (0.85, 0.97, 0.75)
+        );
+        assert_eq!(pay.late_factor, 2.0);
+    }
+
+    #[test]
+    fn bad_overrides_are_refused_with_their_index() {
+        let mut rules = RuleSet::default();
+        rules.overrides.push(RuleOverride { label: Some("nokey".into()), ..Default::default() });
+        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("overrides[0].label"));
+        rules.overrides[0] = RuleOverride::default();
+        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("needs app"));
+        rules.overrides[0] = RuleOverride {
+            app: Some("x".into()),
+            cpu: Some(ThresholdsOverride { warning: Some(0.95), ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("CPU_HIGH"));
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
-use crate::rules::{RuleSet, Transition};
+use crate::rules::{CompiledRules, Profile, Transition};
 use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
@@ -57,14 +57,6 @@ impl Default for EngineConfig {
 impl EngineConfig {
     pub fn watermark(&self) -> WatermarkConfig {
         WatermarkConfig { allowed_lateness_ms: self.allowed_lateness_ms, max_skew_ms: self.max_skew_ms }
-    }
-
-    pub fn late_after(&self, interval_ms: i32) -> i64 {
-        (self.late_factor * f64::from(interval_ms)).round() as i64
-    }
-
-    pub fn down_grace(&self, interval_ms: i32) -> i64 {
-        if self.down_grace_ms > 0 { self.down_grace_ms } else { (3 * i64::from(interval_ms)).max(30_000) }
     }
 }
 
@@ -111,7 +103,7 @@ pub struct EngineStats {
 pub struct Engine {
     partition: i32,
     config: EngineConfig,
-    rules: RuleSet,
+    rules: CompiledRules,
     watermark: Watermark,
     apps: HashMap<String, AppState>,
     timers: BinaryHeap<Reverse<Timer>>,
@@ -122,7 +114,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(partition: i32, config: EngineConfig, rules: RuleSet) -> Engine {
+    pub fn new(partition: i32, config: EngineConfig, rules: CompiledRules) -> Engine {
         Engine {
             partition,
             watermark: Watermark::new(config.watermark()),
@@ -209,7 +201,12 @@ impl Engine {
         let app_id = beat.app_id.clone();
         let instance_id = beat.instance_id.clone();
         self.dirty.insert(app_id.clone());
-        let app = self.apps.entry(app_id.clone()).or_default();
+        let rules = &self.rules;
+        let app = self.apps.entry(app_id.clone()).or_insert_with(|| AppState {
+            profile: Some(rules.profile_for(&beat.app_id, &beat.labels)),
+            ..AppState::default()
+        });
+        let profile = app.profile.clone().expect("set when the app is created");
         app.last_seen = app.last_seen.max(t);
         app.labels.clone_from(&beat.labels);
 
@@ -245,8 +242,8 @@ impl Engine {
         // whatever the (possibly clamped) watermark says: the app's beats arrive in order, so
         // its instances were silent until now. Other instances' beats may still be within
         // the allowed lateness.
-        let ctx = StepContext { config: &self.config, partition, offset: self.last_offset, wall_ms };
-        let overdue = app.instances.values().any(|i| next_deadline(&self.config, i) < t);
+        let ctx = StepContext { profile: &profile, partition, offset: self.last_offset, wall_ms };
+        let overdue = app.instances.values().any(|i| next_deadline(&profile, i) < t);
         let ids: Vec<String> = if overdue { app.instances.keys().cloned().collect() } else { Vec::new() };
         for id in ids {
             let until = if id == instance_id { t - 1 } else { t - 1 - self.config.allowed_lateness_ms };
@@ -341,7 +338,7 @@ impl Engine {
         let requests_per_s = instance.observe_rates(&beat, &deltas);
         let error_rate = instance.error_rate(self.rules.error_rate_min_requests);
         let values = figures_for_rules(&beat, error_rate);
-        for (i, (kind, th)) in self.rules.rules().into_iter().enumerate() {
+        for (i, &(kind, th)) in profile.rules.iter().enumerate() {
             let Some(value) = values[i] else { continue };
             if let Some(tr) = instance.rules[i].observe(t, value, &th) {
                 let (state, severity, started, shown_threshold) = match tr {
@@ -374,7 +371,7 @@ impl Engine {
         } else {
             app.stopped.remove(&instance_id);
             if let Some(inst) = app.instances.get(&instance_id)
-                && inst.scheduled.is_none_or(|s| s > next_deadline(&self.config, inst))
+                && inst.scheduled.is_none_or(|s| s > next_deadline(&profile, inst))
             {
                 schedule_liveness = true;
             }
@@ -411,8 +408,9 @@ impl Engine {
     }
 
     fn schedule_liveness(&mut self, app_id: &str, instance_id: &str) {
-        let Some(inst) = self.apps.get(app_id).and_then(|a| a.instances.get(instance_id)) else { return };
-        let at = next_deadline(&self.config, inst);
+        let Some(app) = self.apps.get(app_id) else { return };
+        let Some(inst) = app.instances.get(instance_id) else { return };
+        let at = next_deadline(app.profile.as_ref().expect("set when the app is created"), inst);
         if let Some(inst) = self.apps.get_mut(app_id).and_then(|a| a.instances.get_mut(instance_id)) {
             inst.scheduled = Some(at);
         }
@@ -453,13 +451,10 @@ impl Engine {
             return; // superseded by a later schedule
         }
         let wm = self.watermark.current().unwrap_or(timer.at);
-        let ctx = StepContext {
-            config: &self.config,
-            partition: self.partition,
-            offset: self.last_offset,
-            wall_ms,
-        };
         let app = self.apps.get_mut(&timer.app_id).expect("checked above");
+        let profile = app.profile.clone().expect("set when the app is created");
+        let ctx =
+            StepContext { profile: &profile, partition: self.partition, offset: self.last_offset, wall_ms };
         if let Some(inst) = app.instances.get_mut(&timer.instance_id) {
             inst.scheduled = None;
         }
@@ -511,7 +506,7 @@ impl Engine {
 
 /// What liveness steps need besides the application's state.
 struct StepContext<'a> {
-    config: &'a EngineConfig,
+    profile: &'a Profile,
     partition: i32,
     offset: i64,
     wall_ms: i64,
@@ -530,7 +525,7 @@ fn step_liveness(
     let (partition, offset, wall_ms) = (ctx.partition, ctx.offset, ctx.wall_ms);
     loop {
         let Some(inst) = app.instances.get_mut(instance_id) else { return };
-        let due = next_deadline(ctx.config, inst);
+        let due = next_deadline(ctx.profile, inst);
         if due > until {
             return;
         }
@@ -548,7 +543,7 @@ fn step_liveness(
                     &inst.last,
                     silent,
                 );
-                let threshold = ctx.config.late_after(interval) as f64;
+                let threshold = ctx.profile.late_after(interval) as f64;
                 out.push(Effect::Alert(build(
                     app_id,
                     Some(instance_id),
@@ -577,7 +572,7 @@ fn step_liveness(
                     &inst.last,
                     silent,
                 );
-                let threshold = (ctx.config.late_after(interval) + ctx.config.down_grace(interval)) as f64;
+                let threshold = (ctx.profile.late_after(interval) + ctx.profile.down_grace(interval)) as f64;
                 out.push(Effect::Alert(build(
                     app_id,
                     Some(instance_id),
@@ -674,12 +669,12 @@ fn step_liveness(
 }
 
 /// The instance's next liveness deadline (late, down or forget), from its state.
-fn next_deadline(config: &EngineConfig, inst: &InstanceState) -> i64 {
-    let late_at = inst.anchor + config.late_after(inst.last.interval_ms);
+fn next_deadline(profile: &Profile, inst: &InstanceState) -> i64 {
+    let late_at = inst.anchor + profile.late_after(inst.last.interval_ms);
     match inst.liveness {
         Liveness::Up => late_at,
-        Liveness::Late => late_at + config.down_grace(inst.last.interval_ms),
-        Liveness::Down => late_at + config.down_grace(inst.last.interval_ms) + config.forget_after_ms,
+        Liveness::Late => late_at + profile.down_grace(inst.last.interval_ms),
+        Liveness::Down => late_at + profile.down_grace(inst.last.interval_ms) + profile.forget_after_ms,
     }
 }
 

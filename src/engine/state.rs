@@ -150,6 +150,10 @@ pub struct AppState {
     pub rollups: BTreeMap<i64, MinuteAcc>,
     pub last_seen: i64,
     pub labels: BTreeMap<String, String>,
+    /// The rules and liveness settings this app is judged by (from its overrides); derived
+    /// from the configuration, so not part of the persisted state.
+    #[serde(skip)]
+    pub profile: Option<std::sync::Arc<crate::rules::Profile>>,
 }
 
 impl AppState {

@@ -1,11 +1,15 @@
 use super::*;
 use crate::loadgen::scenario::{ActiveFault, FaultKind, InstanceSim};
+use crate::rules::RuleSet;
 
 const S: i64 = 1_000;
 const T0: i64 = 1_800_000_000_000;
 
 fn engine() -> Engine {
-    Engine::new(0, EngineConfig::default(), RuleSet::default())
+    let c = EngineConfig::default();
+    let rules =
+        CompiledRules::new(&RuleSet::default(), c.late_factor, c.down_grace_ms, c.forget_after_ms).unwrap();
+    Engine::new(0, c, rules)
 }
 
 fn beat(app: &str, inst: &str, seq: i64, t: i64) -> Heartbeat {
@@ -385,4 +389,45 @@ fn a_gap_in_an_apps_own_beats_is_late_and_down_even_when_the_watermark_is_clampe
     assert_eq!(app_down.len(), 2, "fires, then resolves on the first return: {got:#?}");
     assert_eq!(app_down[0].3, T0 + 45 * S + 500 + 40 * S, "APP_DOWN at the last instance's down deadline");
     assert_eq!((app_down[1].1, app_down[1].3), (AlertState::Resolved, back));
+}
+
+#[test]
+fn per_app_overrides_change_liveness_and_thresholds() {
+    let mut rules = RuleSet::default();
+    rules.overrides.push(crate::rules::RuleOverride {
+        app: Some("batch-*".into()),
+        late_factor: Some(10.0),
+        disk: Some(crate::rules::ThresholdsOverride {
+            warning: Some(0.97),
+            critical: Some(0.99),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = EngineConfig::default();
+    let compiled = CompiledRules::new(&rules, c.late_factor, c.down_grace_ms, c.forget_after_ms).unwrap();
+    let mut out = Vec::new();
+    for (app, gap) in [("batch-1", 30 * S), ("web", 30 * S)] {
+        let mut e = Engine::new(0, c.clone(), compiled.clone());
+        let mut b = beat(app, "i0", 1, T0);
+        b.disk_used_ratio = Some(0.96);
+        e.on_beat(b, 1, 0, &mut out);
+        let mut b = beat(app, "i0", 2, T0 + gap);
+        b.disk_used_ratio = Some(0.96);
+        e.on_beat(b, 2, 0, &mut out);
+    }
+    let kinds = |app: &str| -> Vec<AlertKind> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Alert(a) if a.app_id == app && a.state == AlertState::Firing => Some(a.kind),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds("batch-1"),
+        Vec::<AlertKind>::new(),
+        "a 30 s gap is fine at 10 x 5 s, 96 % disk below 97 %"
+    );
+    assert_eq!(kinds("web"), vec![AlertKind::DiskHigh, AlertKind::InstanceLate]);
 }
