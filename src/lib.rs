@@ -2,11 +2,18 @@
 //! applications through their heartbeats.
 //!
 //! Module map:
-//! - [`heartbeat`]: the heartbeat record and its validation rules.
-//! - [`codec`]: Avro single-object and JSON encodings on the wire.
-//! - [`config`]: the validated configuration (file, then environment).
-//! - [`topology`]: the declared Kafka topics, their creation and drift.
-//! - [`store`]: PostgreSQL connection, migrations and time partitions.
+//! - Contracts: [`heartbeat`] (the record and its rules), [`codec`] (Avro and JSON on the
+//!   wire), [`alert`] (the alert record, its id and Avro encoding).
+//! - Decisions, pure and clock-free: [`watermark`] (event time per partition), [`rules`]
+//!   (thresholds, overrides), [`engine`] (per-partition state, liveness timers, rollups,
+//!   snapshots, explanations).
+//! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
+//!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
+//!   [`metrics`], [`shutdown`].
+//! - Plumbing: [`config`], [`kafka`], [`topology`], [`store`] (connection, migrations,
+//!   partitions).
+//! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
+//!   [`summary`] (what a run found beside the load's ground truth).
 pub mod alert;
 pub mod codec;
 pub mod config;
@@ -22,6 +29,7 @@ pub mod service;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
+pub mod summary;
 pub mod tally;
 pub mod topology;
 pub mod watermark;

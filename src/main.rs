@@ -12,7 +12,7 @@ use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
 use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
 use pulsewatch::service::{self, Stage};
 use pulsewatch::store;
-use pulsewatch::tally;
+use pulsewatch::summary;
 use pulsewatch::topology::{self, Topology};
 
 #[derive(Parser)]
@@ -263,52 +263,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Summary { manifest, timeout } => {
-            let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
-            let t = tally::tally_topic(&config.kafka, &topic, config.input.max_sent_at_drift_ms, timeout)?;
-            println!(
-                "topic {topic}: {} records, {} valid heartbeats from {} applications",
-                t.records,
-                t.decoded,
-                t.beats_per_app.len()
-            );
-            for (code, n) in &t.errors_by_code {
-                println!("  rejected ({code}): {n}");
-            }
-            if let (Some(lo), Some(hi)) = (t.min_sent_at_ms, t.max_sent_at_ms) {
-                println!("  event time spans {:.1} minutes", (hi - lo) as f64 / 60_000.0);
-            }
-            let split = t.partitions_per_app.values().filter(|p| p.len() > 1).count();
-            println!(
-                "  keys not equal to app_id: {}; applications spread over several partitions: {split}",
-                t.key_mismatches
-            );
-            if let Some(path) = manifest {
-                let m = Manifest::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                let matching =
-                    m.per_app.iter().filter(|(app, c)| t.beats_per_app.get(*app) == Some(&c.beats)).count();
-                println!(
-                    "  manifest {}: {} beats, {} poison, {} faults; per-app counts match for {matching} of {} applications",
-                    path.display(),
-                    m.beats_total,
-                    m.poison_total,
-                    m.faults.len(),
-                    m.per_app.len()
-                );
-                for f in &m.faults {
-                    println!(
-                        "    fault {:<16} {:<12} {:<16} expects {}",
-                        f.kind,
-                        f.app_id,
-                        f.instance_id.as_deref().unwrap_or("(all instances)"),
-                        if f.expected_alerts.is_empty() {
-                            "no alert".to_owned()
-                        } else {
-                            f.expected_alerts.join(", ")
-                        }
-                    );
+            let m = match &manifest {
+                Some(path) => {
+                    Some(Manifest::read(path).with_context(|| format!("reading {}", path.display()))?)
                 }
+                None => None,
+            };
+            let found = runtime.block_on(summary::summarise(&config, m.as_ref(), timeout))?;
+            let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
+            print!("{}", found.render(&topic));
+            if let Some(m) = &m {
+                let t = &found.tally;
+                let matching = m
+                    .per_app
+                    .iter()
+                    .filter(|(app, c)| t.beats_per_app.get(*app).is_some_and(|n| *n >= c.beats))
+                    .count();
                 if matching != m.per_app.len() {
-                    bail!("the topic does not hold what the manifest says was produced");
+                    bail!("the topic holds fewer beats than the manifest says were produced");
                 }
             }
         }
