@@ -116,3 +116,23 @@ pub fn log_client_error(error: &KafkaError, reason: &str) {
     }
     tracing::error!(error = %error, "kafka: {reason}");
 }
+
+/// Publishes, per assigned partition, how many records the consumer is behind the
+/// partition's end. Asks the broker, so call it every few seconds, not per batch.
+pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    stage: &str,
+) {
+    use rdkafka::Offset;
+    use rdkafka::consumer::Consumer;
+    let Ok(position) = consumer.position() else { return };
+    for e in position.elements() {
+        let Offset::Offset(at) = e.offset() else { continue };
+        if let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)) {
+            crate::metrics::METRICS
+                .consumer_lag
+                .with_label_values(&[stage, e.topic(), &e.partition().to_string()])
+                .set((high - at).max(0));
+        }
+    }
+}

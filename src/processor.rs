@@ -60,6 +60,9 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
+/// How often consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
 fn wall_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -100,6 +103,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     let mut effects: Vec<Effect> = Vec::new();
     let commit_interval = Duration::from_millis(config.processor.commit_interval_ms);
     tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
+    let mut lag_checked = Instant::now();
 
     while !shutdown.is_triggered() {
         let started = Instant::now();
@@ -145,6 +149,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         }
         METRICS.records_in.with_label_values(&["processor", &topics.heartbeats]).inc_by(records as u64);
         let wall = wall_ms();
+        if lag_checked.elapsed() >= LAG_EVERY {
+            kafka::record_lag(&consumer, "processor");
+            lag_checked = Instant::now();
+        }
         let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
         partitions.sort_by_key(|e| e.partition());
         for engine in partitions {

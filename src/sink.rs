@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::Pool;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -136,13 +137,15 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
         .set("fetch.wait.max.ms", "100")
         .create_with_context(Assignments::default())?;
     consumer.subscribe(&[&topics.heartbeats, &topics.alerts, &topics.app_state, &topics.metrics])?;
-    let mut client = connect_with_retry(config, shutdown, rt)?;
+    let pool = store::pool(&config.postgres)?;
+    wait_for_database(&pool, config, shutdown, rt)?;
     // Next offset expected per assigned partition, as sink_offset says.
     let mut expected: HashMap<(String, i32), i64> = HashMap::new();
     let mut known_partitions: BTreeSet<String> = BTreeSet::new();
     let mut batch = Batch::default();
     let batch_ms = Duration::from_millis(config.sink.batch_ms);
     tracing::info!(group = %group, schema = %schema, "sink started");
+    let mut lag_checked = Instant::now();
 
     loop {
         let stopping = shutdown.is_triggered();
@@ -166,13 +169,17 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
                     expected.remove(tp);
                 }
                 if batch.ranges.keys().any(|tp| revoked.contains(tp)) {
-                    reseek_all(&consumer, &mut client, config, &group, &mut expected, &mut batch, rt)?;
+                    reseek_all(&consumer, &pool, config, &group, &mut expected, &mut batch, shutdown, rt)?;
                 }
             }
             if !assigned.is_empty() {
                 ready.store(true, Ordering::Relaxed);
-                seek_to_stored(&consumer, &client, &schema, &group, &assigned, &mut expected, rt)?;
+                seek_to_stored(&consumer, &pool, config, &group, &assigned, &mut expected, shutdown, rt)?;
             }
+        }
+        if lag_checked.elapsed() >= Duration::from_secs(10) {
+            kafka::record_lag(&consumer, "sink");
+            lag_checked = Instant::now();
         }
         let due =
             batch.first_at.is_some_and(|t| t.elapsed() >= batch_ms) || batch.rows() >= config.sink.batch_rows;
@@ -180,7 +187,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
             let taken = std::mem::take(&mut batch);
             match write_with_retry(
                 &consumer,
-                &mut client,
+                &pool,
                 config,
                 &group,
                 taken,
@@ -202,7 +209,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
                 }
                 Err(SinkError::Conflict { topic, partition, expected: e }) => {
                     tracing::warn!(%topic, partition, expected = e, "sink: batch refused, another instance wrote it; re-seeking");
-                    reseek_all(&consumer, &mut client, config, &group, &mut expected, &mut batch, rt)?;
+                    reseek_all(&consumer, &pool, config, &group, &mut expected, &mut batch, shutdown, rt)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -277,25 +284,31 @@ fn accept(
     }
 }
 
-/// Reads the stored offsets of newly assigned partitions and seeks there.
+/// Reads the stored offsets of newly assigned partitions and seeks there. A database outage
+/// is waited out with backoff.
+#[allow(clippy::too_many_arguments)]
 fn seek_to_stored(
     consumer: &BaseConsumer<Assignments>,
-    client: &Client,
-    schema: &str,
+    pool: &Pool,
+    config: &Config,
     group: &str,
     assigned: &[(String, i32)],
     expected: &mut HashMap<(String, i32), i64>,
+    shutdown: &Shutdown,
     rt: &Handle,
 ) -> Result<(), SinkError> {
-    let q = quoted_schema(schema)?;
+    let q = quoted_schema(&config.postgres.schema)?;
+    let sql = format!(
+        "SELECT next_offset FROM {q}.sink_offset WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
+    );
     for (topic, p) in assigned {
-        let stored: Option<i64> = rt
-            .block_on(client.query_opt(
-                &format!("SELECT next_offset FROM {q}.sink_offset WHERE consumer_group = $1 AND topic = $2 AND partition = $3"),
-                &[&group, topic, p],
-            ))
-            .doing("reading sink_offset")?
-            .map(|r| r.get(0));
+        let stored: Option<i64> = with_retry(config, shutdown, "reading sink_offset", || {
+            rt.block_on(async {
+                let client = store::checkout(pool).await?;
+                let row = client.query_opt(&sql, &[&group, topic, p]).await.doing("reading sink_offset")?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })?;
         let offset = match stored {
             Some(o) => o,
             None => consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))?.0,
@@ -316,35 +329,59 @@ fn seek_to_stored(
 }
 
 /// Drops the batch and seeks every assigned partition back to what `sink_offset` says.
+#[allow(clippy::too_many_arguments)]
 fn reseek_all(
     consumer: &BaseConsumer<Assignments>,
-    client: &mut Client,
+    pool: &Pool,
     config: &Config,
     group: &str,
     expected: &mut HashMap<(String, i32), i64>,
     batch: &mut Batch,
+    shutdown: &Shutdown,
     rt: &Handle,
 ) -> Result<(), SinkError> {
     *batch = Batch::default();
     let assignment: Vec<(String, i32)> =
         consumer.assignment()?.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
     expected.clear();
-    seek_to_stored(consumer, client, &config.postgres.schema, group, &assignment, expected, rt)
+    seek_to_stored(consumer, pool, config, group, &assignment, expected, shutdown, rt)
 }
 
-fn connect_with_retry(config: &Config, shutdown: &Shutdown, rt: &Handle) -> Result<Client, SinkError> {
+/// Retries `attempt` on transient database errors with exponential backoff and jitter.
+fn with_retry<T>(
+    config: &Config,
+    shutdown: &Shutdown,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, SinkError>,
+) -> Result<T, SinkError> {
     let mut delay = Duration::from_millis(config.sink.retry_initial_ms);
     loop {
-        match rt.block_on(store::connect(&config.postgres)) {
-            Ok(c) => return Ok(c),
-            Err(e) if !shutdown.is_triggered() => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sink: database unreachable, retrying");
+        match attempt() {
+            Err(SinkError::Store(e)) if e.is_transient() && !shutdown.is_triggered() => {
+                METRICS.sink_retries.with_label_values(&["database"]).inc();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sink: {what} failed, retrying");
                 std::thread::sleep(delay);
                 delay = next_delay(delay, config);
             }
-            Err(e) => return Err(e.into()),
+            other => return other,
         }
     }
+}
+
+/// Waits until the database answers.
+fn wait_for_database(
+    pool: &Pool,
+    config: &Config,
+    shutdown: &Shutdown,
+    rt: &Handle,
+) -> Result<(), SinkError> {
+    with_retry(config, shutdown, "connecting to PostgreSQL", || {
+        rt.block_on(async {
+            let client = store::checkout(pool).await?;
+            client.simple_query("SELECT 1").await.doing("checking the connection")?;
+            Ok(())
+        })
+    })
 }
 
 fn next_delay(delay: Duration, config: &Config) -> Duration {
@@ -358,7 +395,7 @@ fn next_delay(delay: Duration, config: &Config) -> Duration {
 #[allow(clippy::too_many_arguments)]
 fn write_with_retry(
     consumer: &BaseConsumer<Assignments>,
-    client: &mut Client,
+    pool: &Pool,
     config: &Config,
     group: &str,
     batch: Batch,
@@ -371,9 +408,16 @@ fn write_with_retry(
     let mut paused: Option<TopicPartitionList> = None;
     let started = Instant::now();
     let result = loop {
-        match rt.block_on(write_batch(client, &config.postgres.schema, group, &batch, known_partitions)) {
+        let written = rt.block_on(async {
+            let mut client = store::checkout(pool).await?;
+            write_batch(&mut client, &config.postgres.schema, group, &batch, known_partitions).await
+        });
+        record_pool_status(pool);
+        match written {
             Ok(()) => break Ok(()),
-            Err(SinkError::Store(e)) if e.is_transient() || client.is_closed() => {
+            Err(SinkError::Store(e)) if e.is_transient() => {
+                // A new connection may come after a restart that dropped our partitions' DDL cache.
+                known_partitions.clear();
                 METRICS.sink_retries.with_label_values(&["database"]).inc();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: database write failed, retrying");
                 if paused.is_none() {
@@ -389,13 +433,6 @@ fn write_with_retry(
                     }
                 }
                 delay = next_delay(delay, config);
-                if client.is_closed() {
-                    known_partitions.clear();
-                    match rt.block_on(store::connect(&config.postgres)) {
-                        Ok(c) => *client = c,
-                        Err(e) => tracing::warn!(error = %e, "sink: reconnect failed"),
-                    }
-                }
                 if shutdown.is_triggered() && started.elapsed() > Duration::from_secs(20) {
                     break Err(SinkError::Store(e));
                 }
@@ -459,6 +496,15 @@ const HEARTBEAT_TYPES: [Type; 28] = [
     Type::INT4,
     Type::INT8,
 ];
+
+/// Publishes the pool's size, available and waiting connections.
+fn record_pool_status(pool: &Pool) {
+    let status = pool.status();
+    METRICS.db_pool.with_label_values(&["max_size"]).set(status.max_size as i64);
+    METRICS.db_pool.with_label_values(&["size"]).set(status.size as i64);
+    METRICS.db_pool.with_label_values(&["available"]).set(status.available as i64);
+    METRICS.db_pool.with_label_values(&["waiting"]).set(status.waiting as i64);
+}
 
 /// One transaction: partitions, rows, then the offsets, checked against what they were.
 async fn write_batch(

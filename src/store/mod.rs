@@ -25,6 +25,8 @@ pub enum StoreError {
     ChecksumMismatch { version: i32, name: String, applied: String, shipped: String },
     #[error("schema name {0:?} is not a plain lower-case SQL identifier")]
     BadSchema(String),
+    #[error("database pool: {0}")]
+    Pool(String),
 }
 
 impl StoreError {
@@ -32,7 +34,7 @@ impl StoreError {
     /// to a problem that needs a person.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Connect(_) => true,
+            StoreError::Connect(_) | StoreError::Pool(_) => true,
             StoreError::Query { source, .. } => {
                 source.is_closed()
                     || source.code().is_none_or(|code| {
@@ -67,6 +69,26 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
         }
     });
     Ok(client)
+}
+
+/// A connection pool (deadpool) for the stages: broken connections are replaced on checkout,
+/// and waiting for a connection or creating one times out instead of hanging.
+pub fn pool(config: &PostgresConfig) -> Result<deadpool_postgres::Pool, StoreError> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+    let pg: tokio_postgres::Config = config.url.parse().map_err(StoreError::Connect)?;
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let timeout = Some(std::time::Duration::from_secs(10));
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts { wait: timeout, create: timeout, recycle: timeout })
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// Takes a connection from the pool.
+pub async fn checkout(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 /// The schema name, double-quoted for SQL, after checking it is a plain identifier.
