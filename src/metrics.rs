@@ -24,6 +24,7 @@ pub struct Metrics {
     pub clamped_beats: IntGauge,
     pub sink_batch_rows: Histogram,
     pub sink_retries: IntCounterVec,
+    pub sink_skipped: IntCounterVec,
     pub db_pool: IntGaugeVec,
 }
 
@@ -111,6 +112,12 @@ impl Metrics {
                 "sink_retries_total",
                 "Sink transactions retried, by reason",
                 &["reason"],
+            ),
+            sink_skipped: counter(
+                &registry,
+                "sink_skipped_total",
+                "Records the sink could not decode and did not store (invalid heartbeats are the processor's to dead-letter), by topic",
+                &["topic"],
             ),
             tracked_apps: gauge(&registry, "tracked_apps", "Applications in the processor's state"),
             tracked_instances: gauge(&registry, "tracked_instances", "Instances in the processor's state"),

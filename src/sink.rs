@@ -91,7 +91,6 @@ struct Batch {
     apps: BTreeMap<String, AppSnapshot>,
     ranges: OffsetRanges,
     first_at: Option<Instant>,
-    skipped: u64,
 }
 
 impl Batch {
@@ -251,14 +250,14 @@ fn accept(
         match codec::decode(payload, reference, config.input.max_sent_at_drift_ms) {
             Ok(beat) => batch.beats.push((beat, p, o)),
             // Invalid input is the processor's to dead-letter; the sink stores valid beats only.
-            Err(_) => batch.skipped += 1,
+            Err(_) => METRICS.sink_skipped.with_label_values(&[topic]).inc(),
         }
     } else if topic == topics.alerts {
         match Alert::decode(payload) {
             Ok(a) => batch.alerts.push((a, p, o)),
             Err(e) => {
                 tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable alert skipped");
-                batch.skipped += 1;
+                METRICS.sink_skipped.with_label_values(&[topic]).inc();
             }
         }
     } else if topic == topics.metrics {
@@ -268,7 +267,7 @@ fn accept(
             }
             Err(e) => {
                 tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable rollup skipped");
-                batch.skipped += 1;
+                METRICS.sink_skipped.with_label_values(&[topic]).inc();
             }
         }
     } else if topic == topics.app_state {
@@ -278,7 +277,7 @@ fn accept(
             }
             Err(e) => {
                 tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable snapshot skipped");
-                batch.skipped += 1;
+                METRICS.sink_skipped.with_label_values(&[topic]).inc();
             }
         }
     }
