@@ -124,18 +124,11 @@ pub async fn maintain(
             .map(|r| r.get(0))
             .collect();
         for start in wanted_starts(&plan, today, retention.days_ahead) {
-            let (name, end) = partition_for(&plan, start);
+            let (name, _) = partition_for(&plan, start);
             if existing.contains(&name) || expired(&plan, start, today) {
                 continue;
             }
-            tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {q}.\"{name}\" PARTITION OF {q}.\"{table}\"
-                 FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
-                table = plan.table
-            ))
-            .await
-            .doing(format!("creating partition {name}"))?;
-            report.created.push(name);
+            report.created.push(ensure(&tx, schema, &plan, start).await?);
         }
         for name in &existing {
             if parse_partition(&plan, name).is_some_and(|start| expired(&plan, start, today)) {
