@@ -46,15 +46,25 @@ fn bench(c: &mut Criterion) {
                 }
             }
         }
-        let round: Vec<Heartbeat> = (0..apps)
-            .flat_map(|app| (0..2).map(move |i| beat(app, i, 4, T0 + 15_000 + (app * 2 + i) as i64)))
-            .collect();
+        // Each measured round is the fleet's next one, five seconds later.
+        let next_round = std::cell::Cell::new(3i64);
+        let make_round = |r: i64| -> Vec<Heartbeat> {
+            (0..apps)
+                .flat_map(|app| {
+                    (0..2).map(move |i| beat(app, i, r + 1, T0 + r * 5_000 + (app * 2 + i) as i64))
+                })
+                .collect()
+        };
+        let round = make_round(3);
         let mut g = c.benchmark_group(format!("engine/{apps}-apps"));
         g.throughput(Throughput::Elements(round.len() as u64));
         g.sample_size(10);
         g.bench_function("on_beat, one round of the fleet", |b| {
             b.iter_batched(
-                || round.clone(),
+                || {
+                    next_round.set(next_round.get() + 1);
+                    make_round(next_round.get())
+                },
                 |beats| {
                     let mut out: Vec<Effect> = Vec::new();
                     for (n, hb) in beats.into_iter().enumerate() {

@@ -21,6 +21,10 @@ pub enum Liveness {
 /// Length of the window the error rate is measured over.
 const RATE_WINDOW_MS: i64 = 60_000;
 
+/// Most deltas kept in the window, whatever the beat rate: a producer beating far faster than
+/// once a second (or repeating one timestamp) must not grow the state without bound.
+const MAX_RATE_SAMPLES: usize = 120;
+
 /// The kinds of the threshold rules, in the order of `RuleSet::rules`.
 const RULE_KINDS: [AlertKind; 8] = [
     AlertKind::MemoryHigh,
@@ -96,7 +100,9 @@ impl InstanceState {
     pub fn observe_rates(&mut self, b: &Heartbeat, d: &Deltas) -> Option<f64> {
         b.requests_total?;
         self.rate_window.push_back((b.sent_at, d.requests, d.errors));
-        while self.rate_window.front().is_some_and(|(t, _, _)| *t <= b.sent_at - RATE_WINDOW_MS) {
+        while self.rate_window.front().is_some_and(|(t, _, _)| *t <= b.sent_at - RATE_WINDOW_MS)
+            || self.rate_window.len() > MAX_RATE_SAMPLES
+        {
             self.rate_window.pop_front();
         }
         let requests: f64 = self.rate_window.iter().map(|(_, r, _)| r).sum();

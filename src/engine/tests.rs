@@ -431,3 +431,16 @@ fn per_app_overrides_change_liveness_and_thresholds() {
     );
     assert_eq!(kinds("web"), vec![AlertKind::DiskHigh, AlertKind::InstanceLate]);
 }
+
+#[test]
+fn the_rate_window_stays_bounded_when_beats_share_a_timestamp() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for i in 0..1_000 {
+        let mut b = beat("a", "i0", i + 1, T0);
+        b.requests_total = Some(i * 10);
+        e.on_beat(b, i, 0, &mut out);
+    }
+    let window = &e.app("a").unwrap().instances["a-i0"].rate_window;
+    assert!(window.len() <= 121, "{} samples kept", window.len());
+}
