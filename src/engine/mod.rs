@@ -200,15 +200,19 @@ impl Engine {
         let partition = self.partition;
         let app_id = beat.app_id.clone();
         let instance_id = beat.instance_id.clone();
-        self.dirty.insert(app_id.clone());
-        let rules = &self.rules;
-        let app = self.apps.entry(app_id.clone()).or_insert_with(|| AppState {
-            profile: Some(rules.profile_for(&beat.app_id, &beat.labels)),
-            ..AppState::default()
-        });
+        if !self.dirty.contains(&app_id) {
+            self.dirty.insert(app_id.clone());
+        }
+        if !self.apps.contains_key(&app_id) {
+            let profile = Some(self.rules.profile_for(&beat.app_id, &beat.labels));
+            self.apps.insert(app_id.clone(), AppState { profile, ..AppState::default() });
+        }
+        let app = self.apps.get_mut(&app_id).expect("inserted above");
         let profile = app.profile.clone().expect("set when the app is created");
         app.last_seen = app.last_seen.max(t);
-        app.labels.clone_from(&beat.labels);
+        if app.labels != beat.labels {
+            app.labels.clone_from(&beat.labels);
+        }
 
         // Rollup: the beat joins its minute unless that minute was already emitted.
         let minute = minute_of(t);
