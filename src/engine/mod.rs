@@ -67,9 +67,93 @@ pub enum Effect {
     Rollup(Rollup),
 }
 
-/// An instance's alert transition decided while applying a beat: kind, state, severity,
-/// started_at, words, value, threshold.
-type PendingTransition = (AlertKind, AlertState, Severity, i64, Explanation, Option<f64>, Option<f64>);
+/// Where an alert transition comes from: the record position it points at (the beat that
+/// caused it, or the watermark position for timer-driven ones) and the wall time it leaves.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    partition: i32,
+    offset: i64,
+    wall_ms: i64,
+}
+
+/// The facts of one alert transition; [`Change::emit`] adds its words and origin.
+struct Change<'a> {
+    app_id: &'a str,
+    instance_id: Option<&'a str>,
+    kind: AlertKind,
+    severity: Severity,
+    state: AlertState,
+    started_at: i64,
+    event_at: i64,
+    value: Option<f64>,
+    threshold: Option<f64>,
+}
+
+impl<'a> Change<'a> {
+    /// Fires at `at`, the condition having begun at `started_at`.
+    fn firing(
+        app_id: &'a str,
+        instance_id: Option<&'a str>,
+        kind: AlertKind,
+        severity: Severity,
+        started_at: i64,
+        at: i64,
+    ) -> Self {
+        Change {
+            app_id,
+            instance_id,
+            kind,
+            severity,
+            state: AlertState::Firing,
+            started_at,
+            event_at: at,
+            value: None,
+            threshold: None,
+        }
+    }
+
+    /// Resolves at `at`; a resolution never precedes its firing (a late beat can be older
+    /// than the deadline it answers).
+    fn resolved(
+        app_id: &'a str,
+        instance_id: Option<&'a str>,
+        kind: AlertKind,
+        severity: Severity,
+        started_at: i64,
+        at: i64,
+    ) -> Self {
+        Change {
+            state: AlertState::Resolved,
+            event_at: at.max(started_at),
+            ..Change::firing(app_id, instance_id, kind, severity, started_at, at)
+        }
+    }
+
+    fn measured(self, value: Option<f64>, threshold: Option<f64>) -> Self {
+        Change { value, threshold, ..self }
+    }
+
+    fn emit(self, ex: Explanation, origin: Origin) -> Effect {
+        Effect::Alert(Alert {
+            alert_id: alert_id(self.app_id, self.instance_id, self.kind),
+            app_id: self.app_id.to_owned(),
+            instance_id: self.instance_id.map(str::to_owned),
+            kind: self.kind,
+            severity: self.severity,
+            state: self.state,
+            started_at: self.started_at,
+            event_at: self.event_at,
+            emitted_at: origin.wall_ms,
+            value: self.value,
+            threshold: self.threshold,
+            summary: ex.summary,
+            evidence: ex.evidence,
+            recommendations: ex.recommendations,
+            source_partition: origin.partition,
+            source_offset: origin.offset,
+        })
+    }
+}
 
 /// Why a timer exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -197,7 +281,7 @@ impl Engine {
 
     fn apply_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64, out: &mut Vec<Effect>) {
         let t = beat.sent_at;
-        let partition = self.partition;
+        let origin = Origin { partition: self.partition, offset, wall_ms };
         let app_id = beat.app_id.clone();
         let instance_id = beat.instance_id.clone();
         if !self.dirty.contains(&app_id) {
@@ -241,12 +325,11 @@ impl Engine {
             return;
         }
 
-        let mut transitions: Vec<PendingTransition> = Vec::new();
         // Deadlines of this app that passed before this beat are facts of event time,
         // whatever the (possibly clamped) watermark says: the app's beats arrive in order, so
         // its instances were silent until now. Other instances' beats may still be within
         // the allowed lateness.
-        let ctx = StepContext { profile: &profile, partition, offset: self.last_offset, wall_ms };
+        let ctx = StepContext { profile: &profile, origin };
         let overdue = app.instances.values().any(|i| next_deadline(&profile, i) < t);
         let ids: Vec<String> = if overdue { app.instances.keys().cloned().collect() } else { Vec::new() };
         for id in ids {
@@ -258,21 +341,10 @@ impl Engine {
         let app_down_open = app.app_down.take_if(|_| beat.status != InstanceStatus::Stopping);
         if let Some(started) = app_down_open {
             let ex = explain::app_down(AlertState::Resolved, &app_id, app.instances.len());
-            out.push(Effect::Alert(build(
-                &app_id,
-                None,
-                AlertKind::AppDown,
-                Severity::Critical,
-                AlertState::Resolved,
-                started,
-                t.max(started),
-                wall_ms,
-                None,
-                None,
-                ex,
-                partition,
-                offset,
-            )));
+            out.push(
+                Change::resolved(&app_id, None, AlertKind::AppDown, Severity::Critical, started, t)
+                    .emit(ex, origin),
+            );
         }
 
         let instance = app.instances.entry(instance_id.clone()).or_insert_with(|| {
@@ -297,7 +369,9 @@ impl Engine {
                     );
                     let sev =
                         if kind == AlertKind::InstanceDown { Severity::Critical } else { Severity::Warning };
-                    transitions.push((kind, AlertState::Resolved, sev, started, ex, None, None));
+                    out.push(
+                        Change::resolved(&app_id, Some(&instance_id), kind, sev, started, t).emit(ex, origin),
+                    );
                 }
             }
             instance.late_since = None;
@@ -322,15 +396,15 @@ impl Engine {
                         let mut ex = ex;
                         ex.evidence.insert("previous_seq".into(), instance.last.seq.to_string());
                         ex.evidence.insert("new_seq".into(), beat.seq.to_string());
-                        transitions.push((
+                        let change = Change::firing(
+                            &app_id,
+                            Some(&instance_id),
                             AlertKind::InstanceRestarted,
-                            AlertState::Firing,
                             Severity::Warning,
                             t,
-                            ex,
-                            None,
-                            None,
-                        ));
+                            t,
+                        );
+                        out.push(change.emit(ex, origin));
                         instance.restarted = Some((t, t));
                     }
                 }
@@ -345,18 +419,26 @@ impl Engine {
         for (i, &(kind, th)) in profile.rules.iter().enumerate() {
             let Some(value) = values[i] else { continue };
             if let Some(tr) = instance.rules[i].observe(t, value, &th) {
-                let (state, severity, started, shown_threshold) = match tr {
+                let inst = Some(instance_id.as_str());
+                let (change, shown_threshold) = match tr {
                     Transition::Fire { severity, started_at } => {
                         let level = if severity == Severity::Critical { th.critical } else { th.warning };
-                        (AlertState::Firing, severity, started_at, level)
+                        (Change::firing(&app_id, inst, kind, severity, started_at, t), level)
                     }
                     Transition::Resolve { severity, started_at } => {
-                        (AlertState::Resolved, severity, started_at, th.resolve_below)
+                        (Change::resolved(&app_id, inst, kind, severity, started_at, t), th.resolve_below)
                     }
                 };
-                let ex =
-                    explain::threshold(kind, state, severity, value, shown_threshold, &beat, requests_per_s);
-                transitions.push((kind, state, severity, started, ex, Some(value), Some(shown_threshold)));
+                let ex = explain::threshold(
+                    kind,
+                    change.state,
+                    change.severity,
+                    value,
+                    shown_threshold,
+                    &beat,
+                    requests_per_s,
+                );
+                out.push(change.measured(Some(value), Some(shown_threshold)).emit(ex, origin));
             }
         }
 
@@ -368,7 +450,9 @@ impl Engine {
             for (kind, sev, started) in instance.open_alerts() {
                 let ex =
                     explain::liveness(kind, AlertState::Resolved, &app_id, &instance_id, &instance.last, 0);
-                transitions.push((kind, AlertState::Resolved, sev, started, ex, None, None));
+                out.push(
+                    Change::resolved(&app_id, Some(&instance_id), kind, sev, started, t).emit(ex, origin),
+                );
             }
             app.instances.remove(&instance_id);
             app.stopped.insert(instance_id.clone());
@@ -381,25 +465,6 @@ impl Engine {
             }
         }
 
-        for (kind, state, severity, started, ex, value, threshold) in transitions {
-            // A resolution never precedes its firing (a late beat can be older than the deadline it answers).
-            let event_at = if state == AlertState::Resolved { t.max(started) } else { t };
-            out.push(Effect::Alert(build(
-                &app_id,
-                Some(&instance_id),
-                kind,
-                severity,
-                state,
-                started,
-                event_at,
-                wall_ms,
-                value,
-                threshold,
-                ex,
-                partition,
-                offset,
-            )));
-        }
         if new_minute {
             self.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
         }
@@ -457,8 +522,8 @@ impl Engine {
         let wm = self.watermark.current().unwrap_or(timer.at);
         let app = self.apps.get_mut(&timer.app_id).expect("checked above");
         let profile = app.profile.clone().expect("set when the app is created");
-        let ctx =
-            StepContext { profile: &profile, partition: self.partition, offset: self.last_offset, wall_ms };
+        let origin = Origin { partition: self.partition, offset: self.last_offset, wall_ms };
+        let ctx = StepContext { profile: &profile, origin };
         if let Some(inst) = app.instances.get_mut(&timer.instance_id) {
             inst.scheduled = None;
         }
@@ -469,7 +534,7 @@ impl Engine {
 
     fn fire_restart_quiet(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
         let quiet = self.config.restart_quiet_ms;
-        let (partition, offset) = (self.partition, self.last_offset);
+        let origin = Origin { partition: self.partition, offset: self.last_offset, wall_ms };
         let Some(inst) =
             self.apps.get_mut(&timer.app_id).and_then(|a| a.instances.get_mut(&timer.instance_id))
         else {
@@ -489,21 +554,16 @@ impl Engine {
             0,
         );
         ex.summary = format!("{}/{}: no restart for {} min", timer.app_id, timer.instance_id, quiet / 60_000);
-        out.push(Effect::Alert(build(
+        let kind = AlertKind::InstanceRestarted;
+        let change = Change::resolved(
             &timer.app_id,
             Some(&timer.instance_id),
-            AlertKind::InstanceRestarted,
+            kind,
             Severity::Warning,
-            AlertState::Resolved,
             started,
             timer.at,
-            wall_ms,
-            None,
-            None,
-            ex,
-            partition,
-            offset,
-        )));
+        );
+        out.push(change.emit(ex, origin));
         self.dirty.insert(timer.app_id.clone());
     }
 }
@@ -511,9 +571,7 @@ impl Engine {
 /// What liveness steps need besides the application's state.
 struct StepContext<'a> {
     profile: &'a Profile,
-    partition: i32,
-    offset: i64,
-    wall_ms: i64,
+    origin: Origin,
 }
 
 /// Moves one instance through every liveness deadline up to `until` (UP → LATE → DOWN →
@@ -526,7 +584,7 @@ fn step_liveness(
     until: i64,
     out: &mut Vec<Effect>,
 ) {
-    let (partition, offset, wall_ms) = (ctx.partition, ctx.offset, ctx.wall_ms);
+    let origin = ctx.origin;
     loop {
         let Some(inst) = app.instances.get_mut(instance_id) else { return };
         let due = next_deadline(ctx.profile, inst);
@@ -548,21 +606,15 @@ fn step_liveness(
                     silent,
                 );
                 let threshold = ctx.profile.late_after(interval) as f64;
-                out.push(Effect::Alert(build(
+                let change = Change::firing(
                     app_id,
                     Some(instance_id),
                     AlertKind::InstanceLate,
                     Severity::Warning,
-                    AlertState::Firing,
                     due,
                     due,
-                    wall_ms,
-                    Some(silent as f64),
-                    Some(threshold),
-                    ex,
-                    partition,
-                    offset,
-                )));
+                );
+                out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
             }
             Liveness::Late => {
                 inst.liveness = Liveness::Down;
@@ -577,39 +629,21 @@ fn step_liveness(
                     silent,
                 );
                 let threshold = (ctx.profile.late_after(interval) + ctx.profile.down_grace(interval)) as f64;
-                out.push(Effect::Alert(build(
+                let change = Change::firing(
                     app_id,
                     Some(instance_id),
                     AlertKind::InstanceDown,
                     Severity::Critical,
-                    AlertState::Firing,
                     due,
                     due,
-                    wall_ms,
-                    Some(silent as f64),
-                    Some(threshold),
-                    ex,
-                    partition,
-                    offset,
-                )));
+                );
+                out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
                 if app.app_down.is_none() && app.instances.values().all(|i| i.liveness == Liveness::Down) {
                     app.app_down = Some(due);
                     let ex = explain::app_down(AlertState::Firing, app_id, app.instances.len());
-                    out.push(Effect::Alert(build(
-                        app_id,
-                        None,
-                        AlertKind::AppDown,
-                        Severity::Critical,
-                        AlertState::Firing,
-                        due,
-                        due,
-                        wall_ms,
-                        Some(app.instances.len() as f64),
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
+                    let change =
+                        Change::firing(app_id, None, AlertKind::AppDown, Severity::Critical, due, due);
+                    out.push(change.measured(Some(app.instances.len() as f64), None).emit(ex, origin));
                 }
             }
             Liveness::Down => {
@@ -628,21 +662,9 @@ fn step_liveness(
                         kind.as_str(),
                         silent / 1000
                     );
-                    out.push(Effect::Alert(build(
-                        app_id,
-                        Some(instance_id),
-                        kind,
-                        sev,
-                        AlertState::Resolved,
-                        started,
-                        due,
-                        wall_ms,
-                        None,
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
+                    out.push(
+                        Change::resolved(app_id, Some(instance_id), kind, sev, started, due).emit(ex, origin),
+                    );
                 }
                 app.instances.remove(instance_id);
                 if app.instances.is_empty()
@@ -650,21 +672,9 @@ fn step_liveness(
                 {
                     let mut ex = explain::app_down(AlertState::Resolved, app_id, 0);
                     ex.summary = format!("{app_id}: APP_DOWN resolved, every instance forgotten");
-                    out.push(Effect::Alert(build(
-                        app_id,
-                        None,
-                        AlertKind::AppDown,
-                        Severity::Critical,
-                        AlertState::Resolved,
-                        started,
-                        due,
-                        wall_ms,
-                        None,
-                        None,
-                        ex,
-                        partition,
-                        offset,
-                    )));
+                    let change =
+                        Change::resolved(app_id, None, AlertKind::AppDown, Severity::Critical, started, due);
+                    out.push(change.emit(ex, origin));
                 }
                 return;
             }
@@ -699,42 +709,6 @@ fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; 8]
         error_rate,
         b.db_query_p95_ms.map(f64::from),
     ]
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build(
-    app_id: &str,
-    instance_id: Option<&str>,
-    kind: AlertKind,
-    severity: Severity,
-    state: AlertState,
-    started_at: i64,
-    event_at: i64,
-    emitted_at: i64,
-    value: Option<f64>,
-    threshold: Option<f64>,
-    ex: Explanation,
-    source_partition: i32,
-    source_offset: i64,
-) -> Alert {
-    Alert {
-        alert_id: alert_id(app_id, instance_id, kind),
-        app_id: app_id.to_owned(),
-        instance_id: instance_id.map(str::to_owned),
-        kind,
-        severity,
-        state,
-        started_at,
-        event_at,
-        emitted_at,
-        value,
-        threshold,
-        summary: ex.summary,
-        evidence: ex.evidence,
-        recommendations: ex.recommendations,
-        source_partition,
-        source_offset,
-    }
 }
 
 #[cfg(test)]
