@@ -6,6 +6,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use pulsewatch::engine::{Effect, Engine, EngineConfig};
 use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::rules::{CompiledRules, RuleSet, RuleState};
+use pulsewatch::trend::TrendConfig;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -24,8 +25,7 @@ fn beat(app: usize, instance: usize, seq: i64, t: i64) -> Heartbeat {
 
 fn engine() -> Engine {
     let c = EngineConfig::default();
-    let rules =
-        CompiledRules::new(&RuleSet::default(), c.late_factor, c.down_grace_ms, c.forget_after_ms).unwrap();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }
 

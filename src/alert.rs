@@ -39,6 +39,8 @@ pub enum AlertKind {
     MemoryLeakSuspected,
     ConnectionLeakSuspected,
     SessionLeakSuspected,
+    ThreadLeakSuspected,
+    FdLeakSuspected,
 }
 
 impl AlertKind {
@@ -60,6 +62,8 @@ impl AlertKind {
             AlertKind::MemoryLeakSuspected => "MEMORY_LEAK_SUSPECTED",
             AlertKind::ConnectionLeakSuspected => "CONNECTION_LEAK_SUSPECTED",
             AlertKind::SessionLeakSuspected => "SESSION_LEAK_SUSPECTED",
+            AlertKind::ThreadLeakSuspected => "THREAD_LEAK_SUSPECTED",
+            AlertKind::FdLeakSuspected => "FD_LEAK_SUSPECTED",
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub detection: crate::engine::EngineConfig,
     /// Threshold rules.
     pub rules: crate::rules::RuleSet,
+    /// Leak and trend detection.
+    pub trend: crate::trend::TrendConfig,
     pub processor: ProcessorConfig,
     pub sink: SinkConfig,
 }
@@ -271,6 +273,7 @@ impl Config {
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
+        self.trend.validate().map_err(|(key, problem)| invalid(&key, problem))?;
         for (key, days) in [
             ("retention.raw_days", self.retention.raw_days),
             ("retention.rollup_days", self.retention.rollup_days),
@@ -284,8 +287,7 @@ impl Config {
 
     /// The threshold rules with their per-application overrides compiled.
     pub fn compiled_rules(&self) -> Result<crate::rules::CompiledRules, String> {
-        let d = &self.detection;
-        crate::rules::CompiledRules::new(&self.rules, d.late_factor, d.down_grace_ms, d.forget_after_ms)
+        crate::rules::CompiledRules::new(&self.rules, &self.detection, &self.trend)
     }
 
     /// The effective config as TOML, with passwords and secrets replaced by `****`.

@@ -32,4 +32,5 @@ pub mod store;
 pub mod summary;
 pub mod tally;
 pub mod topology;
+pub mod trend;
 pub mod watermark;

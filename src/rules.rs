@@ -76,6 +76,8 @@ pub struct RuleOverride {
     pub label: Option<String>,
     pub late_factor: Option<f64>,
     pub down_grace_ms: Option<i64>,
+    /// Turns leak detection off (or on) for the matching applications.
+    pub leak_detection: Option<bool>,
     pub memory: Option<ThresholdsOverride>,
     pub cpu: Option<ThresholdsOverride>,
     pub db_pool: Option<ThresholdsOverride>,
@@ -109,6 +111,8 @@ pub struct Profile {
     /// 0 means max(3 × interval, 30 s).
     pub down_grace_ms: i64,
     pub forget_after_ms: i64,
+    /// How leaks are judged (`[trend]`; `leak_detection` per override).
+    pub trend: crate::trend::TrendConfig,
 }
 
 impl Profile {
@@ -135,15 +139,20 @@ pub struct CompiledRules {
 type MatchingOverride = (Option<globset::GlobMatcher>, Option<(String, String)>, RuleOverride);
 
 impl CompiledRules {
-    /// `late_factor`, `down_grace_ms` and `forget_after_ms` are the defaults from `[detection]`.
+    /// The liveness defaults come from `[detection]`, the leak settings from `[trend]`.
     pub fn new(
         rules: &RuleSet,
-        late_factor: f64,
-        down_grace_ms: i64,
-        forget_after_ms: i64,
+        detection: &crate::engine::EngineConfig,
+        trend: &crate::trend::TrendConfig,
     ) -> Result<CompiledRules, String> {
         rules.validate()?;
-        let default = Profile { rules: rules.rules(), late_factor, down_grace_ms, forget_after_ms };
+        let default = Profile {
+            rules: rules.rules(),
+            late_factor: detection.late_factor,
+            down_grace_ms: detection.down_grace_ms,
+            forget_after_ms: detection.forget_after_ms,
+            trend: trend.clone(),
+        };
         let mut overrides = Vec::new();
         for (i, o) in rules.overrides.iter().enumerate() {
             let glob = match &o.app {
@@ -216,6 +225,7 @@ impl CompiledRules {
 fn apply(profile: &mut Profile, o: &RuleOverride) {
     profile.late_factor = o.late_factor.unwrap_or(profile.late_factor);
     profile.down_grace_ms = o.down_grace_ms.unwrap_or(profile.down_grace_ms);
+    profile.trend.enabled = o.leak_detection.unwrap_or(profile.trend.enabled);
     for ((_, t), over) in profile.rules.iter_mut().zip(o.thresholds()) {
         if let Some(over) = over {
             over.apply(t);
@@ -349,6 +359,8 @@ impl RuleState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineConfig;
+    use crate::trend::TrendConfig;
 
     const CPU: Thresholds =
         Thresholds { warning: 0.8, critical: 0.9, for_ms: 5 * MINUTE, resolve_below: 0.75 };
@@ -463,7 +475,7 @@ mod tests {
             late_factor: Some(20.0),
             ..Default::default()
         });
-        let c = CompiledRules::new(&rules, 2.0, 0, 86_400_000).unwrap();
+        let c = CompiledRules::new(&rules, &EngineConfig::default(), &TrendConfig::default()).unwrap();
         let none = std::collections::BTreeMap::new();
         let payments: std::collections::BTreeMap<String, String> =
             [("team".into(), "payments".into())].into();
@@ -485,14 +497,26 @@ mod tests {
     fn bad_overrides_are_refused_with_their_index() {
         let mut rules = RuleSet::default();
         rules.overrides.push(RuleOverride { label: Some("nokey".into()), ..Default::default() });
-        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("overrides[0].label"));
+        assert!(
+            CompiledRules::new(&rules, &EngineConfig::default(), &TrendConfig::default())
+                .unwrap_err()
+                .contains("overrides[0].label")
+        );
         rules.overrides[0] = RuleOverride::default();
-        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("needs app"));
+        assert!(
+            CompiledRules::new(&rules, &EngineConfig::default(), &TrendConfig::default())
+                .unwrap_err()
+                .contains("needs app")
+        );
         rules.overrides[0] = RuleOverride {
             app: Some("x".into()),
             cpu: Some(ThresholdsOverride { warning: Some(0.95), ..Default::default() }),
             ..Default::default()
         };
-        assert!(CompiledRules::new(&rules, 2.0, 0, 1).unwrap_err().contains("CPU_HIGH"));
+        assert!(
+            CompiledRules::new(&rules, &EngineConfig::default(), &TrendConfig::default())
+                .unwrap_err()
+                .contains("CPU_HIGH")
+        );
     }
 }

@@ -246,3 +246,110 @@ pub fn app_down(state: AlertState, app_id: &str, instances: usize) -> Explanatio
         }
     }
 }
+
+/// Explains a leak alert's transition: the growth that was measured and where it leads.
+pub fn leak(change: &crate::trend::LeakChange, beat: &Heartbeat) -> Explanation {
+    use crate::trend::{LeakChange, Resource};
+    let mut evidence = BTreeMap::new();
+    figures(beat, &mut evidence);
+    let who = format!("{}/{}", beat.app_id, beat.instance_id);
+    match change {
+        LeakChange::Fire { resource, verdict, .. } => {
+            let g = &verdict.growth;
+            let per_hour = g.slope_per_min * 60.0;
+            put(&mut evidence, "slope_per_hour", Some(format!("{per_hour:.3}")));
+            put(&mut evidence, "raw_slope_per_hour", Some(format!("{:.3}", g.raw_slope_per_min * 60.0)));
+            put(&mut evidence, "trend_z", Some(format!("{:.2}", g.z)));
+            put(&mut evidence, "points", Some(g.points));
+            put(&mut evidence, "series", Some(resource.describe()));
+            put(&mut evidence, "level", Some(format!("{:.1}", g.level)));
+            put(&mut evidence, "limit", verdict.limit.map(|l| format!("{l:.0}")));
+            put(&mut evidence, "troughs", g.troughs);
+            put(&mut evidence, "workload_normalised", Some(g.per_request_rate.is_some()));
+            put(&mut evidence, "normalised_slope_per_hour", Some(format!("{per_hour:.3}")));
+            put(&mut evidence, "per_request_per_s", g.per_request_rate.map(|b| format!("{b:.3}")));
+            let horizon = verdict.exhaustion_in_ms.map(|ms| {
+                let at = chrono::DateTime::from_timestamp_millis(beat.sent_at.saturating_add(ms))
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                (ms as f64 / 3_600_000.0, at)
+            });
+            if let Some((hours, at)) = &horizon {
+                put(&mut evidence, "exhaustion_in_hours", Some(format!("{hours:.2}")));
+                put(&mut evidence, "projected_exhaustion", Some(at.clone()));
+            }
+            let how = match (g.troughs, g.per_request_rate) {
+                (Some(n), _) => format!(" (judged on {n} saw-tooth troughs)"),
+                (None, Some(_)) => " (beyond what the request rate explains)".to_owned(),
+                (None, None) => " while the request rate is flat".to_owned(),
+            };
+            let unit = match resource {
+                Resource::Memory => format!("{:.1} MiB/h", per_hour / 1_048_576.0),
+                _ => format!("{per_hour:.2}/h"),
+            };
+            let summary = match &horizon {
+                Some((hours, at)) => format!(
+                    "{who}: {} grows {unit}{how}; at this rate it reaches its limit in {hours:.1} h ({at})",
+                    resource_word(*resource)
+                ),
+                None => format!(
+                    "{who}: {} grows {unit}{how}, {:.0}% of its level per day",
+                    resource_word(*resource),
+                    per_hour * 24.0 / g.level.max(f64::MIN_POSITIVE) * 100.0
+                ),
+            };
+            Explanation { summary, evidence, recommendations: leak_recommendations(*resource) }
+        }
+        LeakChange::Resolve { resource, calm_minutes, .. } => {
+            let summary = if *calm_minutes == 0 {
+                format!("{who}: {} leak suspicion resolved, a new process started", resource_word(*resource))
+            } else {
+                format!(
+                    "{who}: {} no longer grows ({calm_minutes} min without a trend)",
+                    resource_word(*resource)
+                )
+            };
+            Explanation { summary, evidence, recommendations: Vec::new() }
+        }
+    }
+}
+
+fn resource_word(r: crate::trend::Resource) -> &'static str {
+    use crate::trend::Resource;
+    match r {
+        Resource::Memory => "memory",
+        Resource::DbPool => "db connections in use",
+        Resource::Sessions => "active sessions",
+        Resource::Threads => "threads",
+        Resource::OpenFds => "open file descriptors",
+    }
+}
+
+fn leak_recommendations(r: crate::trend::Resource) -> Vec<String> {
+    use crate::trend::Resource;
+    let lines: &[&str] = match r {
+        Resource::Memory => &[
+            "Take two heap dumps some minutes apart and compare what grows (objects retained by caches, listeners, static collections).",
+            "Check caches and in-process queues for missing size bounds or expiry.",
+            "If the growth started with a deploy, compare with the previous version; a restart only buys time.",
+        ],
+        Resource::DbPool => &[
+            "Connections are taken from the pool and not returned: look for code paths that skip close/release on errors (use context managers / try-finally).",
+            "Enable the pool's leak detection (e.g. a checkout timeout with stack traces) to find the borrower.",
+            "Check for long-running or idle-in-transaction sessions on the database (pg_stat_activity).",
+        ],
+        Resource::Sessions => &[
+            "Sessions are created faster than they expire: check the session timeout and that logouts and expired sessions are removed.",
+            "Look for clients (bots, health checks) that create a new session on every request.",
+        ],
+        Resource::Threads => &[
+            "Threads are started and never end: take a thread dump and look for many threads with the same stack.",
+            "Check executors and thread pools for missing bounds or shutdown.",
+        ],
+        Resource::OpenFds => &[
+            "File descriptors are opened and not closed: list them (lsof -p / /proc/<pid>/fd) and group by target.",
+            "Check files, sockets and HTTP clients for missing close on error paths.",
+        ],
+    };
+    lines.iter().map(|s| (*s).to_owned()).collect()
+}

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::rules::{CompiledRules, Profile, Transition};
+use crate::trend::LeakChange;
 use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
@@ -192,6 +193,8 @@ pub struct Engine {
     apps: HashMap<String, AppState>,
     timers: BinaryHeap<Reverse<Timer>>,
     dirty: BTreeSet<String>,
+    /// Leak transitions of the beat being applied (kept to reuse its allocation).
+    leak_changes: Vec<LeakChange>,
     /// Offset of the last record seen: the position timer-driven alerts point at.
     last_offset: i64,
     pub stats: EngineStats,
@@ -207,6 +210,7 @@ impl Engine {
             apps: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: BTreeSet::new(),
+            leak_changes: Vec::new(),
             last_offset: -1,
             stats: EngineStats::default(),
         }
@@ -409,6 +413,8 @@ impl Engine {
                     }
                 }
                 schedule_quiet = Some(t + self.config.restart_quiet_ms);
+                // A new process: its resources start a new series.
+                instance.trend.restart(&mut self.leak_changes);
             }
         }
 
@@ -440,6 +446,32 @@ impl Engine {
                 );
                 out.push(change.measured(Some(value), Some(shown_threshold)).emit(ex, origin));
             }
+        }
+
+        // Leak trends, judged each time a minute of this instance closes.
+        if profile.trend.enabled {
+            instance.trend.observe(&beat, deltas.requests, &profile.trend, &mut self.leak_changes);
+        }
+        for change in self.leak_changes.drain(..) {
+            let ex = explain::leak(&change, &beat);
+            let inst = Some(instance_id.as_str());
+            let effect = match change {
+                LeakChange::Fire { resource, verdict, started_at } => {
+                    let c = Change::firing(&app_id, inst, resource.kind(), verdict.severity, started_at, t);
+                    let hours = verdict.exhaustion_in_ms.map(|ms| ms as f64 / 3_600_000.0);
+                    let horizon = match verdict.severity {
+                        Severity::Critical => profile.trend.critical_horizon_ms,
+                        Severity::Warning => profile.trend.warning_horizon_ms,
+                    } as f64
+                        / 3_600_000.0;
+                    c.measured(hours, hours.map(|_| horizon)).emit(ex, origin)
+                }
+                LeakChange::Resolve { resource, open, .. } => {
+                    Change::resolved(&app_id, inst, resource.kind(), open.severity, open.started_at, t)
+                        .emit(ex, origin)
+                }
+            };
+            out.push(effect);
         }
 
         let stopping = beat.status == InstanceStatus::Stopping;

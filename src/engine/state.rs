@@ -9,6 +9,7 @@ use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::rules::RuleState;
+use crate::trend::InstanceTrend;
 
 /// Where an instance stands on liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,9 @@ pub struct InstanceState {
     pub transitions: VecDeque<i64>,
     /// (event time, requests, errors) deltas within the last minute.
     pub rate_window: VecDeque<(i64, f64, f64)>,
+    /// Minute points of this process and its open leak alerts.
+    #[serde(default)]
+    pub trend: InstanceTrend,
 }
 
 impl InstanceState {
@@ -75,6 +79,7 @@ impl InstanceState {
             restarted: None,
             transitions: VecDeque::new(),
             rate_window: VecDeque::new(),
+            trend: InstanceTrend::default(),
         }
     }
 
@@ -140,6 +145,7 @@ impl InstanceState {
                 open.push((*kind, sev, s));
             }
         }
+        open.extend(self.trend.open_alerts());
         open
     }
 }

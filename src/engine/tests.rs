@@ -1,14 +1,14 @@
 use super::*;
 use crate::loadgen::scenario::{ActiveFault, FaultKind, InstanceSim};
 use crate::rules::RuleSet;
+use crate::trend::TrendConfig;
 
 const S: i64 = 1_000;
 const T0: i64 = 1_800_000_000_000;
 
 fn engine() -> Engine {
     let c = EngineConfig::default();
-    let rules =
-        CompiledRules::new(&RuleSet::default(), c.late_factor, c.down_grace_ms, c.forget_after_ms).unwrap();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }
 
@@ -255,11 +255,16 @@ fn rollups_close_when_the_watermark_passes_the_minute_and_add_up() {
 
 /// Drives the engine with the load generator's simulated fleet (no Kafka).
 fn simulate(kind: FaultKind, minutes: i64) -> Vec<Alert> {
+    simulate_fault(kind, minutes, 10, 30)
+}
+
+/// As [`simulate`], with the fault on app-0 from minute `from` to minute `to`.
+fn simulate_fault(kind: FaultKind, minutes: i64, from: i64, to: i64) -> Vec<Alert> {
     let mut e = engine();
     let mut out = Vec::new();
     let interval = 5_000;
     let fault =
-        ActiveFault { kind, app: 0, instance: None, from_ms: T0 + 10 * 60 * S, to_ms: T0 + 30 * 60 * S };
+        ActiveFault { kind, app: 0, instance: None, from_ms: T0 + from * 60 * S, to_ms: T0 + to * 60 * S };
     let mut sims: Vec<InstanceSim> = (0..2)
         .flat_map(|app| (0..2).map(move |i| (app, i)))
         .map(|(app, i)| InstanceSim::new(3, app, i, format!("app-{app}"), interval))
@@ -317,6 +322,75 @@ fn non_faults_raise_nothing() {
         let got = simulate(kind, 45);
         assert!(got.is_empty(), "{kind:?}: {got:#?}");
     }
+}
+
+#[test]
+fn leaks_are_suspected_within_half_an_hour_and_explain_themselves() {
+    // The memory leak exhausts in 6 h (the goal: found within 30 min); the connection leak
+    // holds one more connection every 10 min, so it needs a few more minutes to stand out.
+    for (kind, expected, within_min) in [
+        (FaultKind::Leak, AlertKind::MemoryLeakSuspected, 30),
+        (FaultKind::ConnectionLeak, AlertKind::ConnectionLeakSuspected, 45),
+        (FaultKind::SessionLeak, AlertKind::SessionLeakSuspected, 30),
+    ] {
+        let got = simulate_fault(kind, 70, 10, 70);
+        assert!(got.iter().all(|a| a.app_id == "app-0"), "{kind:?}: an alert on a healthy app: {got:#?}");
+        for inst in ["app-0-i0", "app-0-i1"] {
+            let first = got
+                .iter()
+                .find(|a| a.kind == expected && a.instance_id.as_deref() == Some(inst))
+                .unwrap_or_else(|| panic!("{kind:?} {inst}: no {expected:?} in {got:#?}"));
+            assert_eq!(first.state, AlertState::Firing);
+            let after_min = (first.event_at - T0 - 10 * 60 * S) / (60 * S);
+            assert!(after_min <= within_min, "{kind:?} {inst}: found {after_min} min after the leak began");
+            for key in ["slope_per_hour", "trend_z", "points", "normalised_slope_per_hour"] {
+                assert!(first.evidence.contains_key(key), "{kind:?}: evidence lacks {key}: {first:?}");
+            }
+            assert!(!first.recommendations.is_empty());
+        }
+    }
+}
+
+#[test]
+fn saw_tooth_and_workload_ramps_are_not_leaks_over_two_hours() {
+    for kind in [FaultKind::GcSawtooth, FaultKind::WorkloadRamp, FaultKind::Steady] {
+        let got = simulate_fault(kind, 130, 10, 130);
+        assert!(got.is_empty(), "{kind:?}: {got:#?}");
+    }
+}
+
+#[test]
+fn a_restart_resolves_a_leak_suspicion_and_starts_over() {
+    let mut got = simulate_fault(FaultKind::Leak, 60, 0, 60);
+    assert!(got.iter().any(|a| a.kind == AlertKind::MemoryLeakSuspected));
+    // The same, with the instance restarted at minute 45: its leak alert resolves then.
+    let mut e = engine();
+    let mut out = Vec::new();
+    let leak = ActiveFault { kind: FaultKind::Leak, app: 0, instance: Some(0), from_ms: T0, to_ms: i64::MAX };
+    let restart = ActiveFault {
+        kind: FaultKind::Restart,
+        app: 0,
+        instance: Some(0),
+        from_ms: T0 + 45 * 60 * S,
+        to_ms: T0 + 46 * 60 * S,
+    };
+    let mut sim = InstanceSim::new(3, 0, 0, "app-0".into(), 5_000);
+    for round in 0..(50 * 12) {
+        let t = T0 + round * 5_000;
+        if let Some(b) = sim.beat(t, 5_000, &[&leak, &restart]) {
+            e.on_beat(b, round, 0, &mut out);
+        }
+    }
+    got = out
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) if a.kind == AlertKind::MemoryLeakSuspected => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.last().map(|a| a.state), Some(AlertState::Resolved), "{got:#?}");
+    assert!(got.last().unwrap().event_at >= T0 + 45 * 60 * S);
+    assert!(got.last().unwrap().summary.contains("new process"));
 }
 
 #[test]
@@ -405,7 +479,7 @@ fn per_app_overrides_change_liveness_and_thresholds() {
         ..Default::default()
     });
     let c = EngineConfig::default();
-    let compiled = CompiledRules::new(&rules, c.late_factor, c.down_grace_ms, c.forget_after_ms).unwrap();
+    let compiled = CompiledRules::new(&rules, &c, &TrendConfig::default()).unwrap();
     let mut out = Vec::new();
     for (app, gap) in [("batch-1", 30 * S), ("web", 30 * S)] {
         let mut e = Engine::new(0, c.clone(), compiled.clone());

@@ -1,0 +1,575 @@
+//! Leak and trend detection over one-minute points per instance: memory (its floor per
+//! minute), db pool in use, sessions, threads and open fds, each beside the request rate.
+//!
+//! Each instance keeps a bounded window of minute points (a restart starts a new one). The
+//! Mann–Kendall statistic of every series is kept up to date incrementally (O(window) per
+//! minute); only when it hints at growth does [`judge`] run the full, robust judgement:
+//! saw-tooth series are judged on their troughs, growth that follows a trending workload is
+//! regressed out, the Theil–Sen slope must hold in both halves of the window (a step is not a
+//! leak), and the projected time to exhaustion against the resource's limit sets the
+//! severity.
+
+pub mod stats;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{AlertKind, Severity};
+use crate::heartbeat::Heartbeat;
+use stats::{Line, mann_kendall, median, mk_variance, mk_z, sign, theil_sen};
+
+/// How leaks are judged. Section `[trend]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrendConfig {
+    pub enabled: bool,
+    /// Minutes of points judged (and kept) per instance.
+    pub lookback_minutes: u32,
+    /// Fewest minute points before a series is judged.
+    pub min_points: u32,
+    /// One-sided Mann–Kendall z a growth must reach (3.09 ≈ p < 0.001); each half of the
+    /// window must reach half of it.
+    pub significance_z: f64,
+    /// Each half of the window must grow at least this fraction of the whole window's slope.
+    pub persistence: f64,
+    /// CRITICAL when the projected exhaustion is nearer than this, ms.
+    pub critical_horizon_ms: i64,
+    /// WARNING when it is nearer than this, ms; growth that exhausts later raises nothing.
+    pub warning_horizon_ms: i64,
+    /// For a resource without a known limit: WARNING when it grows by this fraction of its
+    /// level per day.
+    pub unbounded_growth_per_day: f64,
+    /// An open leak alert resolves after this many minutes in a row without evidence.
+    pub resolve_after_minutes: u32,
+    /// A saw-tooth is judged on its troughs once it has at least this many.
+    pub min_troughs: u32,
+    /// Limits used when the heartbeat does not carry one; 0 = none (no projection).
+    pub memory_limit_bytes: f64,
+    pub db_pool_size: f64,
+    pub sessions_limit: f64,
+    pub threads_limit: f64,
+    pub open_fds_limit: f64,
+}
+
+impl Default for TrendConfig {
+    fn default() -> Self {
+        TrendConfig {
+            enabled: true,
+            lookback_minutes: 60,
+            min_points: 15,
+            significance_z: 3.09,
+            persistence: 0.5,
+            critical_horizon_ms: 3_600_000,
+            warning_horizon_ms: 24 * 3_600_000,
+            unbounded_growth_per_day: 1.0,
+            resolve_after_minutes: 15,
+            min_troughs: 5,
+            memory_limit_bytes: 0.0,
+            db_pool_size: 0.0,
+            sessions_limit: 0.0,
+            threads_limit: 0.0,
+            open_fds_limit: 0.0,
+        }
+    }
+}
+
+impl TrendConfig {
+    /// The first problem with these settings, naming the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, p: &str| Err((format!("trend.{k}"), p.to_owned()));
+        if !(8..=1440).contains(&self.lookback_minutes) {
+            return bad("lookback_minutes", "must be between 8 and 1440");
+        }
+        if self.min_points < 8 || self.min_points > self.lookback_minutes {
+            return bad("min_points", "must be at least 8 and at most lookback_minutes");
+        }
+        if self.significance_z.is_nan() || self.significance_z <= 0.0 {
+            return bad("significance_z", "must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.persistence) {
+            return bad("persistence", "must be between 0 and 1");
+        }
+        if self.critical_horizon_ms <= 0 || self.warning_horizon_ms < self.critical_horizon_ms {
+            return bad("warning_horizon_ms", "horizons must be positive, warning >= critical");
+        }
+        if self.unbounded_growth_per_day.is_nan() || self.unbounded_growth_per_day <= 0.0 {
+            return bad("unbounded_growth_per_day", "must be positive");
+        }
+        if self.min_troughs < 4 {
+            return bad("min_troughs", "must be at least 4");
+        }
+        for (k, v) in [
+            ("memory_limit_bytes", self.memory_limit_bytes),
+            ("db_pool_size", self.db_pool_size),
+            ("sessions_limit", self.sessions_limit),
+            ("threads_limit", self.threads_limit),
+            ("open_fds_limit", self.open_fds_limit),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(k, "must be 0 (none) or positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A resource that can leak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resource {
+    Memory,
+    DbPool,
+    Sessions,
+    Threads,
+    OpenFds,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 5] =
+        [Resource::Memory, Resource::DbPool, Resource::Sessions, Resource::Threads, Resource::OpenFds];
+
+    pub fn kind(self) -> AlertKind {
+        match self {
+            Resource::Memory => AlertKind::MemoryLeakSuspected,
+            Resource::DbPool => AlertKind::ConnectionLeakSuspected,
+            Resource::Sessions => AlertKind::SessionLeakSuspected,
+            Resource::Threads => AlertKind::ThreadLeakSuspected,
+            Resource::OpenFds => AlertKind::FdLeakSuspected,
+        }
+    }
+
+    /// What the series measures, for explanations.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Resource::Memory => "memory used (floor per minute), bytes",
+            Resource::DbPool => "db pool connections in use",
+            Resource::Sessions => "active sessions",
+            Resource::Threads => "threads",
+            Resource::OpenFds => "open file descriptors",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The limit the resource exhausts against: the beat's own, else the configured one.
+    pub fn limit(self, b: &Heartbeat, c: &TrendConfig) -> Option<f64> {
+        let own = match self {
+            Resource::Memory => b.memory_limit_bytes.map(|v| v as f64),
+            Resource::DbPool => b.db_pool_size.map(f64::from),
+            _ => None,
+        };
+        let configured = match self {
+            Resource::Memory => c.memory_limit_bytes,
+            Resource::DbPool => c.db_pool_size,
+            Resource::Sessions => c.sessions_limit,
+            Resource::Threads => c.threads_limit,
+            Resource::OpenFds => c.open_fds_limit,
+        };
+        own.filter(|v| *v > 0.0).or((configured > 0.0).then_some(configured))
+    }
+}
+
+/// Columns of a minute point: the five resources, then the request rate.
+const COLUMNS: usize = 6;
+const RPS: usize = 5;
+
+/// One closed minute of one instance. f32 keeps the window small; NaN = not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Minutes since the epoch.
+    pub minute: u32,
+    pub values: [f32; COLUMNS],
+}
+
+/// The minute being accumulated: sums for means, the memory floor, requests served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct OpenMinute {
+    minute: i64,
+    sums: [f64; COLUMNS],
+    counts: [u16; COLUMNS],
+    memory_floor: f64,
+}
+
+impl OpenMinute {
+    fn new(minute: i64) -> Self {
+        OpenMinute { minute, memory_floor: f64::INFINITY, ..Default::default() }
+    }
+
+    fn add(&mut self, b: &Heartbeat, requests: f64) {
+        let mut put = |i: usize, v: Option<f64>| {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                self.sums[i] += v;
+                self.counts[i] = self.counts[i].saturating_add(1);
+            }
+        };
+        put(Resource::DbPool.index(), b.db_pool_in_use.map(f64::from));
+        put(Resource::Sessions.index(), b.sessions_active.map(|v| v as f64));
+        put(Resource::Threads.index(), b.threads.map(f64::from));
+        put(Resource::OpenFds.index(), b.open_fds.map(f64::from));
+        if b.requests_total.is_some() {
+            put(RPS, Some(requests));
+        }
+        if let Some(m) = b.memory_used_bytes {
+            self.memory_floor = self.memory_floor.min(m as f64);
+            self.counts[0] = self.counts[0].saturating_add(1);
+        }
+    }
+
+    fn close(&self) -> Point {
+        let mut values = [f32::NAN; COLUMNS];
+        for r in Resource::ALL.iter().skip(1) {
+            let i = r.index();
+            if self.counts[i] > 0 {
+                values[i] = (self.sums[i] / f64::from(self.counts[i])) as f32;
+            }
+        }
+        if self.counts[0] > 0 {
+            values[0] = self.memory_floor as f32;
+        }
+        if self.counts[RPS] > 0 {
+            // Requests served during the minute, per second.
+            values[RPS] = (self.sums[RPS] / 60.0) as f32;
+        }
+        Point { minute: (self.minute / 60_000).max(0) as u32, values }
+    }
+}
+
+/// A bounded window of minute points with the Mann–Kendall S of each column kept up to date.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    points: VecDeque<Point>,
+    s: [i64; COLUMNS],
+    valid: [u32; COLUMNS],
+}
+
+impl Window {
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn points(&self) -> impl Iterator<Item = &Point> {
+        self.points.iter()
+    }
+
+    /// Appends a point, dropping the oldest beyond `capacity`; O(capacity).
+    pub fn push(&mut self, p: Point, capacity: usize) {
+        for c in 0..COLUMNS {
+            let v = p.values[c];
+            if v.is_nan() {
+                continue;
+            }
+            self.valid[c] += 1;
+            for q in &self.points {
+                let old = q.values[c];
+                if !old.is_nan() {
+                    self.s[c] += sign(f64::from(old), f64::from(v));
+                }
+            }
+        }
+        if self.points.capacity() == 0 {
+            self.points.reserve_exact(capacity + 1);
+        }
+        self.points.push_back(p);
+        while self.points.len() > capacity {
+            let Some(oldest) = self.points.pop_front() else { break };
+            for c in 0..COLUMNS {
+                let v = oldest.values[c];
+                if v.is_nan() {
+                    continue;
+                }
+                self.valid[c] -= 1;
+                for q in &self.points {
+                    let later = q.values[c];
+                    if !later.is_nan() {
+                        self.s[c] -= sign(f64::from(v), f64::from(later));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Mann–Kendall z of a column (no tie correction): the cheap first look.
+    pub fn quick_z(&self, r: Resource) -> f64 {
+        let c = r.index();
+        mk_z(self.s[c], mk_variance(self.valid[c] as usize))
+    }
+
+    pub fn clear(&mut self) {
+        self.points.clear();
+        self.s = [0; COLUMNS];
+        self.valid = [0; COLUMNS];
+    }
+
+    /// The series of a resource: (minute, value, requests per second) where it was reported.
+    pub fn series(&self, r: Resource) -> Vec<(f64, f64, f64)> {
+        self.points
+            .iter()
+            .filter(|p| !p.values[r.index()].is_nan())
+            .map(|p| (f64::from(p.minute), f64::from(p.values[r.index()]), f64::from(p.values[RPS])))
+            .collect()
+    }
+}
+
+/// A growth judged to be real.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Growth {
+    /// Theil–Sen slope of what was judged (the troughs, or the part the workload does not
+    /// explain), units per minute.
+    pub slope_per_min: f64,
+    /// Theil–Sen slope of the raw points, units per minute.
+    pub raw_slope_per_min: f64,
+    /// Mann–Kendall z of what was judged.
+    pub z: f64,
+    /// Points judged.
+    pub points: usize,
+    /// The value's change per unit of request rate, when a trending workload was regressed out.
+    pub per_request_rate: Option<f64>,
+    /// Troughs judged, when the series is a saw-tooth.
+    pub troughs: Option<usize>,
+    /// The current level: the judged line at the newest point, or the newest raw values'
+    /// median when the workload was regressed out.
+    pub level: f64,
+}
+
+/// Judges one series `(minute, value, requests/s)`: `Some` when it grows steadily, for
+/// reasons other than its workload, and not as a single step.
+pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
+    if series.len() < c.min_points as usize {
+        return None;
+    }
+    let values: Vec<f64> = series.iter().map(|p| p.1).collect();
+    // A saw-tooth: judge the troughs (the points right after the big falls).
+    let troughs = trough_indices(&values);
+    let judged: Vec<(f64, f64, f64)> = match &troughs {
+        Some(idx) if idx.len() >= c.min_troughs as usize => idx.iter().map(|&i| series[i]).collect(),
+        Some(_) => return None,
+        None => series.to_vec(),
+    };
+    let xs: Vec<f64> = judged.iter().map(|p| p.0).collect();
+    let mut ys: Vec<f64> = judged.iter().map(|p| p.1).collect();
+    // A workload that trends explains growth that follows it: regress it out.
+    let rps: Vec<f64> = judged.iter().map(|p| p.2).collect();
+    let mut per_request_rate = None;
+    if rps.iter().all(|r| r.is_finite())
+        && mann_kendall(&rps).z.abs() >= c.significance_z
+        && let Some(fit) = theil_sen(&rps, &ys)
+    {
+        for (y, r) in ys.iter_mut().zip(&rps) {
+            *y -= fit.slope * r;
+        }
+        per_request_rate = Some(fit.slope);
+    }
+    let mk = mann_kendall(&ys);
+    if mk.z < c.significance_z {
+        return None;
+    }
+    let line = theil_sen(&xs, &ys)?;
+    if line.slope <= 0.0 {
+        return None;
+    }
+    // Linearity: the line's rise over the window spans most of the values' spread (a step
+    // or a single excursion has a large spread and a flat robust line).
+    let rise = line.slope * (xs[xs.len() - 1] - xs[0]);
+    if rise < 0.5 * spread(&ys) {
+        return None;
+    }
+    // Persistence: both halves grow (a step change grows in one half only).
+    let half = xs.len() / 2;
+    for (hx, hy) in [(&xs[..half], &ys[..half]), (&xs[half..], &ys[half..])] {
+        let h = theil_sen(hx, hy)?;
+        if h.slope < c.persistence * line.slope || mann_kendall(hy).z < c.significance_z / 2.0 {
+            return None;
+        }
+    }
+    let raw = theil_sen(&series.iter().map(|p| p.0).collect::<Vec<_>>(), &values).map_or(0.0, |l| l.slope);
+    let last_x = *xs.last()?;
+    let level = if per_request_rate.is_some() {
+        let mut newest: Vec<f64> = values.iter().rev().take(5).copied().collect();
+        median(&mut newest)?
+    } else {
+        Line::at(&line, last_x)
+    };
+    Some(Growth {
+        slope_per_min: line.slope,
+        raw_slope_per_min: raw,
+        z: mk.z,
+        points: xs.len(),
+        per_request_rate,
+        troughs: troughs.map(|t| t.len()),
+        level,
+    })
+}
+
+/// The distance between the 10th and the 90th percentile.
+fn spread(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    at(0.9) - at(0.1)
+}
+
+/// The indices of a saw-tooth's troughs (the point after each fall larger than a quarter of
+/// the range and three times the typical step), or `None` when there are fewer than two falls.
+fn trough_indices(values: &[f64]) -> Option<Vec<usize>> {
+    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+    let range = hi - lo;
+    if range.is_nan() || range <= 0.0 {
+        return None;
+    }
+    let mut steps: Vec<f64> = values.windows(2).map(|w| (w[1] - w[0]).abs()).collect();
+    let typical = median(&mut steps)?;
+    let falls: Vec<usize> = (1..values.len())
+        .filter(|&i| {
+            let d = values[i] - values[i - 1];
+            d < -0.25 * range && d < -3.0 * typical
+        })
+        .collect();
+    (falls.len() >= 2).then_some(falls)
+}
+
+/// What a growth means for its resource: severity and time to exhaustion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub severity: Severity,
+    pub growth: Growth,
+    pub limit: Option<f64>,
+    /// Projected time until the limit is reached, ms (None without a limit).
+    pub exhaustion_in_ms: Option<i64>,
+}
+
+/// The severity of `growth` against `limit`, or `None` if it exhausts beyond the horizon.
+pub fn verdict(growth: Growth, limit: Option<f64>, c: &TrendConfig) -> Option<Verdict> {
+    let per_ms = growth.slope_per_min / 60_000.0;
+    match limit {
+        Some(limit) => {
+            let left = (limit - growth.level).max(0.0);
+            let ms = (left / per_ms).min(i64::MAX as f64 / 2.0) as i64;
+            let severity = if ms <= c.critical_horizon_ms {
+                Severity::Critical
+            } else if ms <= c.warning_horizon_ms {
+                Severity::Warning
+            } else {
+                return None;
+            };
+            Some(Verdict { severity, growth, limit: Some(limit), exhaustion_in_ms: Some(ms) })
+        }
+        None => {
+            let per_day = growth.slope_per_min * 1440.0;
+            (growth.level > 0.0 && per_day >= c.unbounded_growth_per_day * growth.level).then_some(Verdict {
+                severity: Severity::Warning,
+                growth,
+                limit: None,
+                exhaustion_in_ms: None,
+            })
+        }
+    }
+}
+
+/// An open leak alert of one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OpenLeak {
+    pub severity: Severity,
+    pub started_at: i64,
+    /// Minutes in a row without evidence.
+    pub calm_minutes: u32,
+}
+
+/// What changed for one resource when a minute closed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeakChange {
+    /// Firing (new, or escalated to CRITICAL).
+    Fire { resource: Resource, verdict: Verdict, started_at: i64 },
+    /// No evidence for long enough.
+    Resolve { resource: Resource, open: OpenLeak, calm_minutes: u32 },
+}
+
+/// The trend state of one instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceTrend {
+    open_minute: Option<OpenMinute>,
+    pub window: Window,
+    pub open: [Option<OpenLeak>; 5],
+}
+
+impl InstanceTrend {
+    /// Adds a beat (with the requests it reports since the previous one). When it opens a
+    /// new minute, the previous one is closed and judged; the changes are returned.
+    pub fn observe(&mut self, b: &Heartbeat, requests: f64, c: &TrendConfig, out: &mut Vec<LeakChange>) {
+        let minute = crate::engine::rollup::minute_of(b.sent_at);
+        match &mut self.open_minute {
+            Some(open) if open.minute == minute => open.add(b, requests),
+            Some(open) if open.minute > minute => {} // older than the minute being built
+            _ => {
+                if let Some(done) = self.open_minute.take() {
+                    self.window.push(done.close(), c.lookback_minutes as usize);
+                    self.judge_all(b, c, out);
+                }
+                let mut open = OpenMinute::new(minute);
+                open.add(b, requests);
+                self.open_minute = Some(open);
+            }
+        }
+    }
+
+    /// A new process: the series start over and open leak alerts resolve.
+    pub fn restart(&mut self, out: &mut Vec<LeakChange>) {
+        self.window.clear();
+        self.open_minute = None;
+        for r in Resource::ALL {
+            if let Some(open) = self.open[r.index()].take() {
+                out.push(LeakChange::Resolve { resource: r, open, calm_minutes: 0 });
+            }
+        }
+    }
+
+    fn judge_all(&mut self, b: &Heartbeat, c: &TrendConfig, out: &mut Vec<LeakChange>) {
+        let t = b.sent_at;
+        for r in Resource::ALL {
+            let i = r.index();
+            // The cheap look first: the full judgement only when the series hints at growth.
+            let found = if self.window.len() >= c.min_points as usize && self.window.quick_z(r) >= 1.0 {
+                judge(&self.window.series(r), c).and_then(|g| verdict(g, r.limit(b, c), c))
+            } else {
+                None
+            };
+            match (&mut self.open[i], found) {
+                (None, Some(v)) => {
+                    self.open[i] = Some(OpenLeak { severity: v.severity, started_at: t, calm_minutes: 0 });
+                    out.push(LeakChange::Fire { resource: r, verdict: v, started_at: t });
+                }
+                (Some(open), Some(v)) => {
+                    open.calm_minutes = 0;
+                    if v.severity > open.severity {
+                        open.severity = v.severity;
+                        out.push(LeakChange::Fire { resource: r, verdict: v, started_at: open.started_at });
+                    }
+                }
+                (Some(open), None) => {
+                    open.calm_minutes += 1;
+                    if open.calm_minutes >= c.resolve_after_minutes {
+                        let open = *open;
+                        self.open[i] = None;
+                        out.push(LeakChange::Resolve { resource: r, open, calm_minutes: open.calm_minutes });
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// The open leak alerts: (kind, severity, started_at).
+    pub fn open_alerts(&self) -> impl Iterator<Item = (AlertKind, Severity, i64)> + '_ {
+        Resource::ALL
+            .into_iter()
+            .filter_map(|r| self.open[r.index()].map(|o| (r.kind(), o.severity, o.started_at)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

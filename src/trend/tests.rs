@@ -1,0 +1,219 @@
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::heartbeat::Heartbeat;
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// `minutes` points of `f(minute) × (1 ± noise)` with a flat request rate of 20/s.
+fn series(minutes: usize, noise: f64, seed: u64, f: impl Fn(f64) -> f64) -> Vec<(f64, f64, f64)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..minutes)
+        .map(|m| {
+            let m = m as f64;
+            let jitter = 1.0 + rng.random_range(-noise..=noise);
+            (m, f(m) * jitter, 20.0 * (1.0 + rng.random_range(-0.02..=0.02)))
+        })
+        .collect()
+}
+
+/// Memory growing from 40 % of 1 GiB to the limit in `hours`.
+fn leak(hours: f64) -> impl Fn(f64) -> f64 {
+    move |m| 0.4 * GIB + 0.6 * GIB * m / (hours * 60.0)
+}
+
+#[test]
+fn a_six_hour_leak_is_found_within_twenty_minutes_and_warns() {
+    let c = TrendConfig::default();
+    for seed in 0..20 {
+        let s = series(20, 0.01, seed, leak(6.0));
+        let g = judge(&s, &c).unwrap_or_else(|| panic!("seed {seed}: leak not found"));
+        let v = verdict(g, Some(GIB), &c).unwrap();
+        assert_eq!(v.severity, Severity::Warning);
+        let hours = v.exhaustion_in_ms.unwrap() as f64 / 3_600_000.0;
+        assert!((5.0..6.5).contains(&hours), "seed {seed}: exhausts in {hours} h");
+        assert!((g.slope_per_min * 60.0 / GIB - 0.1).abs() < 0.02, "{g:?}");
+    }
+}
+
+#[test]
+fn a_fast_leak_is_critical_and_a_slow_one_beyond_the_horizon_is_quiet() {
+    let c = TrendConfig::default();
+    let g = judge(&series(30, 0.01, 1, leak(0.9)), &c).unwrap();
+    assert_eq!(verdict(g, Some(GIB), &c).unwrap().severity, Severity::Critical);
+    // Exhausts in 100 h: a real trend, but far beyond the 24 h horizon.
+    let g = judge(&series(60, 0.001, 1, leak(100.0)), &c).unwrap();
+    assert_eq!(verdict(g, Some(GIB), &c), None);
+}
+
+#[test]
+fn flat_noise_is_never_a_leak() {
+    let c = TrendConfig::default();
+    let found = (0..200).filter(|&seed| judge(&series(60, 0.05, seed, |_| 0.5 * GIB), &c).is_some()).count();
+    assert_eq!(found, 0);
+}
+
+#[test]
+fn fewer_points_than_the_minimum_are_not_judged() {
+    let c = TrendConfig::default();
+    assert!(judge(&series(c.min_points as usize - 1, 0.0, 1, leak(1.0)), &c).is_none());
+}
+
+#[test]
+fn a_gc_saw_tooth_is_judged_on_its_troughs() {
+    let c = TrendConfig::default();
+    // Rises 30 % of the limit over five minutes, then collected back to the floor.
+    let saw = |floor: fn(f64) -> f64| move |m: f64| floor(m) + 0.3 * GIB * ((m % 5.0) / 5.0);
+    for seed in 0..20 {
+        assert!(judge(&series(60, 0.01, seed, saw(|_| 0.4 * GIB)), &c).is_none(), "seed {seed}");
+    }
+    // The same saw-tooth whose floor rises: a leak under the garbage collector.
+    let g = judge(&series(60, 0.005, 3, saw(|m| 0.3 * GIB + 0.004 * GIB * m)), &c).unwrap();
+    assert!(g.troughs.unwrap() >= 10, "{g:?}");
+    assert!((g.slope_per_min / GIB - 0.004).abs() < 0.001, "{g:?}");
+}
+
+#[test]
+fn growth_that_follows_the_workload_is_not_a_leak() {
+    let c = TrendConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // Traffic doubles in an hour; memory is a base plus a per-request share.
+    let ramp: Vec<(f64, f64, f64)> = (0..60)
+        .map(|m| {
+            let rps = 20.0 * (1.0 + m as f64 / 60.0) * (1.0 + rng.random_range(-0.03..0.03));
+            (m as f64, 0.3 * GIB + 0.01 * GIB * rps * (1.0 + rng.random_range(-0.01..0.01)), rps)
+        })
+        .collect();
+    assert!(judge(&ramp, &c).is_none());
+    // Diurnal traffic on its rising flank, memory following it.
+    let diurnal: Vec<(f64, f64, f64)> = (0..60)
+        .map(|m| {
+            let rps = 50.0 + 40.0 * ((m as f64 + 300.0) / 1440.0 * std::f64::consts::TAU).sin();
+            (m as f64, 0.3 * GIB + 0.002 * GIB * rps * (1.0 + rng.random_range(-0.01..0.01)), rps)
+        })
+        .collect();
+    assert!(judge(&diurnal, &c).is_none());
+    // Traffic that rises for 20 minutes, then levels off, while memory leaks all along.
+    // While the window holds the ramp, growth and traffic cannot be told apart and the
+    // detector stays quiet; once the traffic is level it finds the leak.
+    let levelled: Vec<(f64, f64, f64)> = (0..120)
+        .map(|m| {
+            let m = m as f64;
+            let rps = 20.0 * (1.0 + m.min(20.0) / 20.0) * (1.0 + rng.random_range(-0.03..0.03));
+            (m, 0.3 * GIB + 0.01 * GIB * rps + 0.002 * GIB * m, rps)
+        })
+        .collect();
+    let first = (60..=120).find(|&end| judge(&levelled[end - 60..end], &c).is_some());
+    assert!(first.is_some_and(|end| end <= 20 + 60), "{first:?}");
+}
+
+#[test]
+fn a_step_change_is_not_a_leak() {
+    let c = TrendConfig::default();
+    for step_at in [10.0, 30.0, 50.0] {
+        for seed in 0..10 {
+            // A cache warming after a deploy: +20 % of the limit over three minutes.
+            let s = series(60, 0.01, seed, |m| 0.4 * GIB + 0.2 * GIB * ((m - step_at) / 3.0).clamp(0.0, 1.0));
+            assert!(judge(&s, &c).is_none(), "step at {step_at}, seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_resource_without_limit_warns_when_it_doubles_within_a_day() {
+    let c = TrendConfig::default();
+    let fast = judge(&series(30, 0.01, 1, |m| 500.0 + 500.0 * m / 60.0), &c).unwrap();
+    let v = verdict(fast, None, &c).unwrap();
+    assert_eq!((v.severity, v.exhaustion_in_ms), (Severity::Warning, None));
+    let slow = judge(&series(60, 0.0005, 1, |m| 500.0 + 0.2 * m), &c).unwrap();
+    assert_eq!(verdict(slow, None, &c), None);
+}
+
+#[test]
+fn the_incremental_statistic_equals_the_batch_one() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut w = Window::default();
+    let mut all = Vec::new();
+    for m in 0..150u32 {
+        let mut values = [f32::NAN; COLUMNS];
+        values[0] = (rng.random_range(0..20) + m as i32 / 10) as f32;
+        if m % 7 != 0 {
+            values[2] = rng.random_range(0.0..5.0);
+        }
+        all.push(values);
+        w.push(Point { minute: m, values }, 40);
+        let start = all.len().saturating_sub(40);
+        for (col, r) in [(0, Resource::Memory), (2, Resource::Sessions)] {
+            let ys: Vec<f64> =
+                all[start..].iter().map(|v| f64::from(v[col])).filter(|v| !v.is_nan()).collect();
+            assert_eq!(w.s[col], stats::mann_kendall(&ys).s, "minute {m}, column {col}");
+            assert_eq!(w.series(r).len(), ys.len());
+        }
+        assert!(w.len() <= 40);
+    }
+}
+
+fn beat(t: i64, memory: f64, seq: i64) -> Heartbeat {
+    let mut b = Heartbeat::new("app", "app-i0", seq, t);
+    b.memory_used_bytes = Some(memory as i64);
+    b.memory_limit_bytes = Some(GIB as i64);
+    b.requests_total = Some(seq * 100);
+    b
+}
+
+#[test]
+fn an_instance_fires_once_escalates_and_resolves_after_a_calm_period() {
+    let c = TrendConfig::default();
+    let mut trend = InstanceTrend::default();
+    let mut out = Vec::new();
+    let mut fired_at = None;
+    // 6 h leak for 40 minutes, beats every 10 s.
+    let mut seq = 0;
+    for step in 0..240 {
+        seq += 1;
+        let t = step * 10_000;
+        trend.observe(&beat(t, leak(6.0)(t as f64 / 60_000.0), seq), 100.0, &c, &mut out);
+        if fired_at.is_none() && !out.is_empty() {
+            fired_at = Some(t);
+        }
+    }
+    let fired_at = fired_at.expect("fires") as f64 / 60_000.0;
+    assert!(fired_at <= 20.0, "fired after {fired_at} min");
+    assert!(matches!(out[..], [LeakChange::Fire { resource: Resource::Memory, .. }]), "{out:?}");
+    assert_eq!(trend.open_alerts().count(), 1);
+    out.clear();
+    // The leak stops (memory flat at its level): resolves after the calm period, once.
+    let plateau = leak(6.0)(40.0);
+    for step in 240..600 {
+        seq += 1;
+        trend.observe(&beat(step * 10_000, plateau, seq), 100.0, &c, &mut out);
+    }
+    assert!(matches!(out[..], [LeakChange::Resolve { resource: Resource::Memory, .. }]), "{out:?}");
+    assert_eq!(trend.open_alerts().count(), 0);
+}
+
+#[test]
+fn a_restart_starts_a_new_series_and_resolves() {
+    let c = TrendConfig::default();
+    let mut trend = InstanceTrend::default();
+    let mut out = Vec::new();
+    for step in 0..240 {
+        let t = step * 10_000;
+        trend.observe(&beat(t, leak(2.0)(t as f64 / 60_000.0), step + 1), 100.0, &c, &mut out);
+    }
+    assert_eq!(trend.open_alerts().count(), 1);
+    out.clear();
+    trend.restart(&mut out);
+    assert!(matches!(out[..], [LeakChange::Resolve { .. }]));
+    assert!(trend.window.is_empty());
+}
+
+#[test]
+fn the_defaults_are_valid_and_bad_values_name_their_key() {
+    assert_eq!(TrendConfig::default().validate(), Ok(()));
+    let c = TrendConfig { min_points: 100, ..TrendConfig::default() };
+    assert_eq!(c.validate().unwrap_err().0, "trend.min_points");
+    let c = TrendConfig { sessions_limit: -1.0, ..TrendConfig::default() };
+    assert_eq!(c.validate().unwrap_err().0, "trend.sessions_limit");
+}
