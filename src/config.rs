@@ -273,6 +273,7 @@ impl Config {
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
+        self.detection.validate().map_err(|(key, problem)| invalid(&key, problem))?;
         self.trend.validate().map_err(|(key, problem)| invalid(&key, problem))?;
         for (key, days) in [
             ("retention.raw_days", self.retention.raw_days),

@@ -78,6 +78,8 @@ pub struct RuleOverride {
     pub down_grace_ms: Option<i64>,
     /// Turns leak detection off (or on) for the matching applications.
     pub leak_detection: Option<bool>,
+    /// Phi-accrual liveness for the matching applications (0 = fixed late_factor).
+    pub phi_threshold: Option<f64>,
     pub memory: Option<ThresholdsOverride>,
     pub cpu: Option<ThresholdsOverride>,
     pub db_pool: Option<ThresholdsOverride>,
@@ -113,12 +115,53 @@ pub struct Profile {
     pub forget_after_ms: i64,
     /// How leaks are judged (`[trend]`; `leak_detection` per override).
     pub trend: crate::trend::TrendConfig,
+    /// FLAPPING after this many UP/DOWN transitions within `flap_window_ms` (0 = never).
+    pub flap_transitions: usize,
+    pub flap_window_ms: i64,
+    /// Phi-accrual threshold (0 = fixed late_factor), and what it means in standard
+    /// deviations past the mean inter-arrival time.
+    pub phi_threshold: f64,
+    pub phi_sigmas: f64,
+    pub phi_min_std_ms: f64,
+    pub phi_window: u32,
+}
+
+/// Inter-arrival times observed before phi-accrual replaces the fixed rule.
+pub const MIN_PHI_SAMPLES: u32 = 10;
+
+/// The number of standard deviations past the mean at which the phi-accrual detector
+/// (with the logistic approximation of the normal tail, as Akka uses) reaches `phi`:
+/// solves log10(1 + e^(y(1.5976 + 0.070566 y²))) = phi for y.
+pub fn phi_sigmas(phi: f64) -> f64 {
+    let target = (10f64.powf(phi) - 1.0).max(f64::MIN_POSITIVE).ln();
+    let g = |y: f64| y * (1.5976 + 0.070566 * y * y);
+    let (mut lo, mut hi) = (-10.0, 40.0);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if g(mid) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
 }
 
 impl Profile {
     /// Silence after which an instance is LATE.
     pub fn late_after(&self, interval_ms: i32) -> i64 {
         (self.late_factor * f64::from(interval_ms)).round() as i64
+    }
+
+    /// Silence after which an instance is LATE given its own inter-arrival times (`n`
+    /// samples of mean and standard deviation): in phi-accrual mode, once phi passes the
+    /// threshold; with too few samples, or phi off, the fixed rule.
+    pub fn late_after_observed(&self, interval_ms: i32, n: u32, mean_ms: f64, std_ms: f64) -> i64 {
+        if self.phi_threshold > 0.0 && n >= MIN_PHI_SAMPLES {
+            (mean_ms + self.phi_sigmas * std_ms.max(self.phi_min_std_ms)).round().max(1.0) as i64
+        } else {
+            self.late_after(interval_ms)
+        }
     }
 
     /// Further silence after which a LATE instance is DOWN.
@@ -152,6 +195,12 @@ impl CompiledRules {
             down_grace_ms: detection.down_grace_ms,
             forget_after_ms: detection.forget_after_ms,
             trend: trend.clone(),
+            flap_transitions: detection.flap_transitions as usize,
+            flap_window_ms: detection.flap_window_ms,
+            phi_threshold: detection.phi_threshold,
+            phi_sigmas: phi_sigmas(detection.phi_threshold),
+            phi_min_std_ms: detection.phi_min_std_ms,
+            phi_window: detection.phi_window,
         };
         let mut overrides = Vec::new();
         for (i, o) in rules.overrides.iter().enumerate() {
@@ -184,6 +233,9 @@ impl CompiledRules {
                         kind.as_str()
                     ));
                 }
+            }
+            if !(0.0..=30.0).contains(&check.phi_threshold) {
+                return Err(format!("overrides[{i}]: phi_threshold must be 0 (off) or up to 30"));
             }
             if check.late_factor < 1.0 || check.down_grace_ms < 0 {
                 return Err(format!("overrides[{i}]: late_factor must be >= 1 and down_grace_ms >= 0"));
@@ -226,6 +278,10 @@ fn apply(profile: &mut Profile, o: &RuleOverride) {
     profile.late_factor = o.late_factor.unwrap_or(profile.late_factor);
     profile.down_grace_ms = o.down_grace_ms.unwrap_or(profile.down_grace_ms);
     profile.trend.enabled = o.leak_detection.unwrap_or(profile.trend.enabled);
+    if let Some(phi) = o.phi_threshold {
+        profile.phi_threshold = phi;
+        profile.phi_sigmas = phi_sigmas(phi);
+    }
     for ((_, t), over) in profile.rules.iter_mut().zip(o.thresholds()) {
         if let Some(over) = over {
             over.apply(t);
@@ -518,5 +574,15 @@ mod tests {
                 .unwrap_err()
                 .contains("CPU_HIGH")
         );
+    }
+
+    #[test]
+    fn phi_sigmas_match_the_logistic_tail() {
+        // phi = 1 is a 10 % tail: about 1.3 standard deviations; phi = 8 about 5.6.
+        assert!((phi_sigmas(1.0) - 1.28).abs() < 0.1, "{}", phi_sigmas(1.0));
+        let y = phi_sigmas(8.0);
+        let phi = (1.0 + (y * (1.5976 + 0.070566 * y * y)).exp()).log10();
+        assert!((phi - 8.0).abs() < 1e-6);
+        assert!(phi_sigmas(12.0) > y);
     }
 }

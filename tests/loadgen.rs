@@ -64,7 +64,7 @@ fn a_two_hour_backfill_spans_two_hours_and_matches_its_manifest() {
         "the manifest on disk is the one returned"
     );
     assert!(m.poison_total > 0, "the mix includes poison");
-    assert_eq!(m.faults.len(), 17);
+    assert_eq!(m.faults.len(), loadgen::mix().len().min(opts.apps), "one fault per mixed app");
     let t = read_back(&config);
     assert_matches_manifest(&t, &m);
     assert_eq!(

@@ -38,6 +38,8 @@ fn fire_window(kind: &str) -> i64 {
         // Trends need minutes of points (the connection leak grows one per 10 min).
         "MEMORY_LEAK_SUSPECTED" | "SESSION_LEAK_SUSPECTED" => 30 * 60_000,
         "CONNECTION_LEAK_SUSPECTED" => 45 * 60_000,
+        // Six UP/DOWN transitions of a 3-minute flap take 7.5 minutes.
+        "FLAPPING" => 10 * 60_000,
         _ => 60_000,
     };
     rule_for + 2 * INTERVAL_MS
@@ -131,6 +133,8 @@ fn check_alerts_against_manifest(alerts: &[Alert], m: &Manifest) {
                     "INSTANCE_RESTARTED" => anchor + 10 * 60_000 + 2 * INTERVAL_MS,
                     // The minute-long error-rate window drains before it resolves.
                     "ERROR_RATE_HIGH" => f.to_ms.unwrap_or(i64::MAX).saturating_add(60_000 + 2 * INTERVAL_MS),
+                    // FLAPPING ends a quiet window (15 min) after the last transition.
+                    "FLAPPING" => f.to_ms.unwrap_or(i64::MAX).saturating_add(15 * 60_000 + 2 * INTERVAL_MS),
                     _ => f.to_ms.unwrap_or(i64::MAX).saturating_add(2 * INTERVAL_MS),
                 };
                 if resolves_by < m.end_ms {
@@ -156,7 +160,10 @@ fn check_alerts_against_manifest(alerts: &[Alert], m: &Manifest) {
             a.summary
         );
     }
-    let app_down = alerts.iter().filter(|a| a.kind == AlertKind::AppDown).count();
+    let crashed: BTreeSet<&str> =
+        m.faults.iter().filter(|f| f.kind == "crash").map(|f| f.app_id.as_str()).collect();
+    let app_down =
+        alerts.iter().filter(|a| a.kind == AlertKind::AppDown && crashed.contains(a.app_id.as_str())).count();
     assert_eq!(app_down, 2, "APP_DOWN fires and resolves once for the crashed app");
 }
 

@@ -353,3 +353,38 @@ fn leak_recommendations(r: crate::trend::Resource) -> Vec<String> {
     };
     lines.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// Explains FLAPPING: how many UP/DOWN transitions were counted in the window.
+pub fn flapping(
+    state: AlertState,
+    app_id: &str,
+    instance_id: &str,
+    last: &Heartbeat,
+    transitions: usize,
+    window_ms: i64,
+) -> Explanation {
+    let mut evidence = BTreeMap::new();
+    figures(last, &mut evidence);
+    evidence.insert("transitions".into(), transitions.to_string());
+    evidence.insert("window_ms".into(), window_ms.to_string());
+    let who = format!("{app_id}/{instance_id}");
+    let minutes = window_ms / 60_000;
+    match state {
+        AlertState::Firing => Explanation {
+            summary: format!(
+                "{who}: flapping, {transitions} UP/DOWN transitions within {minutes} min; its LATE/DOWN/RESTARTED alerts are held back while it lasts"
+            ),
+            evidence,
+            recommendations: vec![
+                "Look for a crash loop (exit reasons, restart counts) or a liveness probe that kills it.".into(),
+                "Check the path from the instance to Kafka for intermittent loss (network, producer retries, throttling).".into(),
+                "If its beats are merely irregular, consider phi-accrual liveness for it (rules.overrides phi_threshold).".into(),
+            ],
+        },
+        AlertState::Resolved => Explanation {
+            summary: format!("{who}: no UP/DOWN transition for {minutes} min, FLAPPING resolved"),
+            evidence,
+            recommendations: Vec::new(),
+        },
+    }
+}

@@ -40,6 +40,18 @@ pub struct EngineConfig {
     pub forget_after_ms: i64,
     /// INSTANCE_RESTARTED resolves after this long without another restart, ms.
     pub restart_quiet_ms: i64,
+    /// FLAPPING once an instance makes this many UP/DOWN transitions within
+    /// `flap_window_ms`; 0 turns the rule off.
+    pub flap_transitions: u32,
+    /// The window the transitions are counted in, and the quiet time that ends FLAPPING, ms.
+    pub flap_window_ms: i64,
+    /// Phi-accrual liveness: LATE once phi (from the instance's own inter-arrival times)
+    /// passes this; 0 = off, LATE after late_factor x interval (per app: overrides).
+    pub phi_threshold: f64,
+    /// Smallest standard deviation of the inter-arrival times phi assumes, ms.
+    pub phi_min_std_ms: f64,
+    /// Inter-arrival times the phi estimate is weighted over.
+    pub phi_window: u32,
 }
 
 impl Default for EngineConfig {
@@ -51,11 +63,40 @@ impl Default for EngineConfig {
             down_grace_ms: 0,
             forget_after_ms: 24 * 3_600_000,
             restart_quiet_ms: 10 * 60_000,
+            flap_transitions: 6,
+            flap_window_ms: 15 * 60_000,
+            phi_threshold: 0.0,
+            phi_min_std_ms: 500.0,
+            phi_window: 100,
         }
     }
 }
 
 impl EngineConfig {
+    /// The first problem with these settings: (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, p: &str| Err((format!("detection.{k}"), p.to_owned()));
+        if self.late_factor.is_nan() || self.late_factor < 1.0 {
+            return bad("late_factor", "must be at least 1");
+        }
+        if self.flap_transitions as usize > state::MAX_TRANSITIONS {
+            return bad("flap_transitions", "must be at most 32");
+        }
+        if self.flap_window_ms <= 0 {
+            return bad("flap_window_ms", "must be positive");
+        }
+        if self.phi_threshold.is_nan() || !(0.0..=30.0).contains(&self.phi_threshold) {
+            return bad("phi_threshold", "must be 0 (off) or up to 30");
+        }
+        if self.phi_min_std_ms.is_nan() || self.phi_min_std_ms <= 0.0 {
+            return bad("phi_min_std_ms", "must be positive");
+        }
+        if self.phi_window < 2 {
+            return bad("phi_window", "must be at least 2");
+        }
+        Ok(())
+    }
+
     pub fn watermark(&self) -> WatermarkConfig {
         WatermarkConfig { allowed_lateness_ms: self.allowed_lateness_ms, max_skew_ms: self.max_skew_ms }
     }
@@ -357,6 +398,10 @@ impl Engine {
         });
         let is_new = schedule_liveness;
         if !is_new {
+            // Inter-arrival times feed phi-accrual; the gap of an outage (DOWN) is not jitter.
+            if instance.liveness != Liveness::Down {
+                instance.arrivals.observe((t - instance.last.sent_at) as f64, profile.phi_window);
+            }
             // Back from LATE or DOWN: those alerts resolve at this beat's time.
             for (kind, open) in [
                 (AlertKind::InstanceLate, instance.late_since),
@@ -380,14 +425,16 @@ impl Engine {
             }
             instance.late_since = None;
             instance.down_since = None;
-            if instance.liveness != Liveness::Up {
-                instance.record_transition(t);
+            if instance.liveness == Liveness::Down {
+                transition(&ctx, instance, &app_id, &instance_id, t, out);
             }
             instance.liveness = Liveness::Up;
             // A seq that goes back means a new process.
             if beat.seq < instance.last.seq {
                 match instance.restarted {
                     Some((started, _)) => instance.restarted = Some((started, t)),
+                    // While it flaps, its restarts are part of the FLAPPING alert.
+                    None if instance.flapping_since.is_some() => {}
                     None => {
                         let ex = explain::liveness(
                             AlertKind::InstanceRestarted,
@@ -607,7 +654,8 @@ struct StepContext<'a> {
 }
 
 /// Moves one instance through every liveness deadline up to `until` (UP → LATE → DOWN →
-/// forgotten), emitting the alert of each step with the deadline as its event time.
+/// forgotten, and the end of a FLAPPING), emitting the alert of each step with the deadline
+/// as its event time. While the instance flaps, LATE and DOWN are tracked, not announced.
 fn step_liveness(
     ctx: &StepContext<'_>,
     app: &mut AppState,
@@ -623,60 +671,63 @@ fn step_liveness(
         if due > until {
             return;
         }
+        if flap_end(ctx.profile, inst) == Some(due) {
+            end_flapping(ctx, inst, app_id, instance_id, due, out);
+            app_down_check(app, app_id, due, origin, out);
+            continue;
+        }
         let silent = due - inst.last.sent_at;
         let interval = inst.last.interval_ms;
         match inst.liveness {
             Liveness::Up => {
                 inst.liveness = Liveness::Late;
-                inst.late_since = Some(due);
-                let ex = explain::liveness(
-                    AlertKind::InstanceLate,
-                    AlertState::Firing,
-                    app_id,
-                    instance_id,
-                    &inst.last,
-                    silent,
-                );
-                let threshold = ctx.profile.late_after(interval) as f64;
-                let change = Change::firing(
-                    app_id,
-                    Some(instance_id),
-                    AlertKind::InstanceLate,
-                    Severity::Warning,
-                    due,
-                    due,
-                );
-                out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
+                if inst.flapping_since.is_none() {
+                    inst.late_since = Some(due);
+                    let ex = explain::liveness(
+                        AlertKind::InstanceLate,
+                        AlertState::Firing,
+                        app_id,
+                        instance_id,
+                        &inst.last,
+                        silent,
+                    );
+                    let threshold = late_after(ctx.profile, inst) as f64;
+                    let change = Change::firing(
+                        app_id,
+                        Some(instance_id),
+                        AlertKind::InstanceLate,
+                        Severity::Warning,
+                        due,
+                        due,
+                    );
+                    out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
+                }
             }
             Liveness::Late => {
                 inst.liveness = Liveness::Down;
-                inst.down_since = Some(due);
-                inst.record_transition(due);
-                let ex = explain::liveness(
-                    AlertKind::InstanceDown,
-                    AlertState::Firing,
-                    app_id,
-                    instance_id,
-                    &inst.last,
-                    silent,
-                );
-                let threshold = (ctx.profile.late_after(interval) + ctx.profile.down_grace(interval)) as f64;
-                let change = Change::firing(
-                    app_id,
-                    Some(instance_id),
-                    AlertKind::InstanceDown,
-                    Severity::Critical,
-                    due,
-                    due,
-                );
-                out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
-                if app.app_down.is_none() && app.instances.values().all(|i| i.liveness == Liveness::Down) {
-                    app.app_down = Some(due);
-                    let ex = explain::app_down(AlertState::Firing, app_id, app.instances.len());
-                    let change =
-                        Change::firing(app_id, None, AlertKind::AppDown, Severity::Critical, due, due);
-                    out.push(change.measured(Some(app.instances.len() as f64), None).emit(ex, origin));
+                transition(ctx, inst, app_id, instance_id, due, out);
+                if inst.flapping_since.is_none() {
+                    inst.down_since = Some(due);
+                    let ex = explain::liveness(
+                        AlertKind::InstanceDown,
+                        AlertState::Firing,
+                        app_id,
+                        instance_id,
+                        &inst.last,
+                        silent,
+                    );
+                    let threshold = (late_after(ctx.profile, inst) + ctx.profile.down_grace(interval)) as f64;
+                    let change = Change::firing(
+                        app_id,
+                        Some(instance_id),
+                        AlertKind::InstanceDown,
+                        Severity::Critical,
+                        due,
+                        due,
+                    );
+                    out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
                 }
+                app_down_check(app, app_id, due, origin, out);
             }
             Liveness::Down => {
                 // Forgotten: its alerts resolve and it leaves the application.
@@ -714,14 +765,113 @@ fn step_liveness(
     }
 }
 
-/// The instance's next liveness deadline (late, down or forget), from its state.
-fn next_deadline(profile: &Profile, inst: &InstanceState) -> i64 {
-    let late_at = inst.anchor + profile.late_after(inst.last.interval_ms);
-    match inst.liveness {
-        Liveness::Up => late_at,
-        Liveness::Late => late_at + profile.down_grace(inst.last.interval_ms),
-        Liveness::Down => late_at + profile.down_grace(inst.last.interval_ms) + profile.forget_after_ms,
+/// Fires APP_DOWN at `due` when every instance is DOWN, unless every one of them is
+/// flapping (their FLAPPING alerts speak for them until one ends).
+fn app_down_check(app: &mut AppState, app_id: &str, due: i64, origin: Origin, out: &mut Vec<Effect>) {
+    let all_down = app.instances.values().all(|i| i.liveness == Liveness::Down);
+    let all_flapping = app.instances.values().all(|i| i.flapping_since.is_some());
+    if app.app_down.is_some() || !all_down || all_flapping {
+        return;
     }
+    app.app_down = Some(due);
+    let ex = explain::app_down(AlertState::Firing, app_id, app.instances.len());
+    let change = Change::firing(app_id, None, AlertKind::AppDown, Severity::Critical, due, due);
+    out.push(change.measured(Some(app.instances.len() as f64), None).emit(ex, origin));
+}
+
+/// The instance's next liveness deadline (late, down or forget, or the end of its
+/// FLAPPING), from its state.
+fn next_deadline(profile: &Profile, inst: &InstanceState) -> i64 {
+    let interval = inst.last.interval_ms;
+    let late_at = inst.anchor + late_after(profile, inst);
+    let due = match inst.liveness {
+        Liveness::Up => late_at,
+        Liveness::Late => late_at + profile.down_grace(interval),
+        Liveness::Down => late_at + profile.down_grace(interval) + profile.forget_after_ms,
+    };
+    flap_end(profile, inst).map_or(due, |end| end.min(due))
+}
+
+/// Silence after which the instance is LATE: fixed, or from its phi-accrual estimate.
+fn late_after(profile: &Profile, inst: &InstanceState) -> i64 {
+    let a = &inst.arrivals;
+    profile.late_after_observed(inst.last.interval_ms, a.n, a.mean_ms, a.std_ms())
+}
+
+/// When an open FLAPPING ends if nothing changes: a window after the last transition.
+fn flap_end(profile: &Profile, inst: &InstanceState) -> Option<i64> {
+    inst.flapping_since?;
+    Some(inst.transitions.back().copied().unwrap_or_default() + profile.flap_window_ms)
+}
+
+/// Records an UP/DOWN transition at `t`; with too many in the window, FLAPPING fires and
+/// the announced LATE/DOWN alerts resolve (the FLAPPING alert speaks for them).
+fn transition(
+    ctx: &StepContext<'_>,
+    inst: &mut InstanceState,
+    app_id: &str,
+    instance_id: &str,
+    t: i64,
+    out: &mut Vec<Effect>,
+) {
+    inst.record_transition(t);
+    let p = ctx.profile;
+    if inst.flapping_since.is_some() || p.flap_transitions == 0 {
+        return;
+    }
+    let n = inst.transitions_within(t, p.flap_window_ms);
+    if n < p.flap_transitions {
+        return;
+    }
+    for (kind, sev, open) in [
+        (AlertKind::InstanceLate, Severity::Warning, inst.late_since.take()),
+        (AlertKind::InstanceDown, Severity::Critical, inst.down_since.take()),
+    ] {
+        if let Some(started) = open {
+            let mut ex = explain::liveness(kind, AlertState::Resolved, app_id, instance_id, &inst.last, 0);
+            ex.summary =
+                format!("{app_id}/{instance_id}: {} resolved, superseded by FLAPPING", kind.as_str());
+            out.push(Change::resolved(app_id, Some(instance_id), kind, sev, started, t).emit(ex, ctx.origin));
+        }
+    }
+    inst.flapping_since = Some(t);
+    let ex = explain::flapping(AlertState::Firing, app_id, instance_id, &inst.last, n, p.flap_window_ms);
+    let change = Change::firing(app_id, Some(instance_id), AlertKind::Flapping, Severity::Warning, t, t);
+    out.push(change.measured(Some(n as f64), Some(p.flap_transitions as f64)).emit(ex, ctx.origin));
+}
+
+/// Ends an open FLAPPING at `at` and announces where the instance stands now.
+fn end_flapping(
+    ctx: &StepContext<'_>,
+    inst: &mut InstanceState,
+    app_id: &str,
+    instance_id: &str,
+    at: i64,
+    out: &mut Vec<Effect>,
+) {
+    let Some(started) = inst.flapping_since.take() else { return };
+    let p = ctx.profile;
+    let n = inst.transitions_within(at, p.flap_window_ms);
+    let ex = explain::flapping(AlertState::Resolved, app_id, instance_id, &inst.last, n, p.flap_window_ms);
+    out.push(
+        Change::resolved(app_id, Some(instance_id), AlertKind::Flapping, Severity::Warning, started, at)
+            .emit(ex, ctx.origin),
+    );
+    let silent = at - inst.last.sent_at;
+    let (kind, severity) = match inst.liveness {
+        Liveness::Up => return,
+        Liveness::Late => {
+            inst.late_since = Some(at);
+            (AlertKind::InstanceLate, Severity::Warning)
+        }
+        Liveness::Down => {
+            inst.down_since = Some(at);
+            (AlertKind::InstanceDown, Severity::Critical)
+        }
+    };
+    let ex = explain::liveness(kind, AlertState::Firing, app_id, instance_id, &inst.last, silent);
+    let change = Change::firing(app_id, Some(instance_id), kind, severity, at, at);
+    out.push(change.measured(Some(silent as f64), None).emit(ex, ctx.origin));
 }
 
 /// The figure each threshold rule judges, in [`RuleSet::rules`] order.

@@ -26,6 +26,9 @@ const RATE_WINDOW_MS: i64 = 60_000;
 /// once a second (or repeating one timestamp) must not grow the state without bound.
 const MAX_RATE_SAMPLES: usize = 120;
 
+/// Most UP/DOWN transition times kept per instance (the flapping rule counts them).
+pub const MAX_TRANSITIONS: usize = 32;
+
 /// The kinds of the threshold rules, in the order of `RuleSet::rules`.
 const RULE_KINDS: [AlertKind; 8] = [
     AlertKind::MemoryHigh,
@@ -64,6 +67,39 @@ pub struct InstanceState {
     /// Minute points of this process and its open leak alerts.
     #[serde(default)]
     pub trend: InstanceTrend,
+    /// Start of an open FLAPPING alert; while it lasts LATE, DOWN and RESTARTED are not
+    /// announced (`late_since`, `down_since` stay empty).
+    #[serde(default)]
+    pub flapping_since: Option<i64>,
+    /// The instance's inter-arrival times, for the phi-accrual mode.
+    #[serde(default)]
+    pub arrivals: ArrivalStats,
+}
+
+/// Mean and variance of an instance's inter-arrival times: exact over the first `window`
+/// samples, then exponentially weighted with weight 1/`window`. 24 bytes, O(1) per beat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArrivalStats {
+    pub n: u32,
+    pub mean_ms: f64,
+    pub var_ms2: f64,
+}
+
+impl ArrivalStats {
+    pub fn observe(&mut self, gap_ms: f64, window: u32) {
+        if gap_ms <= 0.0 {
+            return;
+        }
+        self.n = self.n.saturating_add(1);
+        let w = 1.0 / f64::from(self.n.min(window.max(1)));
+        let d = gap_ms - self.mean_ms;
+        self.mean_ms += w * d;
+        self.var_ms2 = (1.0 - w) * (self.var_ms2 + w * d * d);
+    }
+
+    pub fn std_ms(&self) -> f64 {
+        self.var_ms2.max(0.0).sqrt()
+    }
 }
 
 impl InstanceState {
@@ -80,6 +116,8 @@ impl InstanceState {
             transitions: VecDeque::new(),
             rate_window: VecDeque::new(),
             trend: InstanceTrend::default(),
+            flapping_since: None,
+            arrivals: ArrivalStats::default(),
         }
     }
 
@@ -123,9 +161,14 @@ impl InstanceState {
 
     pub fn record_transition(&mut self, t: i64) {
         self.transitions.push_back(t);
-        while self.transitions.len() > 32 {
+        while self.transitions.len() > MAX_TRANSITIONS {
             self.transitions.pop_front();
         }
+    }
+
+    /// UP/DOWN transitions in the `window_ms` up to `t`.
+    pub fn transitions_within(&self, t: i64, window_ms: i64) -> usize {
+        self.transitions.iter().rev().take_while(|&&x| x > t - window_ms).count()
     }
 
     /// Every open alert of this instance: (kind, severity, started_at).
@@ -139,6 +182,9 @@ impl InstanceState {
         }
         if let Some((s, _)) = self.restarted {
             open.push((AlertKind::InstanceRestarted, Severity::Warning, s));
+        }
+        if let Some(s) = self.flapping_since {
+            open.push((AlertKind::Flapping, Severity::Warning, s));
         }
         for (kind, rule) in RULE_KINDS.iter().zip(&self.rules) {
             if let (Some(sev), Some(s)) = (rule.firing, rule.started_at) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::loadgen::scenario::{ActiveFault, FaultKind, InstanceSim};
+use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
 use crate::rules::RuleSet;
 use crate::trend::TrendConfig;
 
@@ -263,8 +263,14 @@ fn simulate_fault(kind: FaultKind, minutes: i64, from: i64, to: i64) -> Vec<Aler
     let mut e = engine();
     let mut out = Vec::new();
     let interval = 5_000;
-    let fault =
-        ActiveFault { kind, app: 0, instance: None, from_ms: T0 + from * 60 * S, to_ms: T0 + to * 60 * S };
+    let fault = ActiveFault {
+        kind,
+        params: FaultParams::default(),
+        app: 0,
+        instance: None,
+        from_ms: T0 + from * 60 * S,
+        to_ms: T0 + to * 60 * S,
+    };
     let mut sims: Vec<InstanceSim> = (0..2)
         .flat_map(|app| (0..2).map(move |i| (app, i)))
         .map(|(app, i)| InstanceSim::new(3, app, i, format!("app-{app}"), interval))
@@ -353,10 +359,19 @@ fn leaks_are_suspected_within_half_an_hour_and_explain_themselves() {
 
 #[test]
 fn saw_tooth_and_workload_ramps_are_not_leaks_over_two_hours() {
-    for kind in [FaultKind::GcSawtooth, FaultKind::WorkloadRamp, FaultKind::Steady] {
+    for kind in [
+        FaultKind::GcSawtooth,
+        FaultKind::WorkloadRamp,
+        FaultKind::Steady,
+        FaultKind::Diurnal,
+        FaultKind::BusyPool,
+    ] {
         let got = simulate_fault(kind, 130, 10, 130);
         assert!(got.is_empty(), "{kind:?}: {got:#?}");
     }
+    // A deploy whose cache warms up: the restart, and nothing else.
+    let got = simulate_fault(FaultKind::StepChange, 130, 10, 130);
+    assert!(got.iter().all(|a| a.kind == AlertKind::InstanceRestarted), "{got:#?}");
 }
 
 #[test]
@@ -366,9 +381,17 @@ fn a_restart_resolves_a_leak_suspicion_and_starts_over() {
     // The same, with the instance restarted at minute 45: its leak alert resolves then.
     let mut e = engine();
     let mut out = Vec::new();
-    let leak = ActiveFault { kind: FaultKind::Leak, app: 0, instance: Some(0), from_ms: T0, to_ms: i64::MAX };
+    let leak = ActiveFault {
+        kind: FaultKind::Leak,
+        params: FaultParams::default(),
+        app: 0,
+        instance: Some(0),
+        from_ms: T0,
+        to_ms: i64::MAX,
+    };
     let restart = ActiveFault {
         kind: FaultKind::Restart,
+        params: FaultParams::default(),
         app: 0,
         instance: Some(0),
         from_ms: T0 + 45 * 60 * S,
@@ -517,4 +540,114 @@ fn the_rate_window_stays_bounded_when_beats_share_a_timestamp() {
     }
     let window = &e.app("a").unwrap().instances["a-i0"].rate_window;
     assert!(window.len() <= 121, "{} samples kept", window.len());
+}
+
+/// One instance beating every 5 s, silent for 90 s of every 3 min during `flap_minutes`,
+/// then steady (or, with `dies`, silent for good); a second app keeps the watermark moving.
+fn run_flapping(flap_minutes: i64, total_minutes: i64, dies: bool) -> Vec<Alert> {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let mut seq = 0;
+    let mut t = T0;
+    while t < T0 + total_minutes * 60 * S {
+        let m = (t - T0) / S;
+        let silent = t < T0 + flap_minutes * 60 * S && m % 180 >= 90;
+        let dead = dies && t >= T0 + flap_minutes * 60 * S;
+        seq += 1;
+        if !silent && !dead {
+            e.on_beat(beat("web", "i0", seq, t), seq, 0, &mut out);
+        }
+        e.on_beat(beat("other", "i0", seq, t), seq, 0, &mut out);
+        t += 5 * S;
+    }
+    out.into_iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) if a.app_id == "web" => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn flapping_fires_once_holds_back_liveness_alerts_and_resolves_after_a_quiet_window() {
+    let got = run_flapping(30, 60, false);
+    let flap: Vec<&Alert> = got.iter().filter(|a| a.kind == AlertKind::Flapping).collect();
+    assert_eq!(flap.len(), 2, "{got:#?}");
+    assert_eq!((flap[0].state, flap[1].state), (AlertState::Firing, AlertState::Resolved));
+    // Six transitions (three outages and their returns) within 15 min.
+    assert_eq!(flap[0].value, Some(6.0));
+    let (from, to) = (flap[0].event_at, flap[1].event_at);
+    let liveness_fired_meanwhile = got.iter().any(|a| {
+        matches!(a.kind, AlertKind::InstanceLate | AlertKind::InstanceDown)
+            && a.state == AlertState::Firing
+            && a.event_at > from
+            && a.event_at < to
+    });
+    assert!(!liveness_fired_meanwhile, "{got:#?}");
+    // The last outage (28.5 to 30 min) ends with a return at 30 min; 15 min later it ends.
+    assert_eq!(to, T0 + 30 * 60 * S + 15 * 60 * S);
+    // Every LATE/DOWN that fired before the flapping resolved.
+    let fired = got.iter().filter(|a| a.kind != AlertKind::Flapping && a.state == AlertState::Firing).count();
+    let resolved =
+        got.iter().filter(|a| a.kind != AlertKind::Flapping && a.state == AlertState::Resolved).count();
+    assert_eq!(fired, resolved, "{got:#?}");
+}
+
+#[test]
+fn an_instance_down_when_the_flapping_ends_is_announced_down_then() {
+    let got = run_flapping(30, 60, true);
+    let resolved = got
+        .iter()
+        .find(|a| a.kind == AlertKind::Flapping && a.state == AlertState::Resolved)
+        .expect("flapping resolves");
+    let down = got
+        .iter()
+        .rfind(|a| a.kind == AlertKind::InstanceDown && a.state == AlertState::Firing)
+        .expect("down announced");
+    assert_eq!(down.event_at, resolved.event_at, "{got:#?}");
+}
+
+/// An instance declaring 10 s whose beats come every 5 to 25 s, then stop at minute 30.
+fn run_jittery(phi_threshold: f64) -> Vec<Alert> {
+    let c = EngineConfig { phi_threshold, ..EngineConfig::default() };
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+    let mut e = Engine::new(0, c, rules);
+    let mut out = Vec::new();
+    let mut rng = crate::loadgen::scenario::instance_rng(1, 2, 3, 4);
+    let mut t = T0;
+    let mut seq = 0;
+    while t < T0 + 30 * 60 * S {
+        seq += 1;
+        let mut b = beat("jitter", "i0", seq, t);
+        b.interval_ms = 10_000;
+        e.on_beat(b, seq, 0, &mut out);
+        t += rand::Rng::random_range(&mut rng, 5..=25) * S;
+    }
+    e.on_tick(T0 + 40 * 60 * S, &mut out);
+    e.on_end_of_partition(T0 + 40 * 60 * S, &mut out);
+    e.on_tick(T0 + 45 * 60 * S, &mut out);
+    out.into_iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn phi_accrual_tolerates_jitter_that_the_fixed_rule_calls_late_and_still_finds_a_stop() {
+    let fixed = run_jittery(0.0);
+    let late_fixed =
+        fixed.iter().filter(|a| a.kind == AlertKind::InstanceLate && a.state == AlertState::Firing);
+    assert!(late_fixed.count() > 3, "the fixed 2 x 10 s rule fires on 25 s gaps");
+    // Until ten gaps are known, the fixed rule applies; after that only the real stop.
+    let phi = run_jittery(8.0);
+    let late: Vec<&Alert> = phi
+        .iter()
+        .filter(|a| a.kind == AlertKind::InstanceLate && a.state == AlertState::Firing)
+        .filter(|a| a.event_at > T0 + 5 * 60 * S)
+        .collect();
+    assert_eq!(late.len(), 1, "only the real stop: {phi:#?}");
+    assert!(late[0].event_at >= T0 + 30 * 60 * S - 25 * S);
+    assert!(phi.iter().any(|a| a.kind == AlertKind::InstanceDown), "{phi:#?}");
 }

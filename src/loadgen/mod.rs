@@ -23,7 +23,7 @@ use crate::kafka::{self, TrackedProducer};
 use crate::topology::names;
 use manifest::FaultRecord;
 pub use manifest::Manifest;
-use scenario::{ActiveFault, AppRef, FaultKind, FaultSpec, InstanceSim};
+use scenario::{ActiveFault, AppRef, FaultKind, FaultParams, FaultSpec, InstanceSim};
 
 #[derive(Debug, Error)]
 pub enum LoadgenError {
@@ -111,6 +111,10 @@ pub fn mix() -> Vec<(FaultKind, f64, Option<f64>)> {
         (WorkloadRamp, 0.1, None),
         (GcSawtooth, 0.1, None),
         (Poison, 0.25, Some(0.5)),
+        (Flapping, 0.25, Some(0.5)),
+        (StepChange, 0.5, None),
+        (Diurnal, 0.1, None),
+        (BusyPool, 0.1, None),
     ]
 }
 
@@ -162,6 +166,7 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
         for (i, (kind, from, length)) in mix().into_iter().enumerate().take(opts.apps) {
             specs.push(FaultSpec {
                 kind,
+                params: FaultParams::default(),
                 app: AppRef::Index(i),
                 instance: None,
                 start: Duration::from_millis((span_ms as f64 * from) as u64),
@@ -185,7 +190,14 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
         }
         let from_ms = start_ms + spec.start.as_millis() as i64;
         let to_ms = spec.length.map_or(i64::MAX, |l| from_ms + l.as_millis() as i64);
-        faults.push(ActiveFault { kind: spec.kind, app, instance: spec.instance, from_ms, to_ms });
+        faults.push(ActiveFault {
+            kind: spec.kind,
+            params: spec.params,
+            app,
+            instance: spec.instance,
+            from_ms,
+            to_ms,
+        });
     }
 
     let topic = kafka.name(names::HEARTBEATS);

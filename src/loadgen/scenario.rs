@@ -42,10 +42,21 @@ pub enum FaultKind {
     GcSawtooth,
     /// Undecodable records, sent beside the app's real beats.
     Poison,
+    /// Silent for 90 s of every 3 minutes (a flaky network or a crash loop that keeps its seq).
+    Flapping,
+    /// A deploy: the process restarts and its cache warms up (memory rises by a fifth of the
+    /// limit, levelling off within 15 minutes): not a leak.
+    StepChange,
+    /// Traffic follows the time of day (a 24 h sine starting on its rising flank); memory and
+    /// pool follow traffic: not a leak.
+    Diurnal,
+    /// The pool is busy (55 % ± 15 % of its size, swinging over 20 minutes) but returns
+    /// every connection: not a leak.
+    BusyPool,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::Steady,
         FaultKind::Crash,
         FaultKind::CleanStop,
@@ -64,6 +75,10 @@ impl FaultKind {
         FaultKind::WorkloadRamp,
         FaultKind::GcSawtooth,
         FaultKind::Poison,
+        FaultKind::Flapping,
+        FaultKind::StepChange,
+        FaultKind::Diurnal,
+        FaultKind::BusyPool,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +101,10 @@ impl FaultKind {
             FaultKind::WorkloadRamp => "workload-ramp",
             FaultKind::GcSawtooth => "gc-sawtooth",
             FaultKind::Poison => "poison",
+            FaultKind::Flapping => "flapping",
+            FaultKind::StepChange => "step-change",
+            FaultKind::Diurnal => "diurnal",
+            FaultKind::BusyPool => "busy-pool",
         }
     }
 
@@ -102,9 +121,20 @@ impl FaultKind {
 
     fn expected_while_active(self, whole_app_down: bool) -> Vec<&'static str> {
         match self {
-            FaultKind::Steady | FaultKind::CleanStop | FaultKind::WorkloadRamp | FaultKind::GcSawtooth => {
+            FaultKind::Steady
+            | FaultKind::CleanStop
+            | FaultKind::WorkloadRamp
+            | FaultKind::GcSawtooth
+            | FaultKind::Diurnal
+            | FaultKind::BusyPool => {
                 vec![]
             }
+            FaultKind::StepChange => vec!["INSTANCE_RESTARTED"],
+            // Until FLAPPING holds them back, each outage of the whole app is an APP_DOWN.
+            FaultKind::Flapping if whole_app_down => {
+                vec!["INSTANCE_LATE", "INSTANCE_DOWN", "APP_DOWN", "FLAPPING"]
+            }
+            FaultKind::Flapping => vec!["INSTANCE_LATE", "INSTANCE_DOWN", "FLAPPING"],
             FaultKind::Poison => vec![],
             FaultKind::Crash if whole_app_down => vec!["INSTANCE_LATE", "INSTANCE_DOWN", "APP_DOWN"],
             FaultKind::Crash => vec!["INSTANCE_LATE", "INSTANCE_DOWN"],
@@ -134,17 +164,58 @@ impl FromStr for FaultKind {
     }
 }
 
-/// One fault as given on the command line, `KIND:APP[/INSTANCE]@START[+LENGTH]`, where APP is
+/// One fault as given on the command line, `KIND[(PARAMS)]:APP[/INSTANCE]@START[+LENGTH]`
+/// (see [`FaultParams`]), where APP is
 /// an application's index (0-based) or full id, INSTANCE an instance index, START and LENGTH
 /// durations from the start of the run's event time (`90s`, `5m`, `2h`). Without a length the
 /// fault lasts to the end of the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultSpec {
     pub kind: FaultKind,
+    pub params: FaultParams,
     pub app: AppRef,
     pub instance: Option<usize>,
     pub start: Duration,
     pub length: Option<Duration>,
+}
+
+/// How strong a fault is: `KIND(exhaust=3h,noise=4)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultParams {
+    /// Leaks: the time the leak takes from the baseline to the limit (memory: default 6 h;
+    /// connections: to the pool size, default one connection per 10 min).
+    pub exhaust: Option<Duration>,
+    /// Multiplies every figure's noise on the covered instances (default 1).
+    pub noise: f64,
+}
+
+impl Default for FaultParams {
+    fn default() -> Self {
+        FaultParams { exhaust: None, noise: 1.0 }
+    }
+}
+
+impl FromStr for FaultParams {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut p = FaultParams::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.split_once('=') {
+                Some(("exhaust", v)) => p.exhaust = Some(parse_duration(v)?).filter(|d| !d.is_zero()),
+                Some(("noise", v)) => {
+                    p.noise = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|n| n.is_finite() && *n >= 0.0)
+                        .ok_or_else(|| format!("noise={v:?} is not a non-negative number"))?;
+                }
+                _ => {
+                    return Err(format!("unknown fault parameter {item:?} (exhaust=DURATION, noise=FACTOR)"));
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// How a fault names its application.
@@ -160,6 +231,10 @@ impl FromStr for FaultSpec {
         let usage =
             || format!("fault {s:?} is not KIND:APP[/INSTANCE]@START[+LENGTH], e.g. crash:3/0@10m+5m");
         let (kind, rest) = s.split_once(':').ok_or_else(usage)?;
+        let (kind, params) = match kind.split_once('(') {
+            Some((k, p)) => (k, p.strip_suffix(')').ok_or_else(usage)?.parse()?),
+            None => (kind, FaultParams::default()),
+        };
         let kind: FaultKind = kind.parse()?;
         let (target, when) = rest.split_once('@').ok_or_else(usage)?;
         let (app, instance) = match target.split_once('/') {
@@ -174,7 +249,7 @@ impl FromStr for FaultSpec {
             Some((a, b)) => (parse_duration(a)?, Some(parse_duration(b)?)),
             None => (parse_duration(when)?, None),
         };
-        Ok(FaultSpec { kind, app, instance, start, length })
+        Ok(FaultSpec { kind, params, app, instance, start, length })
     }
 }
 
@@ -202,6 +277,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveFault {
     pub kind: FaultKind,
+    pub params: FaultParams,
     pub app: usize,
     pub instance: Option<usize>,
     pub from_ms: i64,
@@ -221,6 +297,12 @@ impl ActiveFault {
     /// Event time since the fault started, in seconds (0 before it).
     fn elapsed_s(&self, t: i64) -> f64 {
         ((t - self.from_ms).max(0)) as f64 / 1000.0
+    }
+
+    /// Event time since the fault started or the process restarted, whichever is later:
+    /// what a process accumulates (a leak) starts over with the process.
+    fn process_elapsed_s(&self, t: i64, process_start: i64) -> f64 {
+        ((t - self.from_ms.max(process_start)).max(0)) as f64 / 1000.0
     }
 }
 
@@ -287,6 +369,8 @@ pub struct InstanceSim {
     /// Set while a crash or clean stop keeps it silent, to reset seq when it returns.
     silent: bool,
     restarted_for: Option<i64>,
+    /// Event time the current process started (0: before the run).
+    process_start: i64,
     rng: ChaCha8Rng,
 }
 
@@ -310,6 +394,7 @@ impl InstanceSim {
             gone: false,
             silent: false,
             restarted_for: None,
+            process_start: 0,
             rng,
         }
     }
@@ -321,6 +406,11 @@ impl InstanceSim {
             return None;
         }
         let mut status = InstanceStatus::Ok;
+        for f in faults.iter().filter(|f| f.kind == FaultKind::Flapping && f.active_at(t)) {
+            if f.elapsed_s(t) % 180.0 < 90.0 {
+                return None;
+            }
+        }
         for f in faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash | FaultKind::CleanStop)) {
             if f.active_at(t) {
                 if f.kind == FaultKind::CleanStop && !self.silent {
@@ -336,19 +426,23 @@ impl InstanceSim {
                 }
             } else if self.silent && t >= f.to_ms {
                 self.silent = false;
-                self.reset_process();
+                self.reset_process(t);
                 status = InstanceStatus::Starting;
             }
         }
-        for f in faults.iter().filter(|f| f.kind == FaultKind::Restart && f.active_at(t)) {
-            if self.restarted_for != Some(f.from_ms) {
+        for f in faults.iter().filter(|f| matches!(f.kind, FaultKind::Restart | FaultKind::StepChange)) {
+            if f.active_at(t) && self.restarted_for != Some(f.from_ms) {
                 self.restarted_for = Some(f.from_ms);
-                self.reset_process();
+                self.reset_process(t);
                 status = InstanceStatus::Starting;
             }
         }
         let dt = f64::from(interval_ms) / 1000.0;
-        let noise = |rng: &mut ChaCha8Rng, spread: f64| 1.0 + rng.random_range(-spread..spread);
+        let scale: f64 = faults.iter().filter(|f| f.active_at(t)).map(|f| f.params.noise).product();
+        let noise = |rng: &mut ChaCha8Rng, spread: f64| {
+            let spread = spread * scale;
+            if spread > 0.0 { 1.0 + rng.random_range(-spread..spread) } else { 1.0 }
+        };
         let b = &self.baseline;
         let limit = b.memory_limit as f64;
         let mut memory = limit * b.memory_ratio * noise(&mut self.rng, 0.02);
@@ -367,6 +461,8 @@ impl InstanceSim {
         let mut fds = b.fds * noise(&mut self.rng, 0.02);
         for f in faults.iter().filter(|f| f.active_at(t)) {
             let s = f.elapsed_s(t);
+            let lived = f.process_elapsed_s(t, self.process_start);
+            let exhaust_s = f.params.exhaust.map(|d| d.as_secs_f64());
             match f.kind {
                 FaultKind::MemoryHigh => memory = limit * 0.94 * noise(&mut self.rng, 0.01),
                 FaultKind::CpuHigh => cpu = 0.95 * noise(&mut self.rng, 0.02),
@@ -384,16 +480,35 @@ impl InstanceSim {
                 FaultKind::QueueBacklog => queue = 150.0 * noise(&mut self.rng, 0.1),
                 FaultKind::SlowQueries => query_p95 = 6_000.0 * noise(&mut self.rng, 0.05),
                 FaultKind::DiskHigh => disk = 0.97,
-                // Grows from the baseline to the limit in six hours.
-                FaultKind::Leak => memory += limit * (1.0 - b.memory_ratio) * s / (6.0 * 3600.0),
-                // One more connection held every ten minutes, up to the pool size.
+                // Grows from the baseline to the limit in six hours (or `exhaust`); a new
+                // process starts from the baseline again.
+                FaultKind::Leak => {
+                    memory += limit * (1.0 - b.memory_ratio) * lived / exhaust_s.unwrap_or(6.0 * 3600.0);
+                }
+                // One more connection held every ten minutes (or the free ones in `exhaust`),
+                // up to the pool size.
                 FaultKind::ConnectionLeak => {
-                    in_use = (in_use + s / 600.0).min(f64::from(b.pool_size));
-                    fds += s / 600.0;
+                    let free = f64::from(b.pool_size) * (1.0 - b.pool_in_use);
+                    let per_s = exhaust_s.map_or(1.0 / 600.0, |e| free / e);
+                    in_use = (in_use + lived * per_s).min(f64::from(b.pool_size));
+                    fds += lived * per_s;
                 }
                 FaultKind::SessionLeak => {
-                    sessions += b.sessions * s / 3600.0;
-                    memory += limit * 0.1 * s / 3600.0;
+                    sessions += b.sessions * lived / 3600.0;
+                    memory += limit * 0.1 * lived / 3600.0;
+                }
+                // The new process's cache fills: +20 % of the limit, time constant 5 min.
+                FaultKind::StepChange => memory += limit * 0.2 * (1.0 - (-lived / 300.0).exp()),
+                FaultKind::Diurnal => {
+                    let factor = 1.0 + 0.6 * (s / 86_400.0 * std::f64::consts::TAU).sin();
+                    rps *= factor;
+                    memory *= 1.0 + 0.3 * (factor - 1.0);
+                    in_use *= factor;
+                    cpu = (cpu * factor).min(0.75);
+                }
+                FaultKind::BusyPool => {
+                    let swing = 0.15 * (s / 1200.0 * std::f64::consts::TAU).sin();
+                    in_use = f64::from(b.pool_size) * (0.55 + swing) * noise(&mut self.rng, 0.1);
                 }
                 // Traffic doubles per hour; memory and pool follow it.
                 FaultKind::WorkloadRamp => {
@@ -442,8 +557,9 @@ impl InstanceSim {
         Some(hb)
     }
 
-    /// A new process: counters and seq start over.
-    fn reset_process(&mut self) {
+    /// A new process, started at `t`: counters and seq start over.
+    fn reset_process(&mut self, t: i64) {
+        self.process_start = t;
         self.seq = 0;
         self.requests = 0.0;
         self.errors = 0.0;
@@ -467,7 +583,7 @@ mod tests {
     use crate::codec;
 
     fn fault(kind: FaultKind, from_ms: i64, to_ms: i64) -> ActiveFault {
-        ActiveFault { kind, app: 0, instance: None, from_ms, to_ms }
+        ActiveFault { kind, params: FaultParams::default(), app: 0, instance: None, from_ms, to_ms }
     }
 
     fn run(faults: &[ActiveFault], beats: usize) -> Vec<Option<Heartbeat>> {
@@ -487,6 +603,9 @@ mod tests {
         let f: FaultSpec = "leak:checkout@0s".parse().unwrap();
         assert_eq!(f.app, AppRef::Id("checkout".into()));
         assert_eq!(f.length, None);
+        let f: FaultSpec = "leak(exhaust=2h,noise=3):4@10m".parse().unwrap();
+        assert_eq!(f.params, FaultParams { exhaust: Some(Duration::from_secs(7200)), noise: 3.0 });
+        assert!("leak(speed=2):4@1s".parse::<FaultSpec>().unwrap_err().contains("unknown fault parameter"));
         assert!("nope:1@1s".parse::<FaultSpec>().unwrap_err().contains("unknown scenario"));
         assert!("crash:1".parse::<FaultSpec>().is_err());
         assert!("crash:1@5parsecs".parse::<FaultSpec>().is_err());

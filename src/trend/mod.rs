@@ -31,8 +31,12 @@ pub struct TrendConfig {
     /// One-sided Mann–Kendall z a growth must reach (3.09 ≈ p < 0.001); each half of the
     /// window must reach half of it.
     pub significance_z: f64,
-    /// Each half of the window must grow at least this fraction of the whole window's slope.
+    /// The slower half of the window must grow at least this fraction of the faster one's
+    /// slope.
     pub persistence: f64,
+    /// The rise of the fitted line over the window must be at least this many times the
+    /// scatter around it (10th to 90th percentile of the residuals).
+    pub min_rise_to_scatter: f64,
     /// CRITICAL when the projected exhaustion is nearer than this, ms.
     pub critical_horizon_ms: i64,
     /// WARNING when it is nearer than this, ms; growth that exhausts later raises nothing.
@@ -57,9 +61,10 @@ impl Default for TrendConfig {
         TrendConfig {
             enabled: true,
             lookback_minutes: 60,
-            min_points: 15,
+            min_points: 20,
             significance_z: 3.09,
             persistence: 0.5,
+            min_rise_to_scatter: 2.0,
             critical_horizon_ms: 3_600_000,
             warning_horizon_ms: 24 * 3_600_000,
             unbounded_growth_per_day: 1.0,
@@ -86,6 +91,9 @@ impl TrendConfig {
         }
         if self.significance_z.is_nan() || self.significance_z <= 0.0 {
             return bad("significance_z", "must be positive");
+        }
+        if self.min_rise_to_scatter.is_nan() || self.min_rise_to_scatter < 0.0 {
+            return bad("min_rise_to_scatter", "must be 0 or more");
         }
         if !(0.0..=1.0).contains(&self.persistence) {
             return bad("persistence", "must be between 0 and 1");
@@ -373,19 +381,25 @@ pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
     if line.slope <= 0.0 {
         return None;
     }
-    // Linearity: the line's rise over the window spans most of the values' spread (a step
-    // or a single excursion has a large spread and a flat robust line).
+    // Signal over noise: the line's rise over the window must stand well above the scatter
+    // around it (a step, or a swing such as a busy pool's, leaves a wide scatter).
     let rise = line.slope * (xs[xs.len() - 1] - xs[0]);
-    if rise < 0.5 * spread(&ys) {
+    let residuals: Vec<f64> = xs.iter().zip(&ys).map(|(x, y)| y - line.at(*x)).collect();
+    if rise < c.min_rise_to_scatter * spread(&residuals) {
         return None;
     }
-    // Persistence: both halves grow (a step change grows in one half only).
+    // Persistence: both halves grow, at comparable rates (a step grows in one half only; a
+    // cache warming up grows fast, then slower and slower).
     let half = xs.len() / 2;
-    for (hx, hy) in [(&xs[..half], &ys[..half]), (&xs[half..], &ys[half..])] {
-        let h = theil_sen(hx, hy)?;
-        if h.slope < c.persistence * line.slope || mann_kendall(hy).z < c.significance_z / 2.0 {
+    let mut slopes = [0.0; 2];
+    for (slope, (hx, hy)) in slopes.iter_mut().zip([(&xs[..half], &ys[..half]), (&xs[half..], &ys[half..])]) {
+        *slope = theil_sen(hx, hy)?.slope;
+        if *slope <= 0.0 || mann_kendall(hy).z < c.significance_z / 2.0 {
             return None;
         }
+    }
+    if slopes[0].min(slopes[1]) < c.persistence * slopes[0].max(slopes[1]) {
+        return None;
     }
     let raw = theil_sen(&series.iter().map(|p| p.0).collect::<Vec<_>>(), &values).map_or(0.0, |l| l.slope);
     let last_x = *xs.last()?;

@@ -121,6 +121,20 @@ fn a_step_change_is_not_a_leak() {
 }
 
 #[test]
+fn a_cache_warming_up_after_a_deploy_is_not_a_leak() {
+    let c = TrendConfig::default();
+    for tau in [3.0, 5.0, 10.0] {
+        for seed in 0..5 {
+            // A new process: its series starts with the warm-up.
+            let s = series(60, 0.01, seed, |m| 0.4 * GIB + 0.2 * GIB * (1.0 - (-m / tau).exp()));
+            for end in c.min_points as usize..=60 {
+                assert!(judge(&s[..end], &c).is_none(), "tau {tau}, seed {seed}, {end} points");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_resource_without_limit_warns_when_it_doubles_within_a_day() {
     let c = TrendConfig::default();
     let fast = judge(&series(30, 0.01, 1, |m| 500.0 + 500.0 * m / 60.0), &c).unwrap();
