@@ -13,11 +13,13 @@
 //! - Plumbing: [`config`], [`kafka`], [`topology`], [`store`] (connection, migrations,
 //!   partitions).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
-//!   [`summary`] (what a run found beside the load's ground truth).
+//!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
+//!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod evaluate;
 pub mod heartbeat;
 pub mod http;
 pub mod kafka;

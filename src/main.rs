@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use pulsewatch::codec::Encoding;
 use pulsewatch::config::Config;
+use pulsewatch::evaluate::{self, EvaluateOptions};
 use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
 use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
 use pulsewatch::service::{self, Stage};
@@ -56,6 +57,9 @@ enum Command {
     },
     /// Publish synthetic heartbeats, with faults, and write a ground-truth manifest.
     Loadgen(LoadgenArgs),
+    /// Run the labelled leak suite through Kafka and the processor; score it beside a
+    /// predict_linear baseline.
+    Evaluate(EvaluateArgs),
     /// Read the heartbeats topic to its end and say what is there, beside a manifest.
     Summary {
         /// A loadgen manifest to compare with.
@@ -129,7 +133,7 @@ struct LoadgenArgs {
     /// A fault: KIND:APP[/INSTANCE]@START[+LENGTH], e.g. crash:3/0@10m+5m (repeatable).
     #[arg(long = "fault")]
     faults: Vec<FaultSpec>,
-    /// Give applications 0..16 one scenario each (crash, clean-stop, restart, memory-high, ...).
+    /// Give applications 0..20 one scenario each (crash, clean-stop, restart, memory-high, ...).
     #[arg(long)]
     mix: bool,
     /// Where to write the ground-truth manifest (JSON).
@@ -138,6 +142,30 @@ struct LoadgenArgs {
     /// Application ids are this prefix and a zero-padded index.
     #[arg(long, default_value = "app-")]
     app_prefix: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// Event time each scenario runs for (backfilled, ending now).
+    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    span: Duration,
+    /// Instances per application.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only this family of the suite (repeatable), e.g. memory-leak, gc-sawtooth.
+    #[arg(long = "family")]
+    families: Vec<String>,
+    /// Copies of each case, each on an application of its own.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where to write the report as JSON.
+    #[arg(long, default_value = "pulsewatch-output/evaluation.json")]
+    report: PathBuf,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -232,6 +260,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
             anyhow::Ok(())
         })?,
+        Command::Evaluate(args) => {
+            let opts = EvaluateOptions {
+                span: args.span,
+                instances: args.instances,
+                seed: args.seed,
+                families: args.families,
+                repeat: args.repeat,
+                progress: !args.quiet,
+                ..EvaluateOptions::default()
+            };
+            let report = evaluate::run(&config, &opts)?;
+            print!("{}", report.render());
+            if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", args.report.display()))?;
+            println!("report: {}", args.report.display());
+        }
         Command::Loadgen(args) => {
             let opts = LoadgenOptions {
                 apps: args.apps,

@@ -31,6 +31,10 @@ pub struct TrendConfig {
     /// One-sided Mann–Kendall z a growth must reach (3.09 ≈ p < 0.001); each half of the
     /// window must reach half of it.
     pub significance_z: f64,
+    /// Mann–Kendall z of the request rate from which a rising workload explains growth that
+    /// is, relatively, no faster than 1.5 times its own (above `significance_z` the growth is
+    /// judged net of a regression on the request rate instead).
+    pub workload_z: f64,
     /// The slower half of the window must grow at least this fraction of the faster one's
     /// slope.
     pub persistence: f64,
@@ -63,6 +67,7 @@ impl Default for TrendConfig {
             lookback_minutes: 60,
             min_points: 20,
             significance_z: 3.09,
+            workload_z: 1.0,
             persistence: 0.5,
             min_rise_to_scatter: 2.0,
             critical_horizon_ms: 3_600_000,
@@ -94,6 +99,9 @@ impl TrendConfig {
         }
         if self.min_rise_to_scatter.is_nan() || self.min_rise_to_scatter < 0.0 {
             return bad("min_rise_to_scatter", "must be 0 or more");
+        }
+        if self.workload_z.is_nan() || self.workload_z < 0.0 {
+            return bad("workload_z", "must be 0 or more");
         }
         if !(0.0..=1.0).contains(&self.persistence) {
             return bad("persistence", "must be between 0 and 1");
@@ -345,6 +353,11 @@ pub struct Growth {
     pub level: f64,
 }
 
+/// The largest relative growth of a resource per relative growth of the request rate that a
+/// rising workload is taken to explain (a connection pool in use follows traffic about 1:1;
+/// memory, with its fixed base, far less).
+const MAX_ELASTICITY: f64 = 1.5;
+
 /// Judges one series `(minute, value, requests/s)`: `Some` when it grows steadily, for
 /// reasons other than its workload, and not as a single step.
 pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
@@ -361,11 +374,12 @@ pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
     };
     let xs: Vec<f64> = judged.iter().map(|p| p.0).collect();
     let mut ys: Vec<f64> = judged.iter().map(|p| p.1).collect();
-    // A workload that trends explains growth that follows it: regress it out.
+    // A workload that trends clearly explains growth that follows it: regress it out.
     let rps: Vec<f64> = judged.iter().map(|p| p.2).collect();
+    let rps_known = rps.iter().all(|r| r.is_finite());
+    let rps_z = if rps_known { mann_kendall(&rps).z } else { 0.0 };
     let mut per_request_rate = None;
-    if rps.iter().all(|r| r.is_finite())
-        && mann_kendall(&rps).z.abs() >= c.significance_z
+    if rps_z.abs() >= c.significance_z
         && let Some(fit) = theil_sen(&rps, &ys)
     {
         for (y, r) in ys.iter_mut().zip(&rps) {
@@ -380,6 +394,19 @@ pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
     let line = theil_sen(&xs, &ys)?;
     if line.slope <= 0.0 {
         return None;
+    }
+    // A rising workload too noisy to regress on still explains growth that is, relatively,
+    // no faster than MAX_ELASTICITY times its own (a diurnal rise, a pool following traffic).
+    if per_request_rate.is_none() && rps_z >= c.workload_z {
+        let span = xs[xs.len() - 1] - xs[0];
+        let relative = |slope: f64, values: &[f64]| {
+            let mut v = values.to_vec();
+            median(&mut v).filter(|m| *m > 0.0).map_or(f64::INFINITY, |m| slope * span / m)
+        };
+        let traffic = theil_sen(&xs, &rps).map_or(0.0, |l| relative(l.slope, &rps));
+        if relative(line.slope, &ys) <= MAX_ELASTICITY * traffic {
+            return None;
+        }
     }
     // Signal over noise: the line's rise over the window must stand well above the scatter
     // around it (a step, or a swing such as a busy pool's, leaves a wide scatter).
@@ -418,6 +445,40 @@ pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
         troughs: troughs.map(|t| t.len()),
         level,
     })
+}
+
+/// Judges the newest part of a series whose whole window failed: a leak that began in a
+/// process that had been steady grows in the later points only, which the persistence test
+/// over the whole window refuses until the leak fills both halves. Tries the newest two
+/// thirds, half, and `min_points` of the points, longest first. The points before the part
+/// judged must have grown slower than it by the persistence factor: growth that begins is a
+/// leak's onset, growth that slows down (a cache warming up) is not. Not tried while the
+/// request rate over the whole window rises (`workload_z`).
+pub fn judge_recent_onset(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
+    let n = series.len();
+    // Over a rising workload the whole window's judgement, which weighs the traffic, stands.
+    let rps: Vec<f64> = series.iter().map(|p| p.2).collect();
+    if rps.iter().all(|r| r.is_finite()) && mann_kendall(&rps).z >= c.workload_z {
+        return None;
+    }
+    let mut sizes = [2 * n / 3, n / 2, c.min_points as usize];
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let mut tried = n;
+    for size in sizes {
+        if size >= tried || size < c.min_points as usize {
+            continue;
+        }
+        tried = size;
+        let (before, recent) = series.split_at(n - size);
+        let Some(g) = judge(recent, c) else { continue };
+        let xs: Vec<f64> = before.iter().map(|p| p.0).collect();
+        let ys: Vec<f64> = before.iter().map(|p| p.1).collect();
+        let earlier = theil_sen(&xs, &ys).map_or(0.0, |l| l.slope);
+        if earlier <= c.persistence * g.raw_slope_per_min {
+            return Some(g);
+        }
+    }
+    None
 }
 
 /// The distance between the 10th and the 90th percentile.
@@ -547,8 +608,12 @@ impl InstanceTrend {
         for r in Resource::ALL {
             let i = r.index();
             // The cheap look first: the full judgement only when the series hints at growth.
-            let found = if self.window.len() >= c.min_points as usize && self.window.quick_z(r) >= 1.0 {
-                judge(&self.window.series(r), c).and_then(|g| verdict(g, r.limit(b, c), c))
+            let z = self.window.quick_z(r);
+            let found = if self.window.len() >= c.min_points as usize && z >= 1.0 {
+                let series = self.window.series(r);
+                judge(&series, c)
+                    .or_else(|| if z >= c.significance_z { judge_recent_onset(&series, c) } else { None })
+                    .and_then(|g| verdict(g, r.limit(b, c), c))
             } else {
                 None
             };

@@ -23,6 +23,11 @@ fn leak(hours: f64) -> impl Fn(f64) -> f64 {
     move |m| 0.4 * GIB + 0.6 * GIB * m / (hours * 60.0)
 }
 
+/// What the engine concludes on a window: the whole of it, else its newest part.
+fn judge_window(s: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
+    judge(s, c).or_else(|| judge_recent_onset(s, c))
+}
+
 #[test]
 fn a_six_hour_leak_is_found_within_twenty_minutes_and_warns() {
     let c = TrendConfig::default();
@@ -50,8 +55,28 @@ fn a_fast_leak_is_critical_and_a_slow_one_beyond_the_horizon_is_quiet() {
 #[test]
 fn flat_noise_is_never_a_leak() {
     let c = TrendConfig::default();
-    let found = (0..200).filter(|&seed| judge(&series(60, 0.05, seed, |_| 0.5 * GIB), &c).is_some()).count();
+    let found =
+        (0..200).filter(|&seed| judge_window(&series(60, 0.05, seed, |_| 0.5 * GIB), &c).is_some()).count();
     assert_eq!(found, 0);
+}
+
+#[test]
+fn a_leak_that_begins_in_a_steady_process_is_found_on_the_newest_points() {
+    let c = TrendConfig::default();
+    let onset = 40usize;
+    for seed in 0..20 {
+        // Steady for 40 minutes, then a 6 h leak; judged each minute on the last 60 points.
+        let f = |m: f64| 0.4 * GIB + 0.6 * GIB * (m - onset as f64).max(0.0) / 360.0;
+        let s = series(100, 0.01, seed, f);
+        let window = |end: usize| &s[end.saturating_sub(60)..end];
+        assert!(judge(window(onset + 20), &c).is_none(), "seed {seed}: the whole window is not persistent");
+        let found = (onset..100).find(|&end| judge_window(window(end), &c).is_some());
+        let found = found.unwrap_or_else(|| panic!("seed {seed}: late leak not found"));
+        assert!(found >= onset + 10, "seed {seed}: judged on {} points of the leak", found - onset);
+        assert!(found <= onset + 25, "seed {seed}: found {} min after it began", found - onset);
+        let g = judge_window(window(found), &c).unwrap();
+        assert!((g.slope_per_min * 60.0 / GIB - 0.1).abs() < 0.03, "seed {seed}: {g:?}");
+    }
 }
 
 #[test]
@@ -72,6 +97,25 @@ fn a_gc_saw_tooth_is_judged_on_its_troughs() {
     let g = judge(&series(60, 0.005, 3, saw(|m| 0.3 * GIB + 0.004 * GIB * m)), &c).unwrap();
     assert!(g.troughs.unwrap() >= 10, "{g:?}");
     assert!((g.slope_per_min / GIB - 0.004).abs() < 0.001, "{g:?}");
+}
+
+#[test]
+fn a_slow_diurnal_rise_in_noisy_traffic_is_not_a_leak() {
+    let c = TrendConfig::default();
+    for seed in 0..50 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // The third hour of a 24 h sine: traffic +9 % over the hour, hidden in ±4 % per
+        // minute; memory follows it with an elasticity of 0.3, ±1 % noise.
+        let s: Vec<(f64, f64, f64)> = (0..60)
+            .map(|m| {
+                let factor = 1.0 + 0.6 * ((120.0 + m as f64) / 1440.0 * std::f64::consts::TAU).sin();
+                let rps = 30.0 * factor * (1.0 + rng.random_range(-0.04..0.04));
+                let memory = 0.4 * GIB * (1.0 + 0.3 * (factor - 1.0)) * (1.0 + rng.random_range(-0.01..0.01));
+                (m as f64, memory, rps)
+            })
+            .collect();
+        assert!(judge_window(&s, &c).is_none(), "seed {seed}");
+    }
 }
 
 #[test]
@@ -115,7 +159,7 @@ fn a_step_change_is_not_a_leak() {
         for seed in 0..10 {
             // A cache warming after a deploy: +20 % of the limit over three minutes.
             let s = series(60, 0.01, seed, |m| 0.4 * GIB + 0.2 * GIB * ((m - step_at) / 3.0).clamp(0.0, 1.0));
-            assert!(judge(&s, &c).is_none(), "step at {step_at}, seed {seed}");
+            assert!(judge_window(&s, &c).is_none(), "step at {step_at}, seed {seed}");
         }
     }
 }
@@ -128,7 +172,7 @@ fn a_cache_warming_up_after_a_deploy_is_not_a_leak() {
             // A new process: its series starts with the warm-up.
             let s = series(60, 0.01, seed, |m| 0.4 * GIB + 0.2 * GIB * (1.0 - (-m / tau).exp()));
             for end in c.min_points as usize..=60 {
-                assert!(judge(&s[..end], &c).is_none(), "tau {tau}, seed {seed}, {end} points");
+                assert!(judge_window(&s[..end], &c).is_none(), "tau {tau}, seed {seed}, {end} points");
             }
         }
     }

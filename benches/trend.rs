@@ -1,0 +1,77 @@
+//! Cost and size of leak detection per instance: one minute of beats (twelve at 5 s) whose
+//! last one closes a minute, which is pushed into the window and judged — for a steady
+//! instance (the incremental Mann–Kendall gate stops it) and for a leaking one (the full
+//! robust judgement of every resource, every minute). Prints the bytes an instance's trend
+//! state takes. Run: `cargo bench --bench trend`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pulsewatch::heartbeat::Heartbeat;
+use pulsewatch::trend::{InstanceTrend, LeakChange, Point, TrendConfig, judge};
+
+const T0: i64 = 1_800_000_000_000;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Makes `b` the `i`-th beat (every 5 s) of an instance using `memory` bytes.
+fn set_beat(b: &mut Heartbeat, i: i64, memory: f64) {
+    b.sent_at = T0 + i * 5_000;
+    b.seq = i;
+    b.memory_used_bytes = Some(memory as i64);
+    b.memory_limit_bytes = Some(GIB as i64);
+    b.requests_total = Some(i * 100);
+}
+
+/// Pseudo-random noise in ±1 %, reproducible.
+fn jitter(i: i64) -> f64 {
+    let x = (i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) >> 33) as f64;
+    1.0 + 0.01 * (x / (1u64 << 31) as f64 * 2.0 - 1.0)
+}
+
+fn bench(c: &mut Criterion) {
+    let config = TrendConfig::default();
+    let capacity = config.lookback_minutes as usize + 1;
+    let bytes = std::mem::size_of::<InstanceTrend>() + capacity * std::mem::size_of::<Point>();
+    println!(
+        "trend state per instance: {bytes} bytes ({} B struct + {capacity} minute points of {} B)",
+        std::mem::size_of::<InstanceTrend>(),
+        std::mem::size_of::<Point>()
+    );
+    let mut g = c.benchmark_group("trend");
+    g.throughput(Throughput::Elements(1));
+    for (name, slope_per_min) in [("steady instance", 0.0), ("leaking instance", 0.6 * GIB / 360.0)] {
+        // The noise is ±1 % of the starting level, so the growth stays as visible over the
+        // millions of minutes a measurement runs as over the first hour.
+        let memory = move |i: i64| 0.4 * GIB * jitter(i) + slope_per_min * i as f64 / 12.0;
+        let mut trend = InstanceTrend::default();
+        let mut out: Vec<LeakChange> = Vec::new();
+        let mut hb = Heartbeat::example_full();
+        let mut i = 0i64;
+        // A full window first.
+        while i < 12 * capacity as i64 {
+            set_beat(&mut hb, i, memory(i));
+            trend.observe(&hb, 500.0, &config, &mut out);
+            i += 1;
+        }
+        let fired = out.iter().filter(|c| matches!(c, LeakChange::Fire { .. })).count();
+        println!("{name}: {fired} leak alert(s) raised while its window filled");
+        g.bench_function(format!("one minute of beats, closed and judged: {name}"), |b| {
+            b.iter(|| {
+                for _ in 0..12 {
+                    set_beat(&mut hb, i, memory(i));
+                    trend.observe(&hb, 500.0, &config, &mut out);
+                    i += 1;
+                }
+                out.clear();
+            })
+        });
+    }
+    let series: Vec<(f64, f64, f64)> = (0..capacity as i64)
+        .map(|m| (m as f64, (0.4 * GIB + 0.6 * GIB * m as f64 / 360.0) * jitter(m), 20.0))
+        .collect();
+    g.bench_function(format!("judge, {capacity} points of a leak"), |b| {
+        b.iter(|| judge(std::hint::black_box(&series), &config))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
