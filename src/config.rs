@@ -59,11 +59,34 @@ pub struct ProcessorConfig {
     pub commit_interval_ms: u64,
     /// Most records processed between two commits.
     pub max_batch_records: usize,
+    /// The producer's `transactional.id`: one per instance, stable across its restarts (a
+    /// pod name); a second process started with the same id fences the first. Empty:
+    /// `<prefix>processor-<hostname>-<pid>`.
+    pub transactional_id: String,
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
-        ProcessorConfig { commit_interval_ms: 100, max_batch_records: 20_000 }
+        ProcessorConfig {
+            commit_interval_ms: 100,
+            max_batch_records: 20_000,
+            transactional_id: String::new(),
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// The transactional id this process uses.
+    pub fn transactional_id(&self, kafka: &KafkaConfig) -> String {
+        if !self.transactional_id.is_empty() {
+            return self.transactional_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{}-{host}-{}", kafka.name("processor"), std::process::id())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Kafka plumbing shared by the stages and the load generator: a producer whose context
-//! counts deliveries, and sending that waits when librdkafka's queue is full.
+//! Kafka plumbing shared by the stages and the load generator: producers (plain and
+//! transactional) whose context counts deliveries, and sending that waits when librdkafka's
+//! queue is full.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 
 use crate::config::KafkaConfig;
 
@@ -57,6 +58,27 @@ pub type TrackedProducer = BaseProducer<DeliveryTracker>;
 /// partitioned with murmur2, as the Java client does, so every producer agrees on where an
 /// application's records go.
 pub fn producer(kafka: &KafkaConfig) -> Result<TrackedProducer, KafkaError> {
+    producer_config(kafka).create_with_context(DeliveryTracker::default())
+}
+
+/// A transactional producer (`transactional.id`), for outputs that commit together with the
+/// consumed offsets. `init_transactions` is the caller's: it blocks, and it fences any older
+/// producer with the same id.
+pub fn transactional_producer(
+    kafka: &KafkaConfig,
+    transactional_id: &str,
+) -> Result<TrackedProducer, KafkaError> {
+    let mut c = producer_config(kafka);
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "60000");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.create_with_context(DeliveryTracker::default())
+}
+
+fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
     let mut c = kafka.client_config();
     c.set("enable.idempotence", "true")
         .set("linger.ms", "10")
@@ -69,7 +91,7 @@ pub fn producer(kafka: &KafkaConfig) -> Result<TrackedProducer, KafkaError> {
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
-    c.create_with_context(DeliveryTracker::default())
+    c
 }
 
 /// Enqueues one record, serving delivery callbacks while librdkafka's queue is full.
@@ -94,18 +116,6 @@ pub fn send(
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// Waits until everything enqueued is acknowledged; fails if anything was refused since
-/// `failed_before` (the tracker's failure count when the batch began).
-pub fn flush(producer: &TrackedProducer, failed_before: u64, timeout: Duration) -> Result<(), KafkaError> {
-    producer.flush(timeout)?;
-    let tracker = producer.context();
-    if tracker.failed() > failed_before {
-        tracing::error!(error = tracker.first_error().unwrap_or_default(), "records were not delivered");
-        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
-    }
-    Ok(())
 }
 
 /// Logs a client-level error, except the end-of-partition events the stages ask for

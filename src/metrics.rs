@@ -26,6 +26,7 @@ pub struct Metrics {
     pub sink_retries: IntCounterVec,
     pub sink_skipped: IntCounterVec,
     pub db_pool: IntGaugeVec,
+    pub transactions: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,6 +78,12 @@ impl Metrics {
                 .expect("valid metric");
         registry.register(Box::new(db_pool.clone())).expect("registered once");
         Metrics {
+            transactions: counter(
+                &registry,
+                "transactions_total",
+                "Processor transactions, by outcome (committed, aborted)",
+                &["outcome"],
+            ),
             records_in: counter(
                 &registry,
                 "records_in_total",

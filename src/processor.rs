@@ -1,19 +1,24 @@
 //! The processor stage: consumes `heartbeats` in consumer group `<prefix>processor`, runs
 //! one [`Engine`] per assigned partition, and publishes alerts, rollups and snapshots.
 //!
-//! The loop works in batches: read up to `max_batch_records` or `commit_interval_ms`,
-//! publish every output of the batch, wait until the broker has acknowledged them, and only
-//! then commit the consumed offsets. Outputs and offsets move together; a crash between the
-//! two repeats the batch (at-least-once). Undecodable or invalid records go to
-//! `heartbeats-dlq` with the reason in headers, and processing goes on.
+//! The loop works in batches: read up to `max_batch_records` or `commit_interval_ms`, then
+//! publish every output of the batch and the consumed offsets in one Kafka transaction
+//! (exactly-once v2: the offsets go with the consumer group's metadata, so a zombie of an
+//! older generation cannot commit). Readers with `isolation.level=read_committed` see a
+//! batch's alerts, rollups, snapshots and dead letters all or not at all. When a transaction
+//! fails it is aborted and every partition goes back to its committed offset; the engines
+//! start over there (restoring them from `app-state` is not built yet, so this is what a
+//! restart does too). A producer fenced by another instance with the same transactional id
+//! stops the stage without writing. Undecodable or invalid records go to `heartbeats-dlq`
+//! with the reason in headers, and processing goes on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -33,6 +38,34 @@ pub enum ProcessorError {
     Kafka(#[from] KafkaError),
     #[error("config key rules: {0}")]
     Rules(String),
+    #[error(
+        "transactional id {id} was taken over by another instance (fenced): stopping without writing ({message})"
+    )]
+    Fenced { id: String, message: String },
+}
+
+/// Longest wait for a transaction call (init, commit, abort, sending the offsets).
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a failed Kafka call means for the transaction.
+enum TxnFailure {
+    /// This producer may not write any more (fenced, or a fatal producer error).
+    Fatal(KafkaError),
+    /// Abort the transaction, rewind, go on.
+    Abort(KafkaError),
+}
+
+impl From<KafkaError> for TxnFailure {
+    fn from(e: KafkaError) -> Self {
+        let fatal = match &e {
+            KafkaError::Transaction(rd) => rd.is_fatal(),
+            other => matches!(
+                other.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)
+            ),
+        };
+        if fatal { TxnFailure::Fatal(e) } else { TxnFailure::Abort(e) }
+    }
 }
 
 /// Remembers partitions revoked during a poll, so their engines can be dropped.
@@ -97,7 +130,15 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         .set("fetch.wait.max.ms", "50")
         .create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[&topics.heartbeats])?;
-    let producer = kafka::producer(k)?;
+    let transactional_id = config.processor.transactional_id(k);
+    let producer = kafka::transactional_producer(k, &transactional_id)?;
+    let fenced =
+        |e: KafkaError| ProcessorError::Fenced { id: transactional_id.clone(), message: e.to_string() };
+    producer.init_transactions(TXN_TIMEOUT).map_err(|e| match TxnFailure::from(e) {
+        TxnFailure::Fatal(e) => fenced(e),
+        TxnFailure::Abort(e) => ProcessorError::Kafka(e),
+    })?;
+    let mut txn = Transaction::default();
     let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
     let mut engines: HashMap<i32, Engine> = HashMap::new();
     let mut effects: Vec<Effect> = Vec::new();
@@ -109,7 +150,6 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         let started = Instant::now();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut arrivals: Vec<i64> = Vec::new();
-        let failed_before = producer.context().failed();
         let mut records = 0usize;
         while records < config.processor.max_batch_records {
             let left = commit_interval.saturating_sub(started.elapsed());
@@ -142,7 +182,17 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                         config.input.max_sent_at_drift_ms,
                     ) {
                         Ok(beat) => engine.on_beat(beat, msg.offset(), wall, &mut effects),
-                        Err(e) => dead_letter(&producer, &topics, &msg, &e)?,
+                        Err(e) => {
+                            let sent = txn
+                                .begin(&producer)
+                                .and_then(|()| Ok(dead_letter(&producer, &topics, &msg, &e)?));
+                            if let Err(failure) = sent {
+                                // Dead letters go in the batch's transaction: a failure here
+                                // is the batch's.
+                                txn.failed = Some(failure);
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -153,28 +203,42 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             kafka::record_lag(&consumer, "processor");
             lag_checked = Instant::now();
         }
-        let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
-        partitions.sort_by_key(|e| e.partition());
-        for engine in partitions {
-            engine.on_tick(wall, &mut effects);
-            for snapshot in engine.take_snapshots() {
-                let payload = serde_json::to_vec(&snapshot).expect("a snapshot serialises");
-                kafka::send(&producer, &topics.app_state, &snapshot.app_id, &payload, None)?;
-                METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
+        let outcome = txn.failed.take().map_or_else(
+            || {
+                finish_batch(
+                    &producer,
+                    &consumer,
+                    &topics,
+                    &mut txn,
+                    &mut engines,
+                    &mut effects,
+                    &offsets,
+                    wall,
+                )
+            },
+            Err,
+        );
+        match outcome {
+            Ok(false) => {
+                update_gauges(&engines);
+                continue;
             }
-        }
-        publish(&producer, &topics, &mut effects)?;
-        if offsets.is_empty() && producer.in_flight_count() == 0 {
-            update_gauges(&engines);
-            continue;
-        }
-        kafka::flush(&producer, failed_before, Duration::from_secs(60))?;
-        if !offsets.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, next) in &offsets {
-                tpl.add_partition_offset(&topics.heartbeats, *p, Offset::Offset(*next))?;
+            Ok(true) => METRICS.transactions.with_label_values(&["committed"]).inc(),
+            Err(TxnFailure::Fatal(e)) => return Err(fenced(e)),
+            Err(TxnFailure::Abort(e)) => {
+                tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
+                METRICS.transactions.with_label_values(&["aborted"]).inc();
+                effects.clear();
+                if txn.open {
+                    producer.abort_transaction(TXN_TIMEOUT).map_err(|e| match TxnFailure::from(e) {
+                        TxnFailure::Fatal(e) => fenced(e),
+                        TxnFailure::Abort(e) => ProcessorError::Kafka(e),
+                    })?;
+                    txn.open = false;
+                }
+                rewind(&consumer, &mut engines)?;
+                continue;
             }
-            consumer.commit(&tpl, CommitMode::Sync)?;
         }
         let done = wall_ms();
         for t in arrivals {
@@ -186,9 +250,91 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         }
         update_gauges(&engines);
     }
-    // Finish what is in flight: everything published was flushed with its batch's commit.
-    kafka::flush(&producer, producer.context().failed(), Duration::from_secs(20))?;
+    // Every batch ended with its transaction committed (or aborted): nothing is in flight.
     tracing::info!("processor stopped");
+    Ok(())
+}
+
+/// A transaction of the processor's producer: begun lazily, on the batch's first output.
+#[derive(Default)]
+struct Transaction {
+    open: bool,
+    /// A failure met while reading the batch (sending a dead letter).
+    failed: Option<TxnFailure>,
+}
+
+impl Transaction {
+    fn begin(&mut self, producer: &TrackedProducer) -> Result<(), TxnFailure> {
+        if !self.open {
+            producer.begin_transaction()?;
+            self.open = true;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a batch: the engines' timers and snapshots, every output, then the consumed offsets,
+/// committed as one transaction. `Ok(false)` when the batch had nothing to commit.
+#[allow(clippy::too_many_arguments)]
+fn finish_batch(
+    producer: &TrackedProducer,
+    consumer: &BaseConsumer<RebalanceLog>,
+    topics: &Topics,
+    txn: &mut Transaction,
+    engines: &mut HashMap<i32, Engine>,
+    effects: &mut Vec<Effect>,
+    offsets: &BTreeMap<i32, i64>,
+    wall: i64,
+) -> Result<bool, TxnFailure> {
+    let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
+    partitions.sort_by_key(|e| e.partition());
+    for engine in partitions {
+        engine.on_tick(wall, effects);
+        for snapshot in engine.take_snapshots() {
+            txn.begin(producer)?;
+            let payload = serde_json::to_vec(&snapshot).expect("a snapshot serialises");
+            kafka::send(producer, &topics.app_state, &snapshot.app_id, &payload, None)?;
+            METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
+        }
+    }
+    if !effects.is_empty() {
+        txn.begin(producer)?;
+        publish(producer, topics, effects)?;
+    }
+    if !txn.open && offsets.is_empty() {
+        return Ok(false);
+    }
+    txn.begin(producer)?;
+    if !offsets.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            tpl.add_partition_offset(&topics.heartbeats, *p, Offset::Offset(*next))?;
+        }
+        // Not a member of the group (any more): the batch cannot commit.
+        let group = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+        producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
+    }
+    producer.commit_transaction(TXN_TIMEOUT)?;
+    txn.open = false;
+    Ok(true)
+}
+
+/// Puts every assigned partition back at its committed offset and drops the engines' state,
+/// which had moved past it (it is rebuilt from the records read again).
+fn rewind(
+    consumer: &BaseConsumer<RebalanceLog>,
+    engines: &mut HashMap<i32, Engine>,
+) -> Result<(), KafkaError> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, TXN_TIMEOUT)?;
+    for e in committed.elements() {
+        let to = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(e.topic(), e.partition(), to, TXN_TIMEOUT)?;
+    }
+    engines.clear();
     Ok(())
 }
 

@@ -62,6 +62,8 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub struct Pipeline {
     child: std::process::Child,
     pub http: String,
+    /// Its stdout and stderr.
+    pub log: std::path::PathBuf,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -72,11 +74,10 @@ pub fn free_port() -> u16 {
 impl Pipeline {
     /// Starts the given stages with `extra` environment overrides and waits until ready.
     pub fn start(config: &Config, stage: &str, extra: &[(&str, &str)]) -> Pipeline {
-        let http = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("{}{stage}.log", config.kafka.topic_prefix)),
-        )
-        .unwrap();
+        let port = free_port();
+        let http = format!("127.0.0.1:{port}");
+        let log_path = std::env::temp_dir().join(format!("{}{stage}-{port}.log", config.kafka.topic_prefix));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulsewatch"));
         cmd.args(["run", "--stage", stage])
             .env("PULSEWATCH_KAFKA_BROKERS", &config.kafka.brokers)
@@ -92,7 +93,7 @@ impl Pipeline {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("pulsewatch starts");
-        let mut p = Pipeline { child, http };
+        let mut p = Pipeline { child, http, log: log_path };
         p.wait_ready(Duration::from_secs(60));
         p
     }
@@ -118,6 +119,30 @@ impl Pipeline {
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits until the process exits on its own; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns how long it took.
@@ -172,6 +197,26 @@ pub fn alerts(config: &Config) -> Vec<pulsewatch::alert::Alert> {
         .iter()
         .map(|m| pulsewatch::alert::Alert::decode(m.payload().unwrap()).unwrap())
         .collect()
+}
+
+/// Whether consumer group `group` has committed every partition of `topic` to its end.
+pub fn committed_to_end(config: &Config, group: &str, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = config.kafka.client_config().set("group.id", group).create().unwrap();
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        list.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(list, timeout).unwrap();
+    committed.elements().iter().all(|e| {
+        let (_, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).unwrap();
+        match e.offset() {
+            rdkafka::Offset::Offset(o) => o >= high,
+            _ => high == 0,
+        }
+    })
 }
 
 /// Creates the topics and the schema of an isolated test.
