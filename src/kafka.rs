@@ -102,7 +102,22 @@ pub fn send(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<(), KafkaError> {
+    send_to(producer, topic, None, key, payload, headers)
+}
+
+/// As [`send`], to the given partition (`None`: the partitioner's choice by key).
+pub fn send_to(
+    producer: &TrackedProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(), KafkaError> {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
     if let Some(h) = headers {
         record = record.headers(h);
     }

@@ -5,12 +5,16 @@
 //! publish every output of the batch and the consumed offsets in one Kafka transaction
 //! (exactly-once v2: the offsets go with the consumer group's metadata, so a zombie of an
 //! older generation cannot commit). Readers with `isolation.level=read_committed` see a
-//! batch's alerts, rollups, snapshots and dead letters all or not at all. When a transaction
-//! fails it is aborted and every partition goes back to its committed offset; the engines
-//! start over there (restoring them from `app-state` is not built yet, so this is what a
-//! restart does too). A producer fenced by another instance with the same transactional id
-//! stops the stage without writing. Undecodable or invalid records go to `heartbeats-dlq`
-//! with the reason in headers, and processing goes on.
+//! batch's alerts, rollups, state records and dead letters all or not at all.
+//!
+//! Each application's whole engine state goes to `app-state` (in the partition of the same
+//! number as its heartbeats) in the transaction of every batch that changed it. Before it
+//! processes a newly assigned partition, the processor rebuilds that partition's engine from
+//! there (read_committed, to its end): the state as of the committed offsets. When a
+//! transaction fails it is aborted, every partition goes back to its committed offset, and
+//! its engine is rebuilt the same way. A producer fenced by another instance with the same
+//! transactional id stops the stage without writing. Undecodable or invalid records go to
+//! `heartbeats-dlq` with the reason in headers, and processing goes on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -26,10 +30,12 @@ use thiserror::Error;
 
 use crate::codec;
 use crate::config::Config;
-use crate::engine::{Effect, Engine};
+use crate::engine::{Effect, Engine, StateRecord};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
+use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
+use crate::tally::{self, TallyError};
 use crate::topology::names;
 
 #[derive(Debug, Error)]
@@ -38,6 +44,12 @@ pub enum ProcessorError {
     Kafka(#[from] KafkaError),
     #[error("config key rules: {0}")]
     Rules(String),
+    #[error("restoring partition state from app-state: {0}")]
+    Restore(#[from] TallyError),
+    #[error(
+        "topic {app_state} has {has} partitions, fewer than {heartbeats} ({need}): each heartbeats partition keeps its state in the app-state partition of the same number"
+    )]
+    Topology { app_state: String, has: usize, heartbeats: String, need: usize },
     #[error(
         "transactional id {id} was taken over by another instance (fenced): stopping without writing ({message})"
     )]
@@ -68,9 +80,11 @@ impl From<KafkaError> for TxnFailure {
     }
 }
 
-/// Remembers partitions revoked during a poll, so their engines can be dropped.
+/// Remembers partitions assigned and revoked during a poll, so that their engines can be
+/// restored or dropped.
 #[derive(Default)]
 struct RebalanceLog {
+    assigned: Mutex<Vec<i32>>,
     revoked: Mutex<Vec<i32>>,
 }
 
@@ -88,6 +102,8 @@ impl ConsumerContext for RebalanceLog {
             tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions revoked");
         }
         if let Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().expect("not poisoned");
+            assigned.extend(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions assigned");
         }
     }
@@ -129,6 +145,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "50")
         .create_with_context(RebalanceLog::default())?;
+    check_partitions(&consumer, &topics)?;
     consumer.subscribe(&[&topics.heartbeats])?;
     let transactional_id = config.processor.transactional_id(k);
     let producer = kafka::transactional_producer(k, &transactional_id)?;
@@ -146,8 +163,17 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
     let mut lag_checked = Instant::now();
 
+    let restore = |partitions: &[i32], engines: &mut HashMap<i32, Engine>| {
+        restore_engines(config, &rules, &topics, partitions, ready).map(|restored| engines.extend(restored))
+    };
     while !shutdown.is_triggered() {
         let started = Instant::now();
+        let mut assigned: Vec<i32> =
+            consumer.context().assigned.lock().expect("not poisoned").drain(..).collect();
+        assigned.retain(|p| !engines.contains_key(p));
+        if !assigned.is_empty() {
+            restore(&assigned, &mut engines)?;
+        }
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut arrivals: Vec<i64> = Vec::new();
         let mut records = 0usize;
@@ -160,6 +186,9 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             let wall = wall_ms();
             match polled {
                 Err(KafkaError::PartitionEOF(p)) => {
+                    if !engines.contains_key(&p) {
+                        restore(&[p], &mut engines)?;
+                    }
                     ready.store(true, Ordering::Relaxed);
                     if let Some(engine) = engines.get_mut(&p) {
                         engine.on_end_of_partition(wall, &mut effects);
@@ -173,9 +202,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     offsets.insert(p, msg.offset() + 1);
                     let broker_ms = msg.timestamp().to_millis();
                     arrivals.push(broker_ms.unwrap_or(wall));
-                    let engine = engines
-                        .entry(p)
-                        .or_insert_with(|| Engine::new(p, config.detection.clone(), rules.clone()));
+                    if !engines.contains_key(&p) {
+                        restore(&[p], &mut engines)?;
+                    }
+                    let engine = engines.get_mut(&p).expect("restored above");
                     match codec::decode(
                         msg.payload().unwrap_or_default(),
                         broker_ms.unwrap_or(wall),
@@ -236,7 +266,11 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     })?;
                     txn.open = false;
                 }
-                rewind(&consumer, &mut engines)?;
+                rewind(&consumer)?;
+                // The engines had moved past the committed offsets: their committed state is
+                // what app-state holds (the aborted records are invisible to read_committed).
+                let partitions: Vec<i32> = engines.keys().copied().collect();
+                restore(&partitions, &mut engines)?;
                 continue;
             }
         }
@@ -290,10 +324,12 @@ fn finish_batch(
     partitions.sort_by_key(|e| e.partition());
     for engine in partitions {
         engine.on_tick(wall, effects);
-        for snapshot in engine.take_snapshots() {
+        // Each heartbeats partition keeps its applications' state in the app-state partition
+        // of the same number, whatever partitioner the producers used.
+        let partition = Some(engine.partition());
+        for (app_id, payload) in engine.take_state_records() {
             txn.begin(producer)?;
-            let payload = serde_json::to_vec(&snapshot).expect("a snapshot serialises");
-            kafka::send(producer, &topics.app_state, &snapshot.app_id, &payload, None)?;
+            kafka::send_to(producer, &topics.app_state, partition, &app_id, &payload, None)?;
             METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
         }
     }
@@ -319,12 +355,8 @@ fn finish_batch(
     Ok(true)
 }
 
-/// Puts every assigned partition back at its committed offset and drops the engines' state,
-/// which had moved past it (it is rebuilt from the records read again).
-fn rewind(
-    consumer: &BaseConsumer<RebalanceLog>,
-    engines: &mut HashMap<i32, Engine>,
-) -> Result<(), KafkaError> {
+/// Puts every assigned partition back at its committed offset.
+fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
     let assignment = consumer.assignment()?;
     let committed = consumer.committed_offsets(assignment, TXN_TIMEOUT)?;
     for e in committed.elements() {
@@ -334,7 +366,64 @@ fn rewind(
         };
         consumer.seek(e.topic(), e.partition(), to, TXN_TIMEOUT)?;
     }
-    engines.clear();
+    Ok(())
+}
+
+/// Longest a partition's state may take to read back.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Rebuilds the engines of `partitions` from the app-state partitions of the same numbers,
+/// read to their end in one pass (read_committed). `ready` is false meanwhile.
+fn restore_engines(
+    config: &Config,
+    rules: &CompiledRules,
+    topics: &Topics,
+    partitions: &[i32],
+    ready: &AtomicBool,
+) -> Result<Vec<(i32, Engine)>, ProcessorError> {
+    ready.store(false, Ordering::Relaxed);
+    let started = Instant::now();
+    let messages =
+        tally::read_partitions_to_end(&config.kafka, &topics.app_state, Some(partitions), RESTORE_TIMEOUT)?;
+    let mut records: BTreeMap<i32, Vec<StateRecord>> = partitions.iter().map(|&p| (p, Vec::new())).collect();
+    let mut unreadable = 0usize;
+    for m in &messages {
+        match m.payload().and_then(|b| serde_json::from_slice::<StateRecord>(b).ok()) {
+            Some(r) => records.entry(m.partition()).or_default().push(r),
+            None => unreadable += 1,
+        }
+    }
+    let engines: Vec<(i32, Engine)> = records
+        .into_iter()
+        .map(|(p, rs)| (p, Engine::restore(p, config.detection.clone(), rules.clone(), rs)))
+        .collect();
+    tracing::info!(
+        partitions = ?partitions,
+        apps = engines.iter().map(|(_, e)| e.app_count()).sum::<usize>(),
+        records = messages.len(),
+        unreadable,
+        seconds = started.elapsed().as_secs_f64(),
+        "processor: partition state restored"
+    );
+    ready.store(true, Ordering::Relaxed);
+    Ok(engines)
+}
+
+/// Refuses an app-state topic with fewer partitions than heartbeats.
+fn check_partitions(consumer: &BaseConsumer<RebalanceLog>, topics: &Topics) -> Result<(), ProcessorError> {
+    let count = |topic: &str| -> Result<usize, KafkaError> {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        Ok(metadata.topics().iter().map(|t| t.partitions().len()).sum())
+    };
+    let (need, has) = (count(&topics.heartbeats)?, count(&topics.app_state)?);
+    if has < need {
+        return Err(ProcessorError::Topology {
+            app_state: topics.app_state.clone(),
+            has,
+            heartbeats: topics.heartbeats.clone(),
+            need,
+        });
+    }
     Ok(())
 }
 

@@ -47,6 +47,16 @@ pub fn read_to_end(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>, TallyError> {
+    read_partitions_to_end(kafka, topic, None, timeout)
+}
+
+/// As [`read_to_end`], for the given partitions only (`None`: all of them).
+pub fn read_partitions_to_end(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>, TallyError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", kafka.name("tally"))
@@ -62,6 +72,7 @@ pub fn read_to_end(
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .filter(|p: &Vec<i32>| !p.is_empty())
         .ok_or_else(|| TallyError::NoTopic(topic.to_owned()))?;
+    let partitions = partitions.into_iter().filter(|p| only.is_none_or(|o| o.contains(p)));
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     let mut expected = 0u64;

@@ -11,7 +11,7 @@ pub mod rollup;
 pub mod state;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,7 @@ use crate::trend::LeakChange;
 use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
-pub use state::{AppSnapshot, AppState, InstanceState, Liveness};
+pub use state::{AppSnapshot, AppState, InstanceState, Liveness, STATE_VERSION, StateRecord, StateRecordOut};
 
 /// How the engine decides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,17 +302,71 @@ impl Engine {
         self.fire_due(wall_ms, out);
     }
 
-    /// The snapshots of the applications that changed since the last call, in app order.
-    pub fn take_snapshots(&mut self) -> Vec<AppSnapshot> {
+    /// The `app-state` records (JSON: snapshot, version, whole state) of the applications
+    /// that changed since the last call, in app order: what [`Engine::restore`] reads back.
+    pub fn take_state_records(&mut self) -> Vec<(String, Vec<u8>)> {
         let dirty = std::mem::take(&mut self.dirty);
         let updated_at = self.watermark.current().unwrap_or_default();
         dirty
             .into_iter()
-            .map(|app_id| match self.apps.get(&app_id) {
-                Some(app) => app.snapshot(&app_id, updated_at),
-                None => AppSnapshot::gone(&app_id, updated_at),
+            .map(|app_id| {
+                let state = self.apps.get(&app_id);
+                let snapshot = match state {
+                    Some(app) => app.snapshot(&app_id, updated_at),
+                    None => AppSnapshot::gone(&app_id, updated_at),
+                };
+                let record = StateRecordOut { snapshot: &snapshot, version: STATE_VERSION, state };
+                (app_id, serde_json::to_vec(&record).expect("the engine state serialises"))
             })
             .collect()
+    }
+
+    /// Rebuilds a partition's engine from its `app-state` records, oldest first (the newest
+    /// of each application wins): every application's state and pending deadlines, and the
+    /// watermark. Records without state (of version 1, or of applications no longer tracked)
+    /// restore nothing.
+    pub fn restore(
+        partition: i32,
+        config: EngineConfig,
+        rules: CompiledRules,
+        records: impl IntoIterator<Item = StateRecord>,
+    ) -> Engine {
+        let mut engine = Engine::new(partition, config, rules);
+        let mut latest: BTreeMap<String, StateRecord> = BTreeMap::new();
+        for r in records {
+            latest.insert(r.snapshot.app_id.clone(), r);
+        }
+        let mut watermark = None;
+        for (app_id, record) in latest {
+            if record.snapshot.updated_at_ms > 0 {
+                watermark = watermark.max(Some(record.snapshot.updated_at_ms));
+            }
+            let Some(mut app) = record.state else { continue };
+            app.profile = Some(engine.rules.profile_for(&app_id, &app.labels));
+            let instances: Vec<String> = app.instances.keys().cloned().collect();
+            let minutes: Vec<i64> = app.rollups.keys().copied().collect();
+            let quiet: Vec<(String, i64)> = app
+                .instances
+                .iter()
+                .filter_map(|(id, i)| {
+                    i.restarted.map(|(_, last)| (id.clone(), last + engine.config.restart_quiet_ms))
+                })
+                .collect();
+            engine.apps.insert(app_id.clone(), app);
+            for id in instances {
+                engine.schedule_liveness(&app_id, &id);
+            }
+            for minute in minutes {
+                engine.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+            }
+            for (id, at) in quiet {
+                engine.schedule(at, &app_id, &id, TimerKind::RestartQuiet);
+            }
+        }
+        if let Some(w) = watermark {
+            engine.watermark.restore(w);
+        }
+        engine
     }
 
     fn schedule(&mut self, at: i64, app_id: &str, instance_id: &str, kind: TimerKind) {

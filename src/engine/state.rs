@@ -295,6 +295,36 @@ pub struct AppSnapshot {
     pub updated_at_ms: i64,
 }
 
+/// The version of the engine state `app-state` records carry. 1: the snapshot alone (no
+/// state to restore); 2: the snapshot and the application's whole engine state. Fields added
+/// later take defaults, so that older records still restore.
+pub const STATE_VERSION: u32 = 2;
+
+/// An `app-state` record as the processor writes it: the snapshot's fields, the version, and
+/// the state (absent for an application the engine no longer tracks).
+#[derive(Debug, Serialize)]
+pub struct StateRecordOut<'a> {
+    #[serde(flatten)]
+    pub snapshot: &'a AppSnapshot,
+    pub version: u32,
+    pub state: Option<&'a AppState>,
+}
+
+/// An `app-state` record as read back, of any version.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StateRecord {
+    #[serde(flatten)]
+    pub snapshot: AppSnapshot,
+    #[serde(default = "first_version")]
+    pub version: u32,
+    #[serde(default)]
+    pub state: Option<AppState>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
 impl AppSnapshot {
     /// The snapshot of an application the engine no longer tracks.
     pub fn gone(app_id: &str, updated_at_ms: i64) -> AppSnapshot {

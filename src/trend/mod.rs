@@ -253,11 +253,54 @@ impl OpenMinute {
 }
 
 /// A bounded window of minute points with the Mann–Kendall S of each column kept up to date.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Persisted (with the engine's state) as its points only, base64 of 28 little-endian bytes
+/// each; the statistics are recomputed when it is read back.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Window {
     points: VecDeque<Point>,
     s: [i64; COLUMNS],
     valid: [u32; COLUMNS],
+}
+
+/// Bytes of one persisted point: the minute, then the columns.
+const POINT_BYTES: usize = 4 + 4 * COLUMNS;
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        let mut bytes = Vec::with_capacity(self.points.len() * POINT_BYTES);
+        for p in &self.points {
+            bytes.extend_from_slice(&p.minute.to_le_bytes());
+            for v in p.values {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        use serde::de::Error;
+        let text = String::deserialize(deserializer)?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(D::Error::custom)?;
+        if bytes.len() % POINT_BYTES != 0 {
+            return Err(D::Error::custom("a trend window is a whole number of points"));
+        }
+        let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+        let mut window = Window::default();
+        for chunk in bytes.chunks_exact(POINT_BYTES) {
+            let mut values = [f32::NAN; COLUMNS];
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = f32::from_le_bytes(word(&chunk[4 + 4 * c..]));
+            }
+            let point = Point { minute: u32::from_le_bytes(word(chunk)), values };
+            window.push(point, usize::MAX - 1);
+        }
+        Ok(window)
+    }
 }
 
 impl Window {
@@ -288,7 +331,7 @@ impl Window {
                 }
             }
         }
-        if self.points.capacity() == 0 {
+        if self.points.capacity() == 0 && capacity < usize::MAX - 1 {
             self.points.reserve_exact(capacity + 1);
         }
         self.points.push_back(p);

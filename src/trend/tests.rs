@@ -210,6 +210,13 @@ fn the_incremental_statistic_equals_the_batch_one() {
         }
         assert!(w.len() <= 40);
     }
+    // Persisted and read back: the same points, and the statistics recomputed.
+    let json = serde_json::to_string(&w).unwrap();
+    let back: Window = serde_json::from_str(&json).unwrap();
+    assert_eq!((back.s, back.valid, back.len()), (w.s, w.valid, w.len()));
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    assert!(json.len() < 40 * 40, "{} bytes for 40 points", json.len());
+    assert!(serde_json::from_str::<Window>("\"AAAA\"").is_err(), "a partial point is refused");
 }
 
 fn beat(t: i64, memory: f64, seq: i64) -> Heartbeat {

@@ -199,10 +199,31 @@ pub fn alerts(config: &Config) -> Vec<pulsewatch::alert::Alert> {
         .collect()
 }
 
-/// Whether consumer group `group` has committed every partition of `topic` to its end.
-pub fn committed_to_end(config: &Config, group: &str, topic: &str) -> bool {
+/// A config file for `pulsewatch run` children giving consumers short group sessions (6 s),
+/// so that a killed or paused instance's partitions move on quickly.
+pub fn short_session_config(config: &Config) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("{}pulsewatch.toml", config.kafka.topic_prefix));
+    std::fs::write(
+        &file,
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    )
+    .unwrap();
+    file
+}
+
+/// How far consumer group `group` has committed `topic`: (records committed, records in it),
+/// summed over the partitions.
+pub fn committed_progress(config: &Config, group: &str, topic: &str) -> (i64, i64) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = config.kafka.client_config().set("group.id", group).create().unwrap();
+    // read_uncommitted: the offsets committed so far, without waiting for a transaction a
+    // killed instance left open.
+    let consumer: BaseConsumer = config
+        .kafka
+        .client_config()
+        .set("group.id", group)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
     let mut list = rdkafka::TopicPartitionList::new();
@@ -210,13 +231,21 @@ pub fn committed_to_end(config: &Config, group: &str, topic: &str) -> bool {
         list.add_partition(topic, p.id());
     }
     let committed = consumer.committed_offsets(list, timeout).unwrap();
-    committed.elements().iter().all(|e| {
-        let (_, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).unwrap();
-        match e.offset() {
-            rdkafka::Offset::Offset(o) => o >= high,
-            _ => high == 0,
+    let (mut done, mut total) = (0, 0);
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).unwrap();
+        total += high - low;
+        if let rdkafka::Offset::Offset(o) = e.offset() {
+            done += o.clamp(low, high) - low;
         }
-    })
+    }
+    (done, total)
+}
+
+/// Whether consumer group `group` has committed every partition of `topic` to its end.
+pub fn committed_to_end(config: &Config, group: &str, topic: &str) -> bool {
+    let (done, total) = committed_progress(config, group, topic);
+    done >= total
 }
 
 /// Creates the topics and the schema of an isolated test.
