@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -144,6 +144,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "50")
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .create_with_context(RebalanceLog::default())?;
     check_partitions(&consumer, &topics)?;
     consumer.subscribe(&[&topics.heartbeats])?;
@@ -260,7 +261,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                 METRICS.transactions.with_label_values(&["aborted"]).inc();
                 effects.clear();
                 if txn.open {
-                    producer.abort_transaction(TXN_TIMEOUT).map_err(|e| match TxnFailure::from(e) {
+                    abort(&producer).map_err(|e| match TxnFailure::from(e) {
                         TxnFailure::Fatal(e) => fenced(e),
                         TxnFailure::Abort(e) => ProcessorError::Kafka(e),
                     })?;
@@ -353,6 +354,17 @@ fn finish_batch(
     producer.commit_transaction(TXN_TIMEOUT)?;
     txn.open = false;
     Ok(true)
+}
+
+/// Aborts the open transaction. What it had enqueued is purged and the delivery reports
+/// served first: the abort waits for them.
+fn abort(producer: &TrackedProducer) -> Result<(), KafkaError> {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(10));
+    }
+    producer.abort_transaction(TXN_TIMEOUT)
 }
 
 /// Puts every assigned partition back at its committed offset.

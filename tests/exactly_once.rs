@@ -114,61 +114,131 @@ fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewatch:
     loadgen::run(&config.kafka, &opts).unwrap()
 }
 
+/// One run of the load on topics of its own.
+struct Run {
+    config: pulsewatch::config::Config,
+    file: std::path::PathBuf,
+    group: String,
+    heartbeats: String,
+}
+
+impl Run {
+    fn new(test: &str, now_ms: i64) -> (Run, pulsewatch::loadgen::Manifest) {
+        let config = common::prepare(test);
+        let m = publish_load(&config, now_ms);
+        let file = common::short_session_config(&config);
+        let (group, heartbeats) = (config.kafka.name("processor"), config.kafka.name(names::HEARTBEATS));
+        (Run { config, file, group, heartbeats }, m)
+    }
+
+    /// A processor instance, ready; `slot` names its transactional id, as a pod name would.
+    fn start(&self, slot: Option<usize>) -> Pipeline {
+        let mut p = self.spawn(slot);
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    /// As [`Run::start`], without waiting for it to be ready.
+    fn spawn(&self, slot: Option<usize>) -> Pipeline {
+        let id = slot.map(|i| format!("{}processor-{i}", self.config.kafka.topic_prefix));
+        let mut env = vec![("PULSEWATCH_CONFIG", self.file.to_str().unwrap())];
+        if let Some(id) = &id {
+            env.push(("PULSEWATCH_PROCESSOR_TRANSACTIONAL_ID", id.as_str()));
+        }
+        Pipeline::spawn(&self.config, "processor", &env)
+    }
+
+    fn progress(&self) -> (i64, i64) {
+        common::committed_progress(&self.config, &self.group, &self.heartbeats)
+    }
+
+    fn wait_until_done(&self) {
+        eventually(Duration::from_secs(300), "every heartbeat is committed", || {
+            common::committed_to_end(&self.config, &self.group, &self.heartbeats)
+        });
+    }
+}
+
+fn assert_same_transitions(scenario: &str, expected: &[Transition], got: &[Transition]) {
+    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
+    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{scenario}: missing {missing:#?}\nextra {extra:#?}");
+    assert_eq!(got.len(), expected.len(), "{scenario}: no transition twice");
+}
+
+/// The membership changes that happened while the run was under way.
+fn mid_run(progress: &[(i64, i64)]) -> usize {
+    progress.iter().filter(|(done, total)| *done > 0 && done < total).count()
+}
+
 #[test]
-fn killing_the_processor_ten_times_changes_no_alert_transition() {
+fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processor_does() {
     let now_ms = chrono::Utc::now().timestamp_millis() / 60_000 * 60_000;
     // The reference: one processor, never interrupted.
-    let reference = common::prepare("eos_reference");
-    let m = publish_load(&reference, now_ms);
-    let file = common::short_session_config(&reference);
-    let env = [("PULSEWATCH_CONFIG", file.to_str().unwrap())];
-    let p = Pipeline::start(&reference, "processor", &env);
+    let (reference, m) = Run::new("eos_reference", now_ms);
+    let p = reference.start(None);
     let started = std::time::Instant::now();
-    let (group, heartbeats) = (reference.kafka.name("processor"), reference.kafka.name(names::HEARTBEATS));
-    eventually(Duration::from_secs(300), "the reference run commits every heartbeat", || {
-        common::committed_to_end(&reference, &group, &heartbeats)
-    });
+    reference.wait_until_done();
     let took = started.elapsed();
     p.stop();
-    let expected = transitions(&reference, m.end_ms);
+    let expected = transitions(&reference.config, m.end_ms);
     let mut unique = expected.clone();
     unique.dedup();
     assert_eq!(unique.len(), expected.len(), "the reference has no duplicate transition");
     assert!(expected.len() >= 20, "a mixed load has alerts to compare: {expected:#?}");
-
-    // The same load, with the processor killed (SIGKILL) at random moments and restarted
-    // under the same transactional id.
-    let killed = common::prepare("eos_killed");
-    let m2 = publish_load(&killed, now_ms);
-    assert_eq!((m2.beats_total, m2.end_ms), (m.beats_total, m.end_ms));
-    let file = common::short_session_config(&killed);
-    let id = format!("{}processor-fixed", killed.kafka.topic_prefix);
-    let env = [
-        ("PULSEWATCH_CONFIG", file.to_str().unwrap()),
-        ("PULSEWATCH_PROCESSOR_TRANSACTIONAL_ID", id.as_str()),
-    ];
-    let (group, heartbeats) = (killed.kafka.name("processor"), killed.kafka.name(names::HEARTBEATS));
-    // Each instance lives a random 5 to 15 % of what the whole run took the reference.
     let mut rng = rand::rng();
+    let mut pause =
+        |from: f64, to: f64| std::thread::sleep(took.mul_f64(rand::Rng::random_range(&mut rng, from..to)));
+
+    // The same load, with the processor killed (SIGKILL) ten times at random moments and
+    // restarted under the same transactional id; each instance lives 5 to 15 % of what the
+    // whole run took the reference.
+    let (killed, m2) = Run::new("eos_killed", now_ms);
+    assert_eq!((m2.beats_total, m2.end_ms), (m.beats_total, m.end_ms));
     let mut progress = Vec::new();
     for _ in 0..10 {
-        let p = Pipeline::start(&killed, "processor", &env);
-        std::thread::sleep(took.mul_f64(rand::Rng::random_range(&mut rng, 0.05..0.15)));
+        let p = killed.start(Some(0));
+        pause(0.05, 0.15);
         p.signal("KILL");
         drop(p);
-        progress.push(common::committed_progress(&killed, &group, &heartbeats));
+        progress.push(killed.progress());
     }
     eprintln!("committed (records, of) after each kill: {progress:?}");
-    let mid_run = progress.iter().filter(|(done, total)| *done > 0 && done < total).count();
-    assert!(mid_run >= 5, "at least half the kills land mid-run: {progress:?}");
-    let p = Pipeline::start(&killed, "processor", &env);
-    eventually(Duration::from_secs(300), "the restarted processor commits every heartbeat", || {
-        common::committed_to_end(&killed, &group, &heartbeats)
-    });
+    assert!(mid_run(&progress) >= 5, "at least half the kills land mid-run: {progress:?}");
+    let p = killed.start(Some(0));
+    killed.wait_until_done();
     p.stop();
-    let got = transitions(&killed, m.end_ms);
-    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
-    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
-    assert_eq!(got.len(), expected.len(), "no transition twice");
+    assert_same_transitions("killed ten times", &expected, &transitions(&killed.config, m.end_ms));
+
+    // Three instances joining and leaving: partitions move (cooperative-sticky) between them.
+    // Each change comes 10 to 15 % of the reference's run time after the previous one.
+    let (scaled, m3) = Run::new("eos_scaled", now_ms);
+    assert_eq!(m3.beats_total, m.beats_total);
+    let mut progress = Vec::new();
+    let first = scaled.start(Some(0));
+    pause(0.1, 0.15);
+    let second = scaled.spawn(Some(1));
+    progress.push(scaled.progress());
+    pause(0.1, 0.15);
+    let third = scaled.spawn(Some(2));
+    progress.push(scaled.progress());
+    pause(0.1, 0.15);
+    second.stop();
+    progress.push(scaled.progress());
+    pause(0.1, 0.15);
+    third.signal("KILL");
+    drop(third);
+    progress.push(scaled.progress());
+    // Restarted, as a pod would be: its transactional id fences what it left open.
+    let third = scaled.spawn(Some(2));
+    eprintln!("committed (records, of) at each change of members: {progress:?}");
+    assert!(mid_run(&progress) >= 3, "the members change while the run is under way: {progress:?}");
+    scaled.wait_until_done();
+    first.stop();
+    third.stop();
+    assert_same_transitions(
+        "three instances joining and leaving",
+        &expected,
+        &transitions(&scaled.config, m.end_ms),
+    );
 }

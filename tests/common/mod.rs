@@ -74,6 +74,13 @@ pub fn free_port() -> u16 {
 impl Pipeline {
     /// Starts the given stages with `extra` environment overrides and waits until ready.
     pub fn start(config: &Config, stage: &str, extra: &[(&str, &str)]) -> Pipeline {
+        let mut p = Pipeline::spawn(config, stage, extra);
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    /// Starts the given stages with `extra` environment overrides, without waiting.
+    pub fn spawn(config: &Config, stage: &str, extra: &[(&str, &str)]) -> Pipeline {
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
         let log_path = std::env::temp_dir().join(format!("{}{stage}-{port}.log", config.kafka.topic_prefix));
@@ -93,9 +100,7 @@ impl Pipeline {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("pulsewatch starts");
-        let mut p = Pipeline { child, http, log: log_path };
-        p.wait_ready(Duration::from_secs(60));
-        p
+        Pipeline { child, http, log: log_path }
     }
 
     pub fn wait_ready(&mut self, within: Duration) {
