@@ -59,6 +59,10 @@ pub enum ProcessorError {
 /// Longest wait for a transaction call (init, commit, abort, sending the offsets).
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Backoff between attempts to recover from a failed transaction (doubling up to the max).
+const RECOVERY_FIRST_DELAY: Duration = Duration::from_millis(200);
+const RECOVERY_MAX_DELAY: Duration = Duration::from_secs(10);
+
 /// What a failed Kafka call means for the transaction.
 enum TxnFailure {
     /// This producer may not write any more (fenced, or a fatal producer error).
@@ -260,18 +264,35 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                 tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
                 METRICS.transactions.with_label_values(&["aborted"]).inc();
                 effects.clear();
-                if txn.open {
-                    abort(&producer).map_err(|e| match TxnFailure::from(e) {
-                        TxnFailure::Fatal(e) => fenced(e),
-                        TxnFailure::Abort(e) => ProcessorError::Kafka(e),
-                    })?;
-                    txn.open = false;
+                // Abort, go back to the committed offsets, and rebuild the engines, which had
+                // moved past them, from what app-state holds (the aborted records are
+                // invisible to read_committed). While the broker is away this fails: retry
+                // with backoff until it works or the stage is told to stop.
+                let mut delay = RECOVERY_FIRST_DELAY;
+                loop {
+                    let recovered = (|| -> Result<(), ProcessorError> {
+                        if txn.open {
+                            abort(&producer).map_err(|e| match TxnFailure::from(e) {
+                                TxnFailure::Fatal(e) => fenced(e),
+                                TxnFailure::Abort(e) => ProcessorError::Kafka(e),
+                            })?;
+                            txn.open = false;
+                        }
+                        rewind(&consumer)?;
+                        let partitions: Vec<i32> = engines.keys().copied().collect();
+                        restore(&partitions, &mut engines)
+                    })();
+                    match recovered {
+                        Ok(()) => break,
+                        Err(e @ ProcessorError::Fenced { .. }) => return Err(e),
+                        Err(e) if shutdown.is_triggered() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: recovery failed; retrying");
+                            std::thread::sleep(delay);
+                            delay = (delay * 2).min(RECOVERY_MAX_DELAY);
+                        }
+                    }
                 }
-                rewind(&consumer)?;
-                // The engines had moved past the committed offsets: their committed state is
-                // what app-state holds (the aborted records are invisible to read_committed).
-                let partitions: Vec<i32> = engines.keys().copied().collect();
-                restore(&partitions, &mut engines)?;
                 continue;
             }
         }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Pipeline, eventually};
+use common::{Pipeline, Run, assert_same_transitions, eventually, mid_run, transitions};
 use pulsewatch::engine::rollup::Rollup;
 use pulsewatch::loadgen::{self, LoadgenOptions};
 use pulsewatch::topology::names;
@@ -77,115 +77,10 @@ fn a_paused_processor_is_fenced_by_its_successor_and_nothing_is_written_twice() 
     second.stop();
 }
 
-/// An alert transition in the terms a replay must reproduce.
-type Transition = (String, String, String, String, i64);
-
-/// The alert transitions (read_committed) about the load's own event time.
-fn transitions(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<Transition> {
-    let mut all: Vec<Transition> = common::alerts(config)
-        .into_iter()
-        .filter(|a| a.event_at < end_ms)
-        .map(|a| {
-            (
-                a.alert_id,
-                a.kind.as_str().to_owned(),
-                a.severity.as_str().to_owned(),
-                a.state.as_str().to_owned(),
-                a.event_at,
-            )
-        })
-        .collect();
-    all.sort();
-    all
-}
-
-/// Publishes the same mixed-fault load (fixed seed and clock) into `config`'s topics.
-fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewatch::loadgen::Manifest {
-    let opts = LoadgenOptions {
-        apps: 100,
-        instances: 2,
-        backfill: Some(Duration::from_secs(60 * 60)),
-        mix: true,
-        seed: 21,
-        now_ms: Some(now_ms),
-        progress: false,
-        ..LoadgenOptions::default()
-    };
-    loadgen::run(&config.kafka, &opts).unwrap()
-}
-
-/// One run of the load on topics of its own.
-struct Run {
-    config: pulsewatch::config::Config,
-    file: std::path::PathBuf,
-    group: String,
-    heartbeats: String,
-}
-
-impl Run {
-    fn new(test: &str, now_ms: i64) -> (Run, pulsewatch::loadgen::Manifest) {
-        let config = common::prepare(test);
-        let m = publish_load(&config, now_ms);
-        let file = common::short_session_config(&config);
-        let (group, heartbeats) = (config.kafka.name("processor"), config.kafka.name(names::HEARTBEATS));
-        (Run { config, file, group, heartbeats }, m)
-    }
-
-    /// A processor instance, ready; `slot` names its transactional id, as a pod name would.
-    fn start(&self, slot: Option<usize>) -> Pipeline {
-        let mut p = self.spawn(slot);
-        p.wait_ready(Duration::from_secs(60));
-        p
-    }
-
-    /// As [`Run::start`], without waiting for it to be ready.
-    fn spawn(&self, slot: Option<usize>) -> Pipeline {
-        let id = slot.map(|i| format!("{}processor-{i}", self.config.kafka.topic_prefix));
-        let mut env = vec![("PULSEWATCH_CONFIG", self.file.to_str().unwrap())];
-        if let Some(id) = &id {
-            env.push(("PULSEWATCH_PROCESSOR_TRANSACTIONAL_ID", id.as_str()));
-        }
-        Pipeline::spawn(&self.config, "processor", &env)
-    }
-
-    fn progress(&self) -> (i64, i64) {
-        common::committed_progress(&self.config, &self.group, &self.heartbeats)
-    }
-
-    fn wait_until_done(&self) {
-        eventually(Duration::from_secs(300), "every heartbeat is committed", || {
-            common::committed_to_end(&self.config, &self.group, &self.heartbeats)
-        });
-    }
-}
-
-fn assert_same_transitions(scenario: &str, expected: &[Transition], got: &[Transition]) {
-    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
-    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{scenario}: missing {missing:#?}\nextra {extra:#?}");
-    assert_eq!(got.len(), expected.len(), "{scenario}: no transition twice");
-}
-
-/// The membership changes that happened while the run was under way.
-fn mid_run(progress: &[(i64, i64)]) -> usize {
-    progress.iter().filter(|(done, total)| *done > 0 && done < total).count()
-}
-
 #[test]
 fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processor_does() {
     let now_ms = chrono::Utc::now().timestamp_millis() / 60_000 * 60_000;
-    // The reference: one processor, never interrupted.
-    let (reference, m) = Run::new("eos_reference", now_ms);
-    let p = reference.start(None);
-    let started = std::time::Instant::now();
-    reference.wait_until_done();
-    let took = started.elapsed();
-    p.stop();
-    let expected = transitions(&reference.config, m.end_ms);
-    let mut unique = expected.clone();
-    unique.dedup();
-    assert_eq!(unique.len(), expected.len(), "the reference has no duplicate transition");
-    assert!(expected.len() >= 20, "a mixed load has alerts to compare: {expected:#?}");
+    let (m, expected, took) = common::reference_run(now_ms);
     let mut rng = rand::rng();
     let mut pause =
         |from: f64, to: f64| std::thread::sleep(took.mul_f64(rand::Rng::random_range(&mut rng, from..to)));

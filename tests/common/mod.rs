@@ -6,6 +6,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use pulsewatch::config::Config;
+use pulsewatch::loadgen::{self, LoadgenOptions};
+use pulsewatch::topology::names;
 
 /// A config pointing at the local stack, with a topic prefix and schema of this test's own.
 pub fn isolated_config(test: &str) -> Config {
@@ -217,8 +219,27 @@ pub fn short_session_config(config: &Config) -> std::path::PathBuf {
 }
 
 /// How far consumer group `group` has committed `topic`: (records committed, records in it),
-/// summed over the partitions.
+/// summed over the partitions. Asks again while the broker answers with an error (it may be
+/// restarting), for 60 s at most.
 pub fn committed_progress(config: &Config, group: &str, topic: &str) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_committed_progress(config, group, topic) {
+            Ok(progress) => return progress,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    }
+}
+
+fn try_committed_progress(
+    config: &Config,
+    group: &str,
+    topic: &str,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     // read_uncommitted: the offsets committed so far, without waiting for a transaction a
     // killed instance left open.
@@ -227,24 +248,23 @@ pub fn committed_progress(config: &Config, group: &str, topic: &str) -> (i64, i6
         .client_config()
         .set("group.id", group)
         .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
+        .create()?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut list = rdkafka::TopicPartitionList::new();
     for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
         list.add_partition(topic, p.id());
     }
-    let committed = consumer.committed_offsets(list, timeout).unwrap();
+    let committed = consumer.committed_offsets(list, timeout)?;
     let (mut done, mut total) = (0, 0);
     for e in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).unwrap();
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
         total += high - low;
         if let rdkafka::Offset::Offset(o) = e.offset() {
             done += o.clamp(low, high) - low;
         }
     }
-    (done, total)
+    Ok((done, total))
 }
 
 /// Whether consumer group `group` has committed every partition of `topic` to its end.
@@ -272,4 +292,117 @@ pub fn query_i64(config: &Config, sql: &str) -> i64 {
         let client = pulsewatch::store::connect(&config.postgres).await.unwrap();
         client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
     })
+}
+
+// Determinism: one load, run on topics of its own, and its alert transitions.
+
+/// An alert transition in the terms a replay must reproduce.
+pub type Transition = (String, String, String, String, i64);
+
+/// The alert transitions (read_committed) about the load's own event time.
+pub fn transitions(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<Transition> {
+    let mut all: Vec<Transition> = alerts(config)
+        .into_iter()
+        .filter(|a| a.event_at < end_ms)
+        .map(|a| {
+            (
+                a.alert_id,
+                a.kind.as_str().to_owned(),
+                a.severity.as_str().to_owned(),
+                a.state.as_str().to_owned(),
+                a.event_at,
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Publishes the same mixed-fault load (fixed seed and clock) into `config`'s topics.
+pub fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewatch::loadgen::Manifest {
+    let opts = LoadgenOptions {
+        apps: 100,
+        instances: 2,
+        backfill: Some(Duration::from_secs(60 * 60)),
+        mix: true,
+        seed: 21,
+        now_ms: Some(now_ms),
+        progress: false,
+        ..LoadgenOptions::default()
+    };
+    loadgen::run(&config.kafka, &opts).unwrap()
+}
+
+/// One run of the load on topics of its own.
+pub struct Run {
+    pub config: pulsewatch::config::Config,
+    pub file: std::path::PathBuf,
+    pub group: String,
+    pub heartbeats: String,
+}
+
+impl Run {
+    pub fn new(test: &str, now_ms: i64) -> (Run, pulsewatch::loadgen::Manifest) {
+        let config = prepare(test);
+        let m = publish_load(&config, now_ms);
+        let file = short_session_config(&config);
+        let (group, heartbeats) = (config.kafka.name("processor"), config.kafka.name(names::HEARTBEATS));
+        (Run { config, file, group, heartbeats }, m)
+    }
+
+    /// A processor instance, ready; `slot` names its transactional id, as a pod name would.
+    pub fn start(&self, slot: Option<usize>) -> Pipeline {
+        let mut p = self.spawn(slot);
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    /// As [`Run::start`], without waiting for it to be ready.
+    pub fn spawn(&self, slot: Option<usize>) -> Pipeline {
+        let id = slot.map(|i| format!("{}processor-{i}", self.config.kafka.topic_prefix));
+        let mut env = vec![("PULSEWATCH_CONFIG", self.file.to_str().unwrap())];
+        if let Some(id) = &id {
+            env.push(("PULSEWATCH_PROCESSOR_TRANSACTIONAL_ID", id.as_str()));
+        }
+        Pipeline::spawn(&self.config, "processor", &env)
+    }
+
+    pub fn progress(&self) -> (i64, i64) {
+        committed_progress(&self.config, &self.group, &self.heartbeats)
+    }
+
+    pub fn wait_until_done(&self) {
+        eventually(Duration::from_secs(300), "every heartbeat is committed", || {
+            committed_to_end(&self.config, &self.group, &self.heartbeats)
+        });
+    }
+}
+
+pub fn assert_same_transitions(scenario: &str, expected: &[Transition], got: &[Transition]) {
+    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
+    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{scenario}: missing {missing:#?}\nextra {extra:#?}");
+    assert_eq!(got.len(), expected.len(), "{scenario}: no transition twice");
+}
+
+/// The membership changes that happened while the run was under way.
+pub fn mid_run(progress: &[(i64, i64)]) -> usize {
+    progress.iter().filter(|(done, total)| *done > 0 && done < total).count()
+}
+
+/// The reference: the load through one processor, never interrupted. Returns its manifest,
+/// its alert transitions (checked free of duplicates and not empty) and how long it took.
+pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Vec<Transition>, Duration) {
+    let (reference, m) = Run::new("reference", now_ms);
+    let p = reference.start(None);
+    let started = std::time::Instant::now();
+    reference.wait_until_done();
+    let took = started.elapsed();
+    p.stop();
+    let expected = transitions(&reference.config, m.end_ms);
+    let mut unique = expected.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), expected.len(), "the reference has no duplicate transition");
+    assert!(expected.len() >= 20, "a mixed load has alerts to compare: {expected:#?}");
+    (m, expected, took)
 }
