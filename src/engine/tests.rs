@@ -16,6 +16,17 @@ fn beat(app: &str, inst: &str, seq: i64, t: i64) -> Heartbeat {
     Heartbeat::new(app, format!("{app}-{inst}"), seq, t)
 }
 
+/// The alerts among the effects, whole.
+fn into_alerts(effects: Vec<Effect>) -> Vec<Alert> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
 fn alerts(effects: &[Effect]) -> Vec<(AlertKind, AlertState, Severity, i64, Option<String>)> {
     effects
         .iter()
@@ -289,12 +300,7 @@ fn simulate_fault(kind: FaultKind, minutes: i64, from: i64, to: i64) -> Vec<Aler
             }
         }
     }
-    out.into_iter()
-        .filter_map(|e| match e {
-            Effect::Alert(a) => Some(a),
-            _ => None,
-        })
-        .collect()
+    into_alerts(out)
 }
 
 #[test]
@@ -562,12 +568,7 @@ fn run_flapping(flap_minutes: i64, total_minutes: i64, dies: bool) -> Vec<Alert>
         e.on_beat(beat("other", "i0", seq, t), seq, 0, &mut out);
         t += 5 * S;
     }
-    out.into_iter()
-        .filter_map(|e| match e {
-            Effect::Alert(a) if a.app_id == "web" => Some(a),
-            _ => None,
-        })
-        .collect()
+    into_alerts(out).into_iter().filter(|a| a.app_id == "web").collect()
 }
 
 #[test]
@@ -628,12 +629,7 @@ fn run_jittery(phi_threshold: f64) -> Vec<Alert> {
     e.on_tick(T0 + 40 * 60 * S, &mut out);
     e.on_end_of_partition(T0 + 40 * 60 * S, &mut out);
     e.on_tick(T0 + 45 * 60 * S, &mut out);
-    out.into_iter()
-        .filter_map(|e| match e {
-            Effect::Alert(a) => Some(a),
-            _ => None,
-        })
-        .collect()
+    into_alerts(out)
 }
 
 #[test]
