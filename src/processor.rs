@@ -156,10 +156,12 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     let producer = kafka::transactional_producer(k, &transactional_id)?;
     let fenced =
         |e: KafkaError| ProcessorError::Fenced { id: transactional_id.clone(), message: e.to_string() };
-    producer.init_transactions(TXN_TIMEOUT).map_err(|e| match TxnFailure::from(e) {
+    // A transaction call that failed: fenced (or fatal), or an error to retry or report.
+    let txn_error = |e: KafkaError| match TxnFailure::from(e) {
         TxnFailure::Fatal(e) => fenced(e),
         TxnFailure::Abort(e) => ProcessorError::Kafka(e),
-    })?;
+    };
+    producer.init_transactions(TXN_TIMEOUT).map_err(txn_error)?;
     let mut txn = Transaction::default();
     let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
     let mut engines: HashMap<i32, Engine> = HashMap::new();
@@ -272,11 +274,13 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                 loop {
                     let recovered = (|| -> Result<(), ProcessorError> {
                         if txn.open {
-                            abort(&producer).map_err(|e| match TxnFailure::from(e) {
-                                TxnFailure::Fatal(e) => fenced(e),
-                                TxnFailure::Abort(e) => ProcessorError::Kafka(e),
-                            })?;
+                            abort(&producer).map_err(txn_error)?;
                             txn.open = false;
+                        }
+                        // Partitions revoked meanwhile are another instance's now: their
+                        // aborted batch is its to read again, from the committed state.
+                        for p in consumer.context().revoked.lock().expect("not poisoned").drain(..) {
+                            engines.remove(&p);
                         }
                         rewind(&consumer)?;
                         let partitions: Vec<i32> = engines.keys().copied().collect();
