@@ -26,7 +26,7 @@ impl Drop for PostgresBack {
 }
 
 #[test]
-fn a_postgres_outage_of_20_s_loses_and_duplicates_nothing() {
+fn a_postgres_outage_of_60_s_loses_and_duplicates_nothing() {
     let config = common::prepare("outage_pg");
     let pipeline = Pipeline::start(&config, "all", &[]);
     let kafka = config.kafka.clone();
@@ -35,7 +35,7 @@ fn a_postgres_outage_of_20_s_loses_and_duplicates_nothing() {
             apps: 30,
             instances: 2,
             backfill: Some(Duration::from_secs(15 * 60)),
-            duration: Some(Duration::from_secs(40)),
+            duration: Some(Duration::from_secs(80)),
             faults: vec!["memory-high:3@5m+5m".parse().unwrap(), "crash:4/1@8m".parse().unwrap()],
             progress: false,
             ..LoadgenOptions::default()
@@ -46,7 +46,7 @@ fn a_postgres_outage_of_20_s_loses_and_duplicates_nothing() {
     {
         let _back = PostgresBack;
         stack("stop-postgres");
-        std::thread::sleep(Duration::from_secs(20));
+        std::thread::sleep(Duration::from_secs(60));
         assert!(
             pipeline.metric("pulsewatch_sink_retries_total") >= 1.0,
             "the sink noticed the outage and retried"
