@@ -7,13 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Run, assert_same_transitions, transitions};
-
-fn stack(action: &str) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
-    let status = std::process::Command::new(script).arg(action).status().unwrap();
-    assert!(status.success(), "scripts/stack {action}: {status}");
-}
+use common::{Run, assert_same_transitions, stack, transitions};
 
 #[test]
 fn a_broker_restart_mid_run_changes_no_alert_transition() {

@@ -4,20 +4,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Pipeline, eventually, query_i64};
+use common::{Pipeline, eventually, query_i64, stack};
 use pulsewatch::loadgen::{self, LoadgenOptions};
 
 /// Starts PostgreSQL again when dropped, even if the test fails half-way.
 struct PostgresBack;
-
-fn stack(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
-    let status = Command::new("bash").args([script, action]).status().unwrap();
-    assert!(status.success(), "scripts/stack {action} failed");
-}
 
 impl Drop for PostgresBack {
     fn drop(&mut self) {

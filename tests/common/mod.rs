@@ -9,6 +9,13 @@ use pulsewatch::config::Config;
 use pulsewatch::loadgen::{self, LoadgenOptions};
 use pulsewatch::topology::names;
 
+/// Runs `scripts/stack ACTION` (stop-kafka, start-postgres, ...) and checks it succeeded.
+pub fn stack(action: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
+    let status = std::process::Command::new("bash").arg(script).arg(action).status().unwrap();
+    assert!(status.success(), "scripts/stack {action}: {status}");
+}
+
 /// A config pointing at the local stack, with a topic prefix and schema of this test's own.
 pub fn isolated_config(test: &str) -> Config {
     let mut config = Config::load(
