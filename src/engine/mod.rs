@@ -731,55 +731,18 @@ fn step_liveness(
             continue;
         }
         let silent = due - inst.last.sent_at;
-        let interval = inst.last.interval_ms;
         match inst.liveness {
             Liveness::Up => {
                 inst.liveness = Liveness::Late;
                 if inst.flapping_since.is_none() {
-                    inst.late_since = Some(due);
-                    let ex = explain::liveness(
-                        AlertKind::InstanceLate,
-                        AlertState::Firing,
-                        app_id,
-                        instance_id,
-                        &inst.last,
-                        silent,
-                    );
-                    let threshold = late_after(ctx.profile, inst) as f64;
-                    let change = Change::firing(
-                        app_id,
-                        Some(instance_id),
-                        AlertKind::InstanceLate,
-                        Severity::Warning,
-                        due,
-                        due,
-                    );
-                    out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
+                    announce_liveness(ctx, inst, app_id, instance_id, due, out);
                 }
             }
             Liveness::Late => {
                 inst.liveness = Liveness::Down;
                 transition(ctx, inst, app_id, instance_id, due, out);
                 if inst.flapping_since.is_none() {
-                    inst.down_since = Some(due);
-                    let ex = explain::liveness(
-                        AlertKind::InstanceDown,
-                        AlertState::Firing,
-                        app_id,
-                        instance_id,
-                        &inst.last,
-                        silent,
-                    );
-                    let threshold = (late_after(ctx.profile, inst) + ctx.profile.down_grace(interval)) as f64;
-                    let change = Change::firing(
-                        app_id,
-                        Some(instance_id),
-                        AlertKind::InstanceDown,
-                        Severity::Critical,
-                        due,
-                        due,
-                    );
-                    out.push(change.measured(Some(silent as f64), Some(threshold)).emit(ex, origin));
+                    announce_liveness(ctx, inst, app_id, instance_id, due, out);
                 }
                 app_down_check(app, app_id, due, origin, out);
             }
@@ -911,21 +874,39 @@ fn end_flapping(
         Change::resolved(app_id, Some(instance_id), AlertKind::Flapping, Severity::Warning, started, at)
             .emit(ex, ctx.origin),
     );
-    let silent = at - inst.last.sent_at;
-    let (kind, severity) = match inst.liveness {
+    announce_liveness(ctx, inst, app_id, instance_id, at, out);
+}
+
+/// Fires the alert of the instance's liveness (INSTANCE_LATE or INSTANCE_DOWN) at `at`,
+/// with the silence measured and the threshold it crossed; nothing while it is UP.
+fn announce_liveness(
+    ctx: &StepContext<'_>,
+    inst: &mut InstanceState,
+    app_id: &str,
+    instance_id: &str,
+    at: i64,
+    out: &mut Vec<Effect>,
+) {
+    let late_after = late_after(ctx.profile, inst);
+    let (kind, severity, threshold) = match inst.liveness {
         Liveness::Up => return,
         Liveness::Late => {
             inst.late_since = Some(at);
-            (AlertKind::InstanceLate, Severity::Warning)
+            (AlertKind::InstanceLate, Severity::Warning, late_after)
         }
         Liveness::Down => {
             inst.down_since = Some(at);
-            (AlertKind::InstanceDown, Severity::Critical)
+            (
+                AlertKind::InstanceDown,
+                Severity::Critical,
+                late_after + ctx.profile.down_grace(inst.last.interval_ms),
+            )
         }
     };
+    let silent = at - inst.last.sent_at;
     let ex = explain::liveness(kind, AlertState::Firing, app_id, instance_id, &inst.last, silent);
     let change = Change::firing(app_id, Some(instance_id), kind, severity, at, at);
-    out.push(change.measured(Some(silent as f64), None).emit(ex, ctx.origin));
+    out.push(change.measured(Some(silent as f64), Some(threshold as f64)).emit(ex, ctx.origin));
 }
 
 /// The figure each threshold rule judges, in [`RuleSet::rules`] order.
