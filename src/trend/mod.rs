@@ -290,6 +290,7 @@ impl<'de> Deserialize<'de> for Window {
             return Err(D::Error::custom("a trend window is a whole number of points"));
         }
         let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+        let count = bytes.len() / POINT_BYTES;
         let mut window = Window::default();
         for chunk in bytes.chunks_exact(POINT_BYTES) {
             let mut values = [f32::NAN; COLUMNS];
@@ -297,7 +298,7 @@ impl<'de> Deserialize<'de> for Window {
                 *v = f32::from_le_bytes(word(&chunk[4 + 4 * c..]));
             }
             let point = Point { minute: u32::from_le_bytes(word(chunk)), values };
-            window.push(point, usize::MAX - 1);
+            window.push(point, count);
         }
         Ok(window)
     }
@@ -331,7 +332,7 @@ impl Window {
                 }
             }
         }
-        if self.points.capacity() == 0 && capacity < usize::MAX - 1 {
+        if self.points.capacity() == 0 {
             self.points.reserve_exact(capacity + 1);
         }
         self.points.push_back(p);
