@@ -634,6 +634,9 @@ impl Engine {
                     if let Some(app) = self.apps.get_mut(&timer.app_id) {
                         if let Some(acc) = app.rollups.remove(&minute) {
                             out.push(Effect::Rollup(acc.finish(&timer.app_id)));
+                            // The closed minute leaves the app's state record too, or a
+                            // restore would close and publish it again.
+                            self.dirty.insert(timer.app_id.clone());
                         }
                         if app.instances.is_empty() && app.rollups.is_empty() && app.app_down.is_none() {
                             self.apps.remove(&timer.app_id);
