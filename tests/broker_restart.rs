@@ -1,13 +1,13 @@
 //! A broker restart in the middle of a run: the processor's transactions fail while the
 //! broker is away; it aborts, backs off, goes back to its committed offsets and state, and
-//! ends with exactly the alert transitions of an uninterrupted run. (Its own test binary:
+//! ends with exactly the alert transitions and rollups of an uninterrupted run. (Its own test binary:
 //! stopping the broker would disturb any test running beside it.)
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Run, assert_same_transitions, stack, transitions};
+use common::{Run, assert_same_decisions, decisions, stack};
 
 #[test]
 fn a_broker_restart_mid_run_changes_no_alert_transition() {
@@ -28,5 +28,5 @@ fn a_broker_restart_mid_run_changes_no_alert_transition() {
     stack("start-kafka");
     run.wait_until_done();
     p.stop();
-    assert_same_transitions("broker restarted", &expected, &transitions(&run.config, m.end_ms));
+    assert_same_decisions("broker restarted", &expected, &decisions(&run.config, m.end_ms));
 }

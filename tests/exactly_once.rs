@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Pipeline, Run, assert_same_transitions, eventually, mid_run, transitions};
+use common::{Pipeline, Run, assert_same_decisions, decisions, eventually, mid_run};
 use pulsewatch::engine::rollup::Rollup;
 use pulsewatch::loadgen::{self, LoadgenOptions};
 use pulsewatch::topology::names;
@@ -103,7 +103,7 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     let p = killed.start(Some(0));
     killed.wait_until_done();
     p.stop();
-    assert_same_transitions("killed ten times", &expected, &transitions(&killed.config, m.end_ms));
+    assert_same_decisions("killed ten times", &expected, &decisions(&killed.config, m.end_ms));
 
     // Three instances joining and leaving: partitions move (cooperative-sticky) between them.
     // Each change comes 10 to 15 % of the reference's run time after the previous one.
@@ -131,9 +131,9 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     scaled.wait_until_done();
     first.stop();
     third.stop();
-    assert_same_transitions(
+    assert_same_decisions(
         "three instances joining and leaving",
         &expected,
-        &transitions(&scaled.config, m.end_ms),
+        &decisions(&scaled.config, m.end_ms),
     );
 }

@@ -325,6 +325,49 @@ pub fn transitions(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<Tran
     all
 }
 
+/// The closed minutes (read_committed) of the load's own event time, as published. The
+/// load's last minute is left out: the beats close every earlier one, but that one closes
+/// only once the processor has read to the end and the watermark follows the wall clock,
+/// which a stopped run may or may not have committed.
+pub fn rollups(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<String> {
+    use rdkafka::message::Message;
+    let topic = config.kafka.name(names::METRICS_1M);
+    let mut all: Vec<String> = pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .filter(|json| {
+            let r: pulsewatch::engine::rollup::Rollup = serde_json::from_str(json).unwrap();
+            r.minute + 2 * 60_000 <= end_ms
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// What a run decided, in the terms a replay must reproduce.
+pub struct Decisions {
+    pub transitions: Vec<Transition>,
+    pub rollups: Vec<String>,
+}
+
+pub fn decisions(config: &pulsewatch::config::Config, end_ms: i64) -> Decisions {
+    Decisions { transitions: transitions(config, end_ms), rollups: rollups(config, end_ms) }
+}
+
+/// The same alert transitions and the same closed minutes as the reference, none twice.
+pub fn assert_same_decisions(scenario: &str, expected: &Decisions, got: &Decisions) {
+    assert_same(&format!("{scenario}: alert transitions"), &expected.transitions, &got.transitions);
+    assert_same(&format!("{scenario}: one-minute rollups"), &expected.rollups, &got.rollups);
+}
+
+fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, expected: &[T], got: &[T]) {
+    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
+    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:#?}\nextra {extra:#?}");
+    assert_eq!(got.len(), expected.len(), "{what}: none twice");
+}
+
 /// Publishes the same mixed-fault load (fixed seed and clock) into `config`'s topics.
 pub fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewatch::loadgen::Manifest {
     let opts = LoadgenOptions {
@@ -385,31 +428,38 @@ impl Run {
     }
 }
 
-pub fn assert_same_transitions(scenario: &str, expected: &[Transition], got: &[Transition]) {
-    let missing: Vec<_> = expected.iter().filter(|t| !got.contains(t)).collect();
-    let extra: Vec<_> = got.iter().filter(|t| !expected.contains(t)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{scenario}: missing {missing:#?}\nextra {extra:#?}");
-    assert_eq!(got.len(), expected.len(), "{scenario}: no transition twice");
-}
-
 /// The membership changes that happened while the run was under way.
 pub fn mid_run(progress: &[(i64, i64)]) -> usize {
     progress.iter().filter(|(done, total)| *done > 0 && done < total).count()
 }
 
 /// The reference: the load through one processor, never interrupted. Returns its manifest,
-/// its alert transitions (checked free of duplicates and not empty) and how long it took.
-pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Vec<Transition>, Duration) {
+/// its decisions (checked free of duplicates and not empty) and how long it took.
+pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions, Duration) {
     let (reference, m) = Run::new("reference", now_ms);
     let p = reference.start(None);
     let started = std::time::Instant::now();
     reference.wait_until_done();
     let took = started.elapsed();
     p.stop();
-    let expected = transitions(&reference.config, m.end_ms);
-    let mut unique = expected.clone();
-    unique.dedup();
-    assert_eq!(unique.len(), expected.len(), "the reference has no duplicate transition");
-    assert!(expected.len() >= 20, "a mixed load has alerts to compare: {expected:#?}");
+    let expected = decisions(&reference.config, m.end_ms);
+    for (what, unique, all) in [
+        ("transition", dedup(&expected.transitions), expected.transitions.len()),
+        ("rollup", dedup(&expected.rollups), expected.rollups.len()),
+    ] {
+        assert_eq!(unique, all, "the reference has no duplicate {what}");
+    }
+    assert!(
+        expected.transitions.len() >= 20,
+        "a mixed load has alerts to compare: {:#?}",
+        expected.transitions
+    );
+    assert!(expected.rollups.len() >= 100 * 50, "every app closes its minutes: {}", expected.rollups.len());
     (m, expected, took)
+}
+
+fn dedup<T: Clone + PartialEq>(sorted: &[T]) -> usize {
+    let mut v = sorted.to_vec();
+    v.dedup();
+    v.len()
 }
