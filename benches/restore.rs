@@ -1,16 +1,29 @@
-//! What restoring a partition's state costs: an engine tracking a fleet (2 instances per
-//! application, 25 minutes of beats, so trend windows, rate windows and rollups are filled)
-//! writes its `app-state` records; they are then parsed and the engine rebuilt from them, as
-//! the processor does on assignment (reading them from Kafka comes on top). Prints the record
-//! size and the time per application, and extrapolates to a million applications.
+//! What restoring the processor's state costs.
+//!
+//! 1. In memory: an engine tracking a fleet (2 instances per application, 65 minutes of
+//!    beats, so trend windows (60 points), rate windows and rollups are full) writes its
+//!    `app-state` records; they are decoded and the engine rebuilt from them. Prints the
+//!    record size and the time per application on one core.
+//! 2. Through Kafka (the local stack): those states, copied under new app ids up to
+//!    PULSEWATCH_BENCH_RESTORE_APPS applications (default 100,000), are written to a fresh
+//!    `app-state` topic of 12 partitions, and all of them restored as a processor does after a
+//!    restart: read to the end (read_committed), decoded on every core, engines rebuilt. The
+//!    ceiling is the raw read of the same records; the figure is extrapolated to a million.
+//!
 //! Run: `cargo bench --bench restore` (PULSEWATCH_BENCH_APPS, default 2000).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use pulsewatch::engine::{Effect, Engine, EngineConfig, StateRecord};
+use pulsewatch::config::Config;
+use pulsewatch::engine::{AppState, Effect, Engine, EngineConfig, StateRecord, StateRecordOut};
+use pulsewatch::kafka;
 use pulsewatch::loadgen::scenario::InstanceSim;
+use pulsewatch::restore;
 use pulsewatch::rules::{CompiledRules, RuleSet};
+use pulsewatch::topology::{self, Topology, names};
 use pulsewatch::trend::TrendConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::Producer;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -28,7 +41,7 @@ fn main() {
         .map(|(a, i)| InstanceSim::new(1, a, i, format!("app-{a:06}"), 5_000))
         .collect();
     let mut out: Vec<Effect> = Vec::new();
-    for round in 0..(25 * 12) {
+    for round in 0..(65 * 12) {
         for sim in sims.iter_mut() {
             let t = T0 + round * 5_000 + sim.phase_ms;
             if let Some(b) = sim.beat(t, 5_000, &[]) {
@@ -38,20 +51,92 @@ fn main() {
         out.clear();
     }
     let started = Instant::now();
-    let records: Vec<Vec<u8>> = engine.take_state_records().into_iter().map(|(_, r)| r).collect();
+    let records = engine.take_state_records();
     let write = started.elapsed();
-    let bytes: usize = records.iter().map(Vec::len).sum();
+    let value: usize = records.iter().map(|r| r.value.len()).sum();
+    let header: usize = records.iter().map(|r| r.header.len()).sum();
     let started = Instant::now();
-    let parsed: Vec<StateRecord> = records.iter().map(|r| serde_json::from_slice(r).unwrap()).collect();
-    let restored = Engine::restore(0, config, rules, parsed);
-    let read = started.elapsed();
+    let parsed: Vec<StateRecord> =
+        records.iter().map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap()).collect();
+    let decode = started.elapsed();
+    let started = Instant::now();
+    let restored = Engine::restore(0, config.clone(), rules.clone(), parsed);
+    let rebuild = started.elapsed();
     assert_eq!(restored.app_count(), engine.app_count());
     let per_app = |d: std::time::Duration| d.as_secs_f64() * 1e6 / apps as f64;
-    println!("restore: {apps} apps x 2 instances, {} bytes per app-state record", bytes / apps);
+    println!(
+        "restore: {apps} apps x 2 instances; per app-state record {} bytes of JSON snapshot, {} of binary state",
+        value / apps,
+        header / apps
+    );
     println!("  writing the records: {:.1} us per app", per_app(write));
     println!(
-        "  parsing them and rebuilding the engine: {:.1} us per app, {:.1} s per million apps (one core, Kafka read not included)",
-        per_app(read),
-        per_app(read)
+        "  reading them back: {:.1} us per app ({:.1} decoding, {:.1} rebuilding the engine), {:.1} s per million apps (one core, Kafka read not included)",
+        per_app(decode + rebuild),
+        per_app(decode),
+        per_app(rebuild),
+        per_app(decode + rebuild)
+    );
+    let templates: Vec<AppState> = records
+        .iter()
+        .filter_map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap().state)
+        .collect();
+    let restore_apps: usize = std::env::var("PULSEWATCH_BENCH_RESTORE_APPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 100_000 } else { 2_000 });
+    through_kafka(&templates, restore_apps, &config, &rules);
+}
+
+/// Writes `apps` application states (copies of `templates`) to a fresh app-state topic and
+/// times restoring every partition from it.
+fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rules: &CompiledRules) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut pw = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
+    pw.kafka.topic_prefix = format!("bench-{:08x}-", rand::random::<u32>());
+    rt.block_on(topology::apply(&pw.kafka, &Topology::builtin()))
+        .expect("Kafka reachable: start the local stack with scripts/stack up");
+    let topic = pw.kafka.name(names::APP_STATE);
+    let partitions: Vec<i32> = (0..12).collect();
+    let producer = kafka::producer(&pw.kafka).unwrap();
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for i in 0..apps {
+        let state = &templates[i % templates.len()];
+        let app_id = format!("app-{i:07}");
+        let record = StateRecordOut::new(&state.snapshot(&app_id, 1_800_000_000_000), Some(state));
+        bytes += record.value.len() + record.header.len();
+        let header = OwnedHeaders::new()
+            .insert(Header { key: pulsewatch::engine::STATE_HEADER, value: Some(&record.header) });
+        let partition = Some(partitions[i % partitions.len()]);
+        kafka::send_to(&producer, &topic, partition, &app_id, &record.value, Some(header)).unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    assert_eq!(producer.context().failed(), 0);
+    println!(
+        "restore through Kafka: {apps} apps in {} partitions, {:.0} MB of app-state, written in {:.1} s",
+        partitions.len(),
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let restored =
+        restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, Duration::from_secs(600))
+            .unwrap();
+    let total = started.elapsed();
+    assert_eq!((restored.apps(), restored.unreadable), (apps, 0));
+    let per_million = |d: Duration| d.as_secs_f64() * 1e6 / apps as f64;
+    println!(
+        "  restored in {:.2} s: reading {:.2} s (the ceiling), decoding and rebuilding {:.2} s; {:.2} x the raw read",
+        total.as_secs_f64(),
+        restored.read.as_secs_f64(),
+        restored.rebuild.as_secs_f64(),
+        total.as_secs_f64() / restored.read.as_secs_f64()
+    );
+    println!(
+        "  {:.1} s per million apps ({} cores; goal 10 s)",
+        per_million(total),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 }

@@ -26,6 +26,7 @@ pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
 pub mod processor;
+pub mod restore;
 pub mod rules;
 pub mod service;
 pub mod shutdown;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub record_latency_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub tracked_apps: IntGauge,
+    pub restoring_partitions: IntGauge,
+    pub restored_apps: IntCounterVec,
     pub tracked_instances: IntGauge,
     pub clamped_beats: IntGauge,
     pub sink_batch_rows: Histogram,
@@ -127,6 +129,17 @@ impl Metrics {
                 &["topic"],
             ),
             tracked_apps: gauge(&registry, "tracked_apps", "Applications in the processor's state"),
+            restoring_partitions: gauge(
+                &registry,
+                "restoring_partitions",
+                "Partitions whose state the processor is rebuilding from app-state (not ready meanwhile)",
+            ),
+            restored_apps: counter(
+                &registry,
+                "restored_apps_total",
+                "Applications rebuilt from app-state",
+                &[],
+            ),
             tracked_instances: gauge(&registry, "tracked_instances", "Instances in the processor's state"),
             clamped_beats: gauge(
                 &registry,

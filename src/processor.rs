@@ -30,12 +30,13 @@ use thiserror::Error;
 
 use crate::codec;
 use crate::config::Config;
-use crate::engine::{Effect, Engine, StateRecord};
+use crate::engine::{Effect, Engine, STATE_HEADER};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
+use crate::restore;
 use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
-use crate::tally::{self, TallyError};
+use crate::tally::TallyError;
 use crate::topology::names;
 
 #[derive(Debug, Error)]
@@ -353,9 +354,18 @@ fn finish_batch(
         // Each heartbeats partition keeps its applications' state in the app-state partition
         // of the same number, whatever partitioner the producers used.
         let partition = Some(engine.partition());
-        for (app_id, payload) in engine.take_state_records() {
+        for record in engine.take_state_records() {
             txn.begin(producer)?;
-            kafka::send_to(producer, &topics.app_state, partition, &app_id, &payload, None)?;
+            let state = OwnedHeaders::new_with_capacity(1)
+                .insert(Header { key: STATE_HEADER, value: Some(&record.header) });
+            kafka::send_to(
+                producer,
+                &topics.app_state,
+                partition,
+                &record.app_id,
+                &record.value,
+                Some(state),
+            )?;
             METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
         }
     }
@@ -419,31 +429,32 @@ fn restore_engines(
     ready: &AtomicBool,
 ) -> Result<Vec<(i32, Engine)>, ProcessorError> {
     ready.store(false, Ordering::Relaxed);
-    let started = Instant::now();
-    let messages =
-        tally::read_partitions_to_end(&config.kafka, &topics.app_state, Some(partitions), RESTORE_TIMEOUT)?;
-    let mut records: BTreeMap<i32, Vec<StateRecord>> = partitions.iter().map(|&p| (p, Vec::new())).collect();
-    let mut unreadable = 0usize;
-    for m in &messages {
-        match m.payload().and_then(|b| serde_json::from_slice::<StateRecord>(b).ok()) {
-            Some(r) => records.entry(m.partition()).or_default().push(r),
-            None => unreadable += 1,
-        }
+    METRICS.restoring_partitions.set(partitions.len() as i64);
+    let restored = restore::restore_partitions(
+        &config.kafka,
+        &topics.app_state,
+        partitions,
+        &config.detection,
+        rules,
+        RESTORE_TIMEOUT,
+    );
+    METRICS.restoring_partitions.set(0);
+    let restored = restored?;
+    if let Some(error) = &restored.first_error {
+        tracing::warn!(%error, unreadable = restored.unreadable, "processor: app-state records not restored");
     }
-    let engines: Vec<(i32, Engine)> = records
-        .into_iter()
-        .map(|(p, rs)| (p, Engine::restore(p, config.detection.clone(), rules.clone(), rs)))
-        .collect();
     tracing::info!(
         partitions = ?partitions,
-        apps = engines.iter().map(|(_, e)| e.app_count()).sum::<usize>(),
-        records = messages.len(),
-        unreadable,
-        seconds = started.elapsed().as_secs_f64(),
+        apps = restored.apps(),
+        records = restored.records,
+        unreadable = restored.unreadable,
+        read_seconds = restored.read.as_secs_f64(),
+        rebuild_seconds = restored.rebuild.as_secs_f64(),
         "processor: partition state restored"
     );
+    METRICS.restored_apps.with_label_values(&[] as &[&str]).inc_by(restored.apps() as u64);
     ready.store(true, Ordering::Relaxed);
-    Ok(engines)
+    Ok(restored.engines)
 }
 
 /// Refuses an app-state topic with fewer partitions than heartbeats.

@@ -22,7 +22,10 @@ use crate::trend::LeakChange;
 use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
-pub use state::{AppSnapshot, AppState, InstanceState, Liveness, STATE_VERSION, StateRecord, StateRecordOut};
+pub use state::{
+    AppSnapshot, AppState, InstanceState, Liveness, STATE_HEADER, STATE_VERSION, StateRecord,
+    StateRecordError, StateRecordOut,
+};
 
 /// How the engine decides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,9 +305,9 @@ impl Engine {
         self.fire_due(wall_ms, out);
     }
 
-    /// The `app-state` records (JSON: snapshot, version, whole state) of the applications
-    /// that changed since the last call, in app order: what [`Engine::restore`] reads back.
-    pub fn take_state_records(&mut self) -> Vec<(String, Vec<u8>)> {
+    /// The `app-state` records (snapshot, version, whole state) of the applications that
+    /// changed since the last call, in app order: what [`Engine::restore`] reads back.
+    pub fn take_state_records(&mut self) -> Vec<StateRecordOut> {
         let dirty = std::mem::take(&mut self.dirty);
         let updated_at = self.watermark.current().unwrap_or_default();
         dirty
@@ -315,8 +318,7 @@ impl Engine {
                     Some(app) => app.snapshot(&app_id, updated_at),
                     None => AppSnapshot::gone(&app_id, updated_at),
                 };
-                let record = StateRecordOut { snapshot: &snapshot, version: STATE_VERSION, state };
-                (app_id, serde_json::to_vec(&record).expect("the engine state serialises"))
+                StateRecordOut::new(&snapshot, state)
             })
             .collect()
     }
@@ -334,12 +336,12 @@ impl Engine {
         let mut engine = Engine::new(partition, config, rules);
         let mut latest: BTreeMap<String, StateRecord> = BTreeMap::new();
         for r in records {
-            latest.insert(r.snapshot.app_id.clone(), r);
+            latest.insert(r.app_id.clone(), r);
         }
         let mut watermark = None;
         for (app_id, record) in latest {
-            if record.snapshot.updated_at_ms > 0 {
-                watermark = watermark.max(Some(record.snapshot.updated_at_ms));
+            if record.updated_at_ms > 0 {
+                watermark = watermark.max(Some(record.updated_at_ms));
             }
             let Some(mut app) = record.state else { continue };
             app.profile = Some(engine.rules.profile_for(&app_id, &app.labels));

@@ -296,33 +296,132 @@ pub struct AppSnapshot {
 }
 
 /// The version of the engine state `app-state` records carry. 1: the snapshot alone (no
-/// state to restore); 2: the snapshot and the application's whole engine state. Fields added
-/// later take defaults, so that older records still restore.
-pub const STATE_VERSION: u32 = 2;
+/// state to restore); 2: the snapshot and the application's whole engine state, in JSON;
+/// 3: the snapshot in JSON for the sink and analysts, and what a restore reads in the
+/// record's [`STATE_HEADER`]: a version byte, then postcard's binary form of the app id, the
+/// watermark and the [`AppState`] (a fraction of the size, several times faster both ways).
+/// Records of versions 1 and 2 still restore.
+pub const STATE_VERSION: u32 = 3;
 
-/// An `app-state` record as the processor writes it: the snapshot's fields, the version, and
-/// the state (absent for an application the engine no longer tracks).
-#[derive(Debug, Serialize)]
-pub struct StateRecordOut<'a> {
-    #[serde(flatten)]
-    pub snapshot: &'a AppSnapshot,
-    pub version: u32,
-    pub state: Option<&'a AppState>,
+/// The header of an `app-state` record that carries the engine state (version 3 on).
+pub const STATE_HEADER: &str = "pulsewatch-state";
+
+/// An `app-state` record ready to send: the key, the JSON value (the snapshot and the
+/// version), and the [`STATE_HEADER`].
+#[derive(Debug, Clone)]
+pub struct StateRecordOut {
+    pub app_id: String,
+    pub value: Vec<u8>,
+    pub header: Vec<u8>,
 }
 
-/// An `app-state` record as read back, of any version.
-#[derive(Debug, Clone, Deserialize)]
+/// The binary part of a record, as written.
+#[derive(Serialize)]
+struct StateBodyOut<'a> {
+    app_id: &'a str,
+    updated_at_ms: i64,
+    state: Option<&'a AppState>,
+}
+
+/// The binary part of a record, as read back.
+#[derive(Deserialize)]
+struct StateBody {
+    app_id: String,
+    updated_at_ms: i64,
+    state: Option<AppState>,
+}
+
+impl StateRecordOut {
+    /// The record of `snapshot`, with `state` (absent for an application the engine no
+    /// longer tracks).
+    pub fn new(snapshot: &AppSnapshot, state: Option<&AppState>) -> StateRecordOut {
+        #[derive(Serialize)]
+        struct Value<'a> {
+            #[serde(flatten)]
+            snapshot: &'a AppSnapshot,
+            version: u32,
+        }
+        let value = serde_json::to_vec(&Value { snapshot, version: STATE_VERSION });
+        let body = StateBodyOut { app_id: &snapshot.app_id, updated_at_ms: snapshot.updated_at_ms, state };
+        let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
+        StateRecordOut {
+            app_id: snapshot.app_id.clone(),
+            value: value.expect("a snapshot serialises"),
+            header: header.expect("the engine state serialises"),
+        }
+    }
+}
+
+/// An `app-state` record as read back, of any version: what a restore needs.
+#[derive(Debug, Clone)]
 pub struct StateRecord {
-    #[serde(flatten)]
-    pub snapshot: AppSnapshot,
-    #[serde(default = "first_version")]
+    pub app_id: String,
     pub version: u32,
-    #[serde(default)]
+    /// The partition's watermark when the record was written.
+    pub updated_at_ms: i64,
     pub state: Option<AppState>,
+}
+
+/// Records up to version 2: everything in the JSON value.
+#[derive(Deserialize)]
+struct JsonStateRecord {
+    #[serde(flatten)]
+    snapshot: AppSnapshot,
+    #[serde(default = "first_version")]
+    version: u32,
+    #[serde(default)]
+    state: Option<AppState>,
 }
 
 fn first_version() -> u32 {
     1
+}
+
+/// Why an `app-state` record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRecordError {
+    #[error("app-state value is not a snapshot: {0}")]
+    Value(#[from] serde_json::Error),
+    #[error("app-state header {STATE_HEADER} does not hold an engine state of version {version}: {source}")]
+    State { version: u32, source: postcard::Error },
+    #[error("app-state record of version {0}, newer than this processor reads ({STATE_VERSION})")]
+    Newer(u32),
+    #[error("app-state record of version {0} without its {STATE_HEADER} header")]
+    MissingHeader(u32),
+}
+
+impl StateRecord {
+    /// Reads a record from its [`STATE_HEADER`] when it has one (version 3 on), else from
+    /// its JSON value.
+    pub fn decode(value: &[u8], header: Option<&[u8]>) -> Result<StateRecord, StateRecordError> {
+        if let Some(header) = header {
+            let (&version, body) =
+                header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
+            let version = u32::from(version);
+            if version > STATE_VERSION {
+                return Err(StateRecordError::Newer(version));
+            }
+            let body: StateBody =
+                postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })?;
+            return Ok(StateRecord {
+                app_id: body.app_id,
+                version,
+                updated_at_ms: body.updated_at_ms,
+                state: body.state,
+            });
+        }
+        let json: JsonStateRecord = serde_json::from_slice(value)?;
+        match json.version {
+            v if v > STATE_VERSION => Err(StateRecordError::Newer(v)),
+            v if v >= 3 => Err(StateRecordError::MissingHeader(v)),
+            version => Ok(StateRecord {
+                app_id: json.snapshot.app_id,
+                version,
+                updated_at_ms: json.snapshot.updated_at_ms,
+                state: json.state,
+            }),
+        }
+    }
 }
 
 impl AppSnapshot {

@@ -148,10 +148,10 @@ fn stopping_leaves_cleanly_without_alerts() {
     run_app(&mut e, "b", T0, T0 + 600 * S, 0, &mut out);
     assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
     let records = e.take_state_records();
-    let (_, a) = records.iter().find(|(app, _)| app == "a").unwrap();
-    let a: StateRecord = serde_json::from_slice(a).unwrap();
-    assert_eq!((a.snapshot.status.as_str(), a.snapshot.instances_total), ("STOPPED", 0));
-    assert_eq!(a.version, STATE_VERSION);
+    let a = records.iter().find(|r| r.app_id == "a").unwrap();
+    let snapshot: AppSnapshot = serde_json::from_slice(&a.value).unwrap();
+    assert_eq!((snapshot.status.as_str(), snapshot.instances_total), ("STOPPED", 0));
+    assert_eq!(StateRecord::decode(&a.value, Some(&a.header)).unwrap().version, STATE_VERSION);
 }
 
 #[test]
@@ -667,6 +667,29 @@ fn comparable(effects: &[Effect]) -> Vec<String> {
         .collect()
 }
 
+/// A state record read back as written, or after rewriting it in the form of version 2
+/// (the state in the JSON value).
+fn read_back(r: &StateRecordOut, version: u32) -> StateRecord {
+    let record = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+    if version == STATE_VERSION {
+        return record;
+    }
+    assert_eq!(version, 2);
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        #[serde(flatten)]
+        snapshot: &'a AppSnapshot,
+        version: u32,
+        state: Option<&'a AppState>,
+    }
+    let snapshot: AppSnapshot = serde_json::from_slice(&r.value).unwrap();
+    let json = serde_json::to_vec(&V2 { snapshot: &snapshot, version: 2, state: record.state.as_ref() });
+    let old = StateRecord::decode(&json.unwrap(), None).unwrap();
+    assert_eq!((old.version, old.updated_at_ms), (2, record.updated_at_ms));
+    assert_eq!(old.state.is_some(), record.state.is_some());
+    old
+}
+
 #[test]
 fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
     use FaultKind::*;
@@ -685,10 +708,11 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
             to_ms: T0 + 60 * 60 * S,
         })
         .collect();
-    for cut_minute in [25, 47, 70] {
+    // The second cut restores from records of the previous version (the state in JSON).
+    for (cut_minute, version) in [(25, STATE_VERSION), (47, 2), (70, STATE_VERSION)] {
         let mut original = engine();
         let mut restored: Option<Engine> = None;
-        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut records: Vec<StateRecordOut> = Vec::new();
         let (mut out_original, mut out_restored) = (Vec::new(), Vec::new());
         let mut sims: Vec<InstanceSim> = (0..kinds.len())
             .flat_map(|app| (0..2).map(move |i| (app, i)))
@@ -711,7 +735,7 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                     // round and not others: an app's minute then closes in a batch that
                     // has no beat of it.
                     if offset % 5 == 0 {
-                        records.extend(original.take_state_records().into_iter().map(|(_, r)| r));
+                        records.extend(original.take_state_records());
                         if let Some(r) = restored.as_mut() {
                             r.take_state_records();
                         } else if round >= cut_minute * 12
@@ -719,8 +743,7 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                         {
                             // The cut, right after a batch that closed a minute: a new owner
                             // restores what was committed so far.
-                            let parsed =
-                                records.iter().map(|r| serde_json::from_slice::<StateRecord>(r).unwrap());
+                            let parsed = records.iter().map(|r| read_back(r, version));
                             let c = EngineConfig::default();
                             let rules =
                                 CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
@@ -741,4 +764,32 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
             assert_eq!(x, y, "cut at {cut_minute}");
         }
     }
+}
+
+#[test]
+fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 120 * S, 0, &mut out);
+    let r = e.take_state_records().pop().unwrap();
+    let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+    assert_eq!((back.version, back.app_id.as_str()), (STATE_VERSION, "a"));
+    assert_eq!(back.state.as_ref().map(|s| s.instances.len()), Some(1));
+    // Version 1: the snapshot alone restores nothing, and is no error.
+    let v1 = br#"{"app_id":"a","status":"UP","health":"healthy","instances_up":1,"instances_total":1,
+        "last_seen_ms":1,"last_figures":{},"open_alerts":0,"labels":{},"updated_at_ms":5}"#;
+    let old = StateRecord::decode(v1, None).unwrap();
+    assert_eq!((old.version, old.updated_at_ms, old.state.is_none()), (1, 5, true));
+    // A damaged header, a newer version, a version 3 value without its header, a value that
+    // is no snapshot: refused, each with its reason.
+    let half = &r.header[..r.header.len() / 2];
+    let err = StateRecord::decode(&r.value, Some(half)).unwrap_err();
+    assert!(matches!(err, StateRecordError::State { version: STATE_VERSION, .. }), "{err}");
+    let mut newer = r.header.clone();
+    newer[0] += 1;
+    let err = StateRecord::decode(&r.value, Some(&newer)).unwrap_err();
+    assert!(matches!(err, StateRecordError::Newer(v) if v == STATE_VERSION + 1), "{err}");
+    let err = StateRecord::decode(&r.value, None).unwrap_err();
+    assert!(matches!(err, StateRecordError::MissingHeader(STATE_VERSION)), "{err}");
+    assert!(matches!(StateRecord::decode(b"[1,2]", None), Err(StateRecordError::Value(_))));
 }

@@ -253,8 +253,9 @@ impl OpenMinute {
 }
 
 /// A bounded window of minute points with the Mann–Kendall S of each column kept up to date.
-/// Persisted (with the engine's state) as its points only, base64 of 28 little-endian bytes
-/// each; the statistics are recomputed when it is read back.
+/// Persisted with the engine's state: in binary formats as its points and statistics; in
+/// JSON (state records of version 2) as its points only, base64 of 28 little-endian bytes
+/// each, the statistics recomputed when it is read back.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Window {
     points: VecDeque<Point>,
@@ -265,17 +266,83 @@ pub struct Window {
 /// Bytes of one persisted point: the minute, then the columns.
 const POINT_BYTES: usize = 4 + 4 * COLUMNS;
 
-impl Serialize for Window {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use base64::Engine as _;
-        let mut bytes = Vec::with_capacity(self.points.len() * POINT_BYTES);
-        for p in &self.points {
+/// A window as binary formats write it: its points as one run of bytes, and the statistics.
+#[derive(Serialize)]
+struct WindowOut<'a> {
+    points: PointBytes,
+    s: &'a [i64; COLUMNS],
+    valid: &'a [u32; COLUMNS],
+}
+
+/// A window as binary formats read it back.
+#[derive(Deserialize)]
+struct WindowIn {
+    points: PointBytes,
+    s: [i64; COLUMNS],
+    valid: [u32; COLUMNS],
+}
+
+/// Points as persisted: per point the minute, then the columns, little-endian.
+struct PointBytes(Vec<u8>);
+
+impl PointBytes {
+    fn of(points: &VecDeque<Point>) -> PointBytes {
+        let mut bytes = Vec::with_capacity(points.len() * POINT_BYTES);
+        for p in points {
             bytes.extend_from_slice(&p.minute.to_le_bytes());
             for v in p.values {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
-        serializer.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+        PointBytes(bytes)
+    }
+
+    fn points(&self) -> Result<impl ExactSizeIterator<Item = Point> + '_, &'static str> {
+        if !self.0.len().is_multiple_of(POINT_BYTES) {
+            return Err("a trend window is a whole number of points");
+        }
+        let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
+        Ok(self.0.chunks_exact(POINT_BYTES).map(move |chunk| {
+            let mut values = [f32::NAN; COLUMNS];
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = f32::from_le_bytes(word(&chunk[4 + 4 * c..]));
+            }
+            Point { minute: u32::from_le_bytes(word(chunk)), values }
+        }))
+    }
+}
+
+impl Serialize for PointBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PointBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PointBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the bytes of trend points")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<PointBytes, E> {
+                Ok(PointBytes(v.to_vec()))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        let points = PointBytes::of(&self.points);
+        if serializer.is_human_readable() {
+            let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(points.0);
+            return serializer.serialize_str(&text);
+        }
+        WindowOut { points, s: &self.s, valid: &self.valid }.serialize(serializer)
     }
 }
 
@@ -283,21 +350,19 @@ impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use base64::Engine as _;
         use serde::de::Error;
+        if !deserializer.is_human_readable() {
+            let w = WindowIn::deserialize(deserializer)?;
+            let points = w.points.points().map_err(D::Error::custom)?.collect();
+            return Ok(Window { points, s: w.s, valid: w.valid });
+        }
         let text = String::deserialize(deserializer)?;
         let bytes =
             base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(D::Error::custom)?;
-        if bytes.len() % POINT_BYTES != 0 {
-            return Err(D::Error::custom("a trend window is a whole number of points"));
-        }
-        let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
-        let count = bytes.len() / POINT_BYTES;
+        let bytes = PointBytes(bytes);
+        let points = bytes.points().map_err(D::Error::custom)?;
+        let count = points.len();
         let mut window = Window::default();
-        for chunk in bytes.chunks_exact(POINT_BYTES) {
-            let mut values = [f32::NAN; COLUMNS];
-            for (c, v) in values.iter_mut().enumerate() {
-                *v = f32::from_le_bytes(word(&chunk[4 + 4 * c..]));
-            }
-            let point = Point { minute: u32::from_le_bytes(word(chunk)), values };
+        for point in points {
             window.push(point, count);
         }
         Ok(window)

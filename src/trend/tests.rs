@@ -217,6 +217,12 @@ fn the_incremental_statistic_equals_the_batch_one() {
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
     assert!(json.len() < 40 * 40, "{} bytes for 40 points", json.len());
     assert!(serde_json::from_str::<Window>("\"AAAA\"").is_err(), "a partial point is refused");
+    // In binary: points and statistics as they are.
+    let bytes = postcard::to_stdvec(&w).unwrap();
+    let back: Window = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!((back.s, back.valid, back.len()), (w.s, w.valid, w.len()));
+    assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes, "(points hold NaN, so compared as bytes)");
+    assert!(bytes.len() < 40 * POINT_BYTES + 100, "{} bytes for 40 points", bytes.len());
 }
 
 fn beat(t: i64, memory: f64, seq: i64) -> Heartbeat {
