@@ -83,7 +83,7 @@ impl Metrics {
             transactions: counter(
                 &registry,
                 "transactions_total",
-                "Processor transactions, by outcome (committed, aborted)",
+                "Processor transactions, by outcome (committed, aborted; commit_resumed counts commits resumed after a timeout)",
                 &["outcome"],
             ),
             records_in: counter(

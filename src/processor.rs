@@ -252,6 +252,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     &mut effects,
                     &offsets,
                     wall,
+                    shutdown,
                 )
             },
             Err,
@@ -346,6 +347,7 @@ fn finish_batch(
     effects: &mut Vec<Effect>,
     offsets: &BTreeMap<i32, i64>,
     wall: i64,
+    shutdown: &Shutdown,
 ) -> Result<bool, TxnFailure> {
     let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
     partitions.sort_by_key(|e| e.partition());
@@ -386,9 +388,30 @@ fn finish_batch(
         let group = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
         producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
     }
-    producer.commit_transaction(TXN_TIMEOUT)?;
+    commit(producer, shutdown)?;
     txn.open = false;
     Ok(true)
+}
+
+/// How long one attempt to commit may block before it is resumed (so that a stop is noticed).
+const COMMIT_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// Commits the open transaction. A commit that timed out is still under way in the client
+/// (the broker away, say): it is resumed by calling commit again, with backoff, not aborted —
+/// an abort would conflict with it. Other failures, and a stop meanwhile, are the caller's.
+fn commit(producer: &TrackedProducer, shutdown: &Shutdown) -> Result<(), KafkaError> {
+    let mut delay = RECOVERY_FIRST_DELAY;
+    loop {
+        match producer.commit_transaction(COMMIT_ATTEMPT) {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && !shutdown.is_triggered() => {
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: commit not finished; resuming it");
+                METRICS.transactions.with_label_values(&["commit_resumed"]).inc();
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RECOVERY_MAX_DELAY);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Aborts the open transaction. What it had enqueued is purged and the delivery reports
