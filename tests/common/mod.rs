@@ -293,6 +293,14 @@ pub fn prepare(test: &str) -> Config {
     config
 }
 
+/// One query's first column, as text, of every row.
+pub fn query_strings(config: &Config, sql: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let client = pulsewatch::store::connect(&config.postgres).await.unwrap();
+        client.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+    })
+}
+
 /// One query's first column as i64.
 pub fn query_i64(config: &Config, sql: &str) -> i64 {
     runtime().block_on(async {
@@ -345,20 +353,81 @@ pub fn rollups(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<String> 
     all
 }
 
-/// What a run decided, in the terms a replay must reproduce.
+/// What a run decided and stored, in the terms a replay must reproduce.
 pub struct Decisions {
     pub transitions: Vec<Transition>,
     pub rollups: Vec<String>,
+    /// `alert_event` rows about the load's event time, as the transitions above.
+    pub stored_transitions: Vec<String>,
+    /// `heartbeat_event` rows, and the distinct (app, instance, seq, sent_at) among them.
+    pub beats: (i64, i64),
+    /// `application` rows, on the columns that do not depend on how long the processor ran
+    /// after the load's last beat (status, health, instances up and open alerts follow the
+    /// wall clock once the load has ended).
+    pub applications: Vec<String>,
 }
 
-pub fn decisions(config: &pulsewatch::config::Config, end_ms: i64) -> Decisions {
-    Decisions { transitions: transitions(config, end_ms), rollups: rollups(config, end_ms) }
+/// Reads a run's decisions once its sink has stored every beat and every application's
+/// final snapshot.
+pub fn decisions(config: &pulsewatch::config::Config, m: &loadgen::Manifest) -> Decisions {
+    let s = &config.postgres.schema;
+    eventually(Duration::from_secs(300), "the sink stores every beat", || {
+        query_i64(config, &format!("SELECT count(*) FROM \"{s}\".heartbeat_event")) as u64 >= m.beats_total
+    });
+    let settled = format!(
+        "SELECT count(*) FILTER (WHERE a.last_seen = h.last OR a.status = 'STOPPED') - count(*)
+         FROM (SELECT app_id, max(sent_at) AS last FROM \"{s}\".heartbeat_event GROUP BY app_id) h
+         LEFT JOIN \"{s}\".application a USING (app_id)"
+    );
+    eventually(Duration::from_secs(120), "the sink stores every application's last snapshot", || {
+        query_i64(config, &settled) == 0
+    });
+    let beats = (
+        query_i64(config, &format!("SELECT count(*) FROM \"{s}\".heartbeat_event")),
+        query_i64(
+            config,
+            &format!(
+                "SELECT count(*) FROM (SELECT DISTINCT app_id, instance_id, seq, sent_at FROM \"{s}\".heartbeat_event) d"
+            ),
+        ),
+    );
+    let transitions = transitions(config, m.end_ms);
+    let end = chrono::DateTime::from_timestamp_millis(m.end_ms).unwrap().to_rfc3339();
+    let stored = format!(
+        "SELECT concat_ws(' ', alert_id, kind, severity, state, (extract(epoch FROM event_at) * 1000)::bigint)
+         FROM \"{s}\".alert_event WHERE event_at < '{end}' ORDER BY 1"
+    );
+    eventually(Duration::from_secs(120), "the sink stores every alert transition", || {
+        query_strings(config, &stored).len() >= transitions.len()
+    });
+    let applications = query_strings(
+        config,
+        &format!(
+            "SELECT concat_ws(' ', app_id, instances_total, last_seen, last_figures, labels)
+             FROM \"{s}\".application ORDER BY app_id"
+        ),
+    );
+    Decisions {
+        transitions,
+        rollups: rollups(config, m.end_ms),
+        stored_transitions: query_strings(config, &stored),
+        beats,
+        applications,
+    }
 }
 
-/// The same alert transitions and the same closed minutes as the reference, none twice.
+/// The same alert transitions, closed minutes, beats and applications as the reference,
+/// none twice.
 pub fn assert_same_decisions(scenario: &str, expected: &Decisions, got: &Decisions) {
     assert_same(&format!("{scenario}: alert transitions"), &expected.transitions, &got.transitions);
     assert_same(&format!("{scenario}: one-minute rollups"), &expected.rollups, &got.rollups);
+    assert_same(
+        &format!("{scenario}: alert_event rows"),
+        &expected.stored_transitions,
+        &got.stored_transitions,
+    );
+    assert_eq!(got.beats, expected.beats, "{scenario}: heartbeat_event rows (all, distinct)");
+    assert_same(&format!("{scenario}: application rows"), &expected.applications, &got.applications);
 }
 
 fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, expected: &[T], got: &[T]) {
@@ -400,7 +469,8 @@ impl Run {
         (Run { config, file, group, heartbeats }, m)
     }
 
-    /// A processor instance, ready; `slot` names its transactional id, as a pod name would.
+    /// An instance running both stages, ready; `slot` names its processor's transactional
+    /// id, as a pod name would.
     pub fn start(&self, slot: Option<usize>) -> Pipeline {
         let mut p = self.spawn(slot);
         p.wait_ready(Duration::from_secs(60));
@@ -414,7 +484,7 @@ impl Run {
         if let Some(id) = &id {
             env.push(("PULSEWATCH_PROCESSOR_TRANSACTIONAL_ID", id.as_str()));
         }
-        Pipeline::spawn(&self.config, "processor", &env)
+        Pipeline::spawn(&self.config, "all", &env)
     }
 
     pub fn progress(&self) -> (i64, i64) {
@@ -441,8 +511,8 @@ pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions, Duration) {
     let started = std::time::Instant::now();
     reference.wait_until_done();
     let took = started.elapsed();
+    let expected = decisions(&reference.config, &m);
     p.stop();
-    let expected = decisions(&reference.config, m.end_ms);
     for (what, unique, all) in [
         ("transition", dedup(&expected.transitions), expected.transitions.len()),
         ("rollup", dedup(&expected.rollups), expected.rollups.len()),
@@ -455,6 +525,17 @@ pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions, Duration) {
         expected.transitions
     );
     assert!(expected.rollups.len() >= 100 * 50, "every app closes its minutes: {}", expected.rollups.len());
+    assert_eq!(
+        expected.beats,
+        (m.beats_total as i64, m.beats_total as i64),
+        "the reference stores every beat once"
+    );
+    assert_eq!(expected.applications.len(), m.per_app.len(), "the reference stores every application");
+    assert_eq!(
+        expected.stored_transitions.len(),
+        expected.transitions.len(),
+        "the reference stores every transition"
+    );
     (m, expected, took)
 }
 
