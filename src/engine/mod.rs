@@ -409,7 +409,7 @@ impl Engine {
                 .entry(minute)
                 .or_insert_with(|| {
                     new_minute = true;
-                    MinuteAcc::new(minute)
+                    Box::new(MinuteAcc::new(minute))
                 })
                 .add(&beat, &deltas);
         } else {
@@ -450,7 +450,7 @@ impl Engine {
 
         let instance = app.instances.entry(instance_id.clone()).or_insert_with(|| {
             schedule_liveness = true;
-            InstanceState::new(beat.clone())
+            Box::new(InstanceState::new(beat.clone()))
         });
         let is_new = schedule_liveness;
         if !is_new {

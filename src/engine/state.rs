@@ -199,13 +199,15 @@ impl InstanceState {
 /// One application: its instances and what is open about it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppState {
-    pub instances: BTreeMap<String, InstanceState>,
+    /// Boxed, so that a B-tree node (room for 11 entries) holds pointers, not 11 whole
+    /// instance states: an application of two instances takes a few KB, not 14.
+    pub instances: BTreeMap<String, Box<InstanceState>>,
     /// Instances that left with STOPPING.
     pub stopped: BTreeSet<String>,
     /// Deadline at which APP_DOWN fired, while it is open.
     pub app_down: Option<i64>,
     /// Rollup minutes not yet closed, by minute start.
-    pub rollups: BTreeMap<i64, MinuteAcc>,
+    pub rollups: BTreeMap<i64, Box<MinuteAcc>>,
     pub last_seen: i64,
     pub labels: BTreeMap<String, String>,
     /// The rules and liveness settings this app is judged by (from its overrides); derived
