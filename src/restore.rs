@@ -1,8 +1,9 @@
 //! Rebuilding partitions' engines from the compacted `app-state` topic: the records of the
-//! partitions are read to their end (read_committed), decoded on every core, and each
-//! partition's engine is rebuilt from the newest record of each of its applications.
+//! partitions are read to their end (read_committed) in chunks, each chunk decoded on every
+//! core keeping only the newest record of each application, and each partition's engine is
+//! rebuilt from those.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -20,7 +21,7 @@ pub struct Restored {
     /// Records that could not be read back, and the first reason.
     pub unreadable: usize,
     pub first_error: Option<StateRecordError>,
-    /// Reading the topic, then decoding and rebuilding.
+    /// Reading the topic; decoding the records and rebuilding the engines.
     pub read: Duration,
     pub rebuild: Duration,
 }
@@ -30,6 +31,10 @@ impl Restored {
         self.engines.iter().map(|(_, e)| e.app_count()).sum()
     }
 }
+
+/// Records decoded at a time: the topic is read in chunks of this many, and of each
+/// application only the newest record is kept, so memory holds the states, not the topic.
+const CHUNK_RECORDS: usize = 20_000;
 
 /// Rebuilds the engines of `partitions` from the partitions of `topic` with the same
 /// numbers. A partition without records gets an empty engine.
@@ -42,23 +47,31 @@ pub fn restore_partitions(
     timeout: Duration,
 ) -> Result<Restored, TallyError> {
     let started = Instant::now();
-    let messages = tally::read_partitions_to_end(kafka, topic, Some(partitions), timeout)?;
-    let read = started.elapsed();
-    let started = Instant::now();
-    let decoded = decode_all(&messages);
-    let records = messages.len();
-    drop(messages);
-    let mut by_partition: BTreeMap<i32, Vec<StateRecord>> =
-        partitions.iter().map(|&p| (p, Vec::new())).collect();
-    let (mut unreadable, mut first_error) = (0, None);
-    for (p, r) in decoded {
-        match r {
-            Ok(r) => by_partition.entry(p).or_default().push(r),
-            Err(e) => {
-                unreadable += 1;
-                first_error.get_or_insert(e);
+    let mut decoding = Duration::ZERO;
+    let (mut records, mut unreadable, mut first_error) = (0, 0, None);
+    // An application's records are all in one partition, in order: the last one read wins.
+    let mut latest: HashMap<String, (i32, StateRecord)> = HashMap::new();
+    tally::read_partitions_in_chunks(kafka, topic, Some(partitions), timeout, CHUNK_RECORDS, |chunk| {
+        let began = Instant::now();
+        records += chunk.len();
+        for (p, r) in decode_all(&chunk) {
+            match r {
+                Ok(r) => {
+                    latest.insert(r.app_id.clone(), (p, r));
+                }
+                Err(e) => {
+                    unreadable += 1;
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        decoding += began.elapsed();
+    })?;
+    let rebuilding = Instant::now();
+    let mut by_partition: BTreeMap<i32, Vec<StateRecord>> =
+        partitions.iter().map(|&p| (p, Vec::new())).collect();
+    for (_, (p, r)) in latest {
+        by_partition.entry(p).or_default().push(r);
     }
     let engines = std::thread::scope(|scope| {
         let handles: Vec<_> = by_partition
@@ -67,7 +80,8 @@ pub fn restore_partitions(
             .collect();
         handles.into_iter().map(|h| h.join().expect("a restore thread does not panic")).collect()
     });
-    Ok(Restored { engines, records, unreadable, first_error, read, rebuild: started.elapsed() })
+    let rebuild = decoding + rebuilding.elapsed();
+    Ok(Restored { engines, records, unreadable, first_error, read: started.elapsed() - rebuild, rebuild })
 }
 
 /// Decodes the records in order, split over the machine's cores.

@@ -57,6 +57,23 @@ pub fn read_partitions_to_end(
     only: Option<&[i32]>,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>, TallyError> {
+    let mut out = Vec::new();
+    read_partitions_in_chunks(kafka, topic, only, timeout, usize::MAX, |chunk| out.extend(chunk))?;
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(out)
+}
+
+/// As [`read_partitions_to_end`], handing the records to `each` in chunks of up to `chunk`
+/// as they arrive (each partition's in offset order), so that the whole topic never has to
+/// be held at once.
+pub fn read_partitions_in_chunks(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+    chunk: usize,
+    mut each: impl FnMut(Vec<OwnedMessage>),
+) -> Result<(), TallyError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", kafka.name("tally"))
@@ -84,10 +101,11 @@ pub fn read_partitions_to_end(
             assignment.add_partition_offset(topic, p, Offset::Offset(low))?;
         }
     }
-    let mut out = Vec::new();
     if remaining.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
+    let mut out = Vec::new();
+    let mut read = 0u64;
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
     while !remaining.is_empty() {
@@ -95,7 +113,7 @@ pub fn read_partitions_to_end(
             return Err(TallyError::Timeout {
                 topic: topic.to_owned(),
                 secs: timeout.as_secs(),
-                read: out.len() as u64,
+                read,
                 expected,
             });
         }
@@ -114,9 +132,15 @@ pub fn read_partitions_to_end(
             remaining.remove(&partition);
         }
         out.push(msg.detach());
+        read += 1;
+        if out.len() >= chunk {
+            each(std::mem::take(&mut out));
+        }
     }
-    out.sort_by_key(|m| (m.partition(), m.offset()));
-    Ok(out)
+    if !out.is_empty() {
+        each(out);
+    }
+    Ok(())
 }
 
 /// Reads a heartbeat topic to its current end and counts what is there. Blocking.
