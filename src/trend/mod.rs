@@ -11,6 +11,7 @@
 
 pub mod stats;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -269,24 +270,26 @@ const POINT_BYTES: usize = 4 + 4 * COLUMNS;
 /// A window as binary formats write it: its points as one run of bytes, and the statistics.
 #[derive(Serialize)]
 struct WindowOut<'a> {
-    points: PointBytes,
+    points: PointBytes<'static>,
     s: &'a [i64; COLUMNS],
     valid: &'a [u32; COLUMNS],
 }
 
-/// A window as binary formats read it back.
+/// A window as binary formats read it back (the points borrowed from the input when it
+/// allows).
 #[derive(Deserialize)]
-struct WindowIn {
-    points: PointBytes,
+struct WindowIn<'a> {
+    #[serde(borrow)]
+    points: PointBytes<'a>,
     s: [i64; COLUMNS],
     valid: [u32; COLUMNS],
 }
 
 /// Points as persisted: per point the minute, then the columns, little-endian.
-struct PointBytes(Vec<u8>);
+struct PointBytes<'a>(Cow<'a, [u8]>);
 
-impl PointBytes {
-    fn of(points: &VecDeque<Point>) -> PointBytes {
+impl PointBytes<'_> {
+    fn of(points: &VecDeque<Point>) -> PointBytes<'static> {
         let mut bytes = Vec::with_capacity(points.len() * POINT_BYTES);
         for p in points {
             bytes.extend_from_slice(&p.minute.to_le_bytes());
@@ -294,7 +297,7 @@ impl PointBytes {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
-        PointBytes(bytes)
+        PointBytes(Cow::Owned(bytes))
     }
 
     fn points(&self) -> Result<impl ExactSizeIterator<Item = Point> + '_, &'static str> {
@@ -312,25 +315,28 @@ impl PointBytes {
     }
 }
 
-impl Serialize for PointBytes {
+impl Serialize for PointBytes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0)
     }
 }
 
-impl<'de> Deserialize<'de> for PointBytes {
+impl<'de: 'a, 'a> Deserialize<'de> for PointBytes<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = PointBytes;
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = PointBytes<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("the bytes of trend points")
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<PointBytes, E> {
-                Ok(PointBytes(v.to_vec()))
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<PointBytes<'a>, E> {
+                Ok(PointBytes(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<PointBytes<'a>, E> {
+                Ok(PointBytes(Cow::Owned(v.to_vec())))
             }
         }
-        deserializer.deserialize_bytes(Visitor)
+        deserializer.deserialize_bytes(Visitor(std::marker::PhantomData))
     }
 }
 
@@ -358,7 +364,7 @@ impl<'de> Deserialize<'de> for Window {
         let text = String::deserialize(deserializer)?;
         let bytes =
             base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(D::Error::custom)?;
-        let bytes = PointBytes(bytes);
+        let bytes = PointBytes(Cow::Owned(bytes));
         let points = bytes.points().map_err(D::Error::custom)?;
         let count = points.len();
         let mut window = Window::default();
