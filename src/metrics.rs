@@ -25,6 +25,7 @@ pub struct Metrics {
     pub tracked_instances: IntGauge,
     pub clamped_beats: IntGauge,
     pub sink_batch_rows: Histogram,
+    pub sink_held_rows: IntGauge,
     pub sink_retries: IntCounterVec,
     pub sink_skipped: IntCounterVec,
     pub db_pool: IntGaugeVec,
@@ -150,6 +151,11 @@ impl Metrics {
             record_latency_seconds,
             consumer_lag,
             sink_batch_rows,
+            sink_held_rows: gauge(
+                &registry,
+                "sink_held_rows",
+                "Rows of the one batch the sink holds while it retries a failed write (its partitions paused)",
+            ),
             db_pool,
             registry,
         }

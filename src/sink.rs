@@ -419,6 +419,7 @@ fn write_with_retry(
                 known_partitions.clear();
                 METRICS.sink_retries.with_label_values(&["database"]).inc();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: database write failed, retrying");
+                METRICS.sink_held_rows.set(batch.rows() as i64);
                 if paused.is_none() {
                     let assignment = consumer.assignment()?;
                     consumer.pause(&assignment)?;
@@ -439,6 +440,7 @@ fn write_with_retry(
             Err(e) => break Err(e),
         }
     };
+    METRICS.sink_held_rows.set(0);
     if let Some(tpl) = paused {
         // Records polled while paused were dropped: every partition goes back to where the
         // batch ends, or where the last written batch ended.

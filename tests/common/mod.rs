@@ -135,6 +135,10 @@ impl Pipeline {
             .sum()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (`STOP`, `CONT`, `KILL`, ...) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
@@ -227,9 +231,10 @@ pub fn short_session_config(config: &Config) -> std::path::PathBuf {
 
 /// How far consumer group `group` has committed `topic`: (records committed, records in it),
 /// summed over the partitions. Asks again while the broker answers with an error (it may be
-/// restarting), for 60 s at most.
+/// restarting: a broker holding many topics takes a while to load its group coordinators),
+/// for 180 s at most.
 pub fn committed_progress(config: &Config, group: &str, topic: &str) -> (i64, i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         match try_committed_progress(config, group, topic) {
             Ok(progress) => return progress,
