@@ -21,8 +21,9 @@ pub struct Restored {
     /// Records that could not be read back, and the first reason.
     pub unreadable: usize,
     pub first_error: Option<StateRecordError>,
-    /// Reading the topic; decoding the records and rebuilding the engines.
+    /// Time spent reading the topic.
     pub read: Duration,
+    /// Time spent decoding the records and rebuilding the engines.
     pub rebuild: Duration,
 }
 
