@@ -396,14 +396,22 @@ fn finish_batch(
 /// How long one attempt to commit may block before it is resumed (so that a stop is noticed).
 const COMMIT_ATTEMPT: Duration = Duration::from_secs(10);
 
-/// Commits the open transaction. A commit that timed out is still under way in the client
-/// (the broker away, say): it is resumed by calling commit again, with backoff, not aborted —
-/// an abort would conflict with it. Other failures, and a stop meanwhile, are the caller's.
+/// Commits the open transaction. A commit that timed out — still flushing the batch's
+/// records, or waiting for the coordinator (the broker away, say) — is resumed by calling
+/// commit again, with backoff, not aborted: an abort would conflict with it. Other failures,
+/// and a stop meanwhile, are the caller's.
 fn commit(producer: &TrackedProducer, shutdown: &Shutdown) -> Result<(), KafkaError> {
     let mut delay = RECOVERY_FIRST_DELAY;
     loop {
-        match producer.commit_transaction(COMMIT_ATTEMPT) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && !shutdown.is_triggered() => {
+        let result = producer.commit_transaction(COMMIT_ATTEMPT);
+        let unfinished = match &result {
+            Err(KafkaError::Transaction(e)) => e.is_retriable(),
+            // The client flushes the enqueued records before it commits.
+            Err(KafkaError::Flush(code)) => *code == RDKafkaErrorCode::OperationTimedOut,
+            _ => false,
+        };
+        match result {
+            Err(e) if unfinished && !shutdown.is_triggered() => {
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: commit not finished; resuming it");
                 METRICS.transactions.with_label_values(&["commit_resumed"]).inc();
                 std::thread::sleep(delay);
