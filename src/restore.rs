@@ -101,7 +101,7 @@ fn decode_all(messages: &[OwnedMessage]) -> Vec<(i32, Result<StateRecord, StateR
 }
 
 /// One `app-state` record, from its state header if it has one.
-pub fn decode(m: &OwnedMessage) -> Result<StateRecord, StateRecordError> {
+fn decode(m: &OwnedMessage) -> Result<StateRecord, StateRecordError> {
     let header = m.headers().and_then(|hs| hs.iter().find(|h| h.key == STATE_HEADER)).and_then(|h| h.value);
     StateRecord::decode(m.payload().unwrap_or_default(), header)
 }
