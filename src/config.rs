@@ -15,6 +15,9 @@ use thiserror::Error;
 /// Environment variable naming the config file (the `--config` flag wins over it).
 pub const CONFIG_ENV: &str = "PULSEWATCH_CONFIG";
 const ENV_PREFIX: &str = "PULSEWATCH_";
+/// Variables under this prefix size the benchmarks (`benches/`); the configuration leaves
+/// them alone.
+const BENCH_ENV_PREFIX: &str = "PULSEWATCH_BENCH_";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -355,8 +358,10 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
-    let mut vars: Vec<(String, String)> =
-        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV).collect();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV && !k.starts_with(BENCH_ENV_PREFIX))
+        .collect();
     vars.sort();
     for (var, value) in vars {
         let env_err = |problem: String| ConfigError::Env { var: var.clone(), problem };
@@ -470,6 +475,10 @@ mod tests {
         assert!(err.contains("PULSEWATCH_KAFKA_BROKER") && err.contains("kafka.broker"), "{err}");
         let err = Config::load(None, env(&[("PULSEWATCH_NOPE_X", "x")])).unwrap_err().to_string();
         assert!(err.contains("unknown section"), "{err}");
+        assert!(
+            Config::load(None, env(&[("PULSEWATCH_BENCH_APPS", "5")])).is_ok(),
+            "benchmark sizes are not configuration"
+        );
     }
 
     #[test]
