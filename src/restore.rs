@@ -1,12 +1,15 @@
-//! Rebuilding partitions' engines from the compacted `app-state` topic: the records of the
-//! partitions are read to their end (read_committed) in chunks, each chunk decoded on every
-//! core keeping only the newest record of each application, and each partition's engine is
-//! rebuilt from those.
+//! Rebuilding partitions' engines from the compacted `app-state` topic. The partitions are
+//! read to their end (read_committed) on one thread, which copies out of each record only
+//! what a restore reads (the state header, or the JSON value of older versions) and hands
+//! the records in batches to one decoding worker per core, a partition always to the same
+//! worker. The workers decode while the reading goes on, keep only each application's
+//! newest record, and rebuild their partitions' engines once the end is read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::config::KafkaConfig;
 use crate::engine::{Engine, EngineConfig, STATE_HEADER, StateRecord, StateRecordError};
@@ -21,9 +24,9 @@ pub struct Restored {
     /// Records that could not be read back, and the first reason.
     pub unreadable: usize,
     pub first_error: Option<StateRecordError>,
-    /// Time spent reading the topic.
+    /// Time until the topic was read to its end (decoding went on meanwhile).
     pub read: Duration,
-    /// Time spent decoding the records and rebuilding the engines.
+    /// Time from then until every engine was rebuilt: the decoding left, and the rebuilding.
     pub rebuild: Duration,
 }
 
@@ -33,9 +36,46 @@ impl Restored {
     }
 }
 
-/// Records decoded at a time: the topic is read in chunks of this many, and of each
-/// application only the newest record is kept, so memory holds the states, not the topic.
-const CHUNK_RECORDS: usize = 20_000;
+/// Records handed to a worker at a time.
+const BATCH_RECORDS: usize = 1_000;
+
+/// Batches a worker may have waiting: bounds the records held between reading and decoding.
+const QUEUED_BATCHES: usize = 4;
+
+/// What a restore reads of one record: the state header, or (versions 1 and 2, which have
+/// none) the JSON value.
+struct RawRecord {
+    partition: i32,
+    bytes: Vec<u8>,
+    is_header: bool,
+}
+
+impl RawRecord {
+    fn of(m: &BorrowedMessage<'_>) -> RawRecord {
+        let header =
+            m.headers().and_then(|hs| hs.iter().find(|h| h.key == STATE_HEADER)).and_then(|h| h.value);
+        let (bytes, is_header) = match header {
+            Some(h) => (h, true),
+            None => (m.payload().unwrap_or_default(), false),
+        };
+        RawRecord { partition: m.partition(), bytes: bytes.to_vec(), is_header }
+    }
+
+    fn decode(&self) -> Result<StateRecord, StateRecordError> {
+        if self.is_header {
+            StateRecord::decode(&[], Some(&self.bytes))
+        } else {
+            StateRecord::decode(&self.bytes, None)
+        }
+    }
+}
+
+/// What one worker made of its partitions.
+struct WorkerResult {
+    engines: Vec<(i32, Engine)>,
+    unreadable: usize,
+    first_error: Option<StateRecordError>,
+}
 
 /// Rebuilds the engines of `partitions` from the partitions of `topic` with the same
 /// numbers. A partition without records gets an empty engine.
@@ -48,17 +88,87 @@ pub fn restore_partitions(
     timeout: Duration,
 ) -> Result<Restored, TallyError> {
     let started = Instant::now();
-    let mut decoding = Duration::ZERO;
-    let (mut records, mut unreadable, mut first_error) = (0, 0, None);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len().max(1));
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let own: Vec<i32> = partitions.iter().copied().filter(|p| worker_of(*p, workers) == w).collect();
+            let (tx, rx) = sync_channel::<Vec<RawRecord>>(QUEUED_BATCHES);
+            senders.push(tx);
+            let worker = std::thread::Builder::new().name(format!("restore-{w}"));
+            handles.push(
+                worker.spawn_scoped(scope, move || work(rx, &own, config, rules)).expect("a thread starts"),
+            );
+        }
+        let mut batches: Vec<Vec<RawRecord>> =
+            (0..workers).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
+        let mut records = 0;
+        let read = tally::read_partitions_each(kafka, topic, Some(partitions), timeout, |m| {
+            records += 1;
+            let w = worker_of(m.partition(), workers);
+            batches[w].push(RawRecord::of(m));
+            if batches[w].len() >= BATCH_RECORDS {
+                send(&senders[w], std::mem::replace(&mut batches[w], Vec::with_capacity(BATCH_RECORDS)));
+            }
+        });
+        for (tx, batch) in senders.iter().zip(batches) {
+            if !batch.is_empty() {
+                send(tx, batch);
+            }
+        }
+        drop(senders);
+        let read_done = started.elapsed();
+        let results: Vec<WorkerResult> =
+            handles.into_iter().map(|h| h.join().expect("a restore worker does not panic")).collect();
+        read?;
+        let mut restored = Restored {
+            engines: Vec::with_capacity(partitions.len()),
+            records,
+            unreadable: 0,
+            first_error: None,
+            read: read_done,
+            rebuild: started.elapsed() - read_done,
+        };
+        for r in results {
+            restored.engines.extend(r.engines);
+            restored.unreadable += r.unreadable;
+            if restored.first_error.is_none() {
+                restored.first_error = r.first_error;
+            }
+        }
+        restored.engines.sort_by_key(|(p, _)| *p);
+        Ok(restored)
+    })
+}
+
+/// The worker that decodes a partition's records.
+fn worker_of(partition: i32, workers: usize) -> usize {
+    partition.unsigned_abs() as usize % workers
+}
+
+fn send(tx: &SyncSender<Vec<RawRecord>>, batch: Vec<RawRecord>) {
+    // A worker only stops early by panicking, which the join reports.
+    let _ = tx.send(batch);
+}
+
+/// Decodes the records of a worker's partitions as they come, keeping each application's
+/// newest, then rebuilds the engines of `partitions`.
+fn work(
+    rx: Receiver<Vec<RawRecord>>,
+    partitions: &[i32],
+    config: &EngineConfig,
+    rules: &CompiledRules,
+) -> WorkerResult {
     // An application's records are all in one partition, in order: the last one read wins.
-    let mut latest: HashMap<String, (i32, StateRecord)> = HashMap::new();
-    tally::read_partitions_in_chunks(kafka, topic, Some(partitions), timeout, CHUNK_RECORDS, |chunk| {
-        let began = Instant::now();
-        records += chunk.len();
-        for (p, r) in decode_all(&chunk) {
-            match r {
+    let mut latest: HashMap<i32, HashMap<String, StateRecord>> =
+        partitions.iter().map(|&p| (p, HashMap::new())).collect();
+    let (mut unreadable, mut first_error) = (0, None);
+    for batch in rx {
+        for raw in batch {
+            match raw.decode() {
                 Ok(r) => {
-                    latest.insert(r.app_id.clone(), (p, r));
+                    latest.entry(raw.partition).or_default().insert(r.app_id.clone(), r);
                 }
                 Err(e) => {
                     unreadable += 1;
@@ -66,42 +176,10 @@ pub fn restore_partitions(
                 }
             }
         }
-        decoding += began.elapsed();
-    })?;
-    let rebuilding = Instant::now();
-    let mut by_partition: BTreeMap<i32, Vec<StateRecord>> =
-        partitions.iter().map(|&p| (p, Vec::new())).collect();
-    for (_, (p, r)) in latest {
-        by_partition.entry(p).or_default().push(r);
     }
-    let engines = std::thread::scope(|scope| {
-        let handles: Vec<_> = by_partition
-            .into_iter()
-            .map(|(p, rs)| scope.spawn(move || (p, Engine::restore(p, config.clone(), rules.clone(), rs))))
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a restore thread does not panic")).collect()
-    });
-    let rebuild = decoding + rebuilding.elapsed();
-    Ok(Restored { engines, records, unreadable, first_error, read: started.elapsed() - rebuild, rebuild })
-}
-
-/// Decodes the records in order, split over the machine's cores.
-fn decode_all(messages: &[OwnedMessage]) -> Vec<(i32, Result<StateRecord, StateRecordError>)> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = messages.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = messages
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|m| (m.partition(), decode(m))).collect::<Vec<_>>())
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a decoding thread does not panic")).collect()
-    })
-}
-
-/// One `app-state` record, from its state header if it has one.
-fn decode(m: &OwnedMessage) -> Result<StateRecord, StateRecordError> {
-    let header = m.headers().and_then(|hs| hs.iter().find(|h| h.key == STATE_HEADER)).and_then(|h| h.value);
-    StateRecord::decode(m.payload().unwrap_or_default(), header)
+    let engines = latest
+        .into_iter()
+        .map(|(p, apps)| (p, Engine::restore(p, config.clone(), rules.clone(), apps.into_values())))
+        .collect();
+    WorkerResult { engines, unreadable, first_error }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -74,6 +74,28 @@ pub fn read_partitions_in_chunks(
     chunk: usize,
     mut each: impl FnMut(Vec<OwnedMessage>),
 ) -> Result<(), TallyError> {
+    let mut out = Vec::new();
+    read_partitions_each(kafka, topic, only, timeout, |msg| {
+        out.push(msg.detach());
+        if out.len() >= chunk {
+            each(std::mem::take(&mut out));
+        }
+    })?;
+    if !out.is_empty() {
+        each(out);
+    }
+    Ok(())
+}
+
+/// As [`read_partitions_to_end`], lending each record to `each` as it arrives (each
+/// partition's in offset order): the caller copies what it keeps.
+pub fn read_partitions_each(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), TallyError> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", kafka.name("tally"))
@@ -104,7 +126,6 @@ pub fn read_partitions_in_chunks(
     if remaining.is_empty() {
         return Ok(());
     }
-    let mut out = Vec::new();
     let mut read = 0u64;
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
@@ -131,14 +152,8 @@ pub fn read_partitions_in_chunks(
         if remaining.get(&partition).is_some_and(|&high| msg.offset() + 1 >= high) {
             remaining.remove(&partition);
         }
-        out.push(msg.detach());
+        each(&msg);
         read += 1;
-        if out.len() >= chunk {
-            each(std::mem::take(&mut out));
-        }
-    }
-    if !out.is_empty() {
-        each(out);
     }
     Ok(())
 }
