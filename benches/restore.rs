@@ -131,10 +131,12 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
     .unwrap();
     let ceiling = started.elapsed();
     assert_eq!(read, apps);
+    let rss_before = resident_bytes();
     let started = Instant::now();
     let restored =
         restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, timeout).unwrap();
     let total = started.elapsed();
+    let rss_after = resident_bytes();
     assert_eq!((restored.apps(), restored.unreadable), (apps, 0));
     let per_million = |d: Duration| d.as_secs_f64() * 1e6 / apps as f64;
     println!(
@@ -146,8 +148,23 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
         total.as_secs_f64() / ceiling.as_secs_f64()
     );
     println!(
-        "  {:.1} s per million apps ({} cores; goal 10 s)",
+        "  {:.1} s per million apps ({} cores; goal 10 s); resident memory grew by {:.0} MB, {:.1} KB per app",
         per_million(total),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (rss_after - rss_before) as f64 / 1e6,
+        (rss_after - rss_before) as f64 / 1e3 / apps as f64,
     );
+    if std::env::var_os("PULSEWATCH_BENCH_RESTORE_TWICE").is_some() {
+        drop(restored);
+        let started = Instant::now();
+        restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, timeout).unwrap();
+        println!("  again, into memory the first restore freed: {:.2} s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// The process's resident memory, in bytes.
+fn resident_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
 }
