@@ -3,10 +3,10 @@
 //! Decoding lives in [`crate::codec`]; this module owns the type and [`Heartbeat::validate`],
 //! which both encodings share so that JSON and Avro accept exactly the same records.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::labels::Labels;
 
 /// Longest accepted `app_id` and `instance_id`, in characters.
 pub const MAX_ID_CHARS: usize = 200;
@@ -97,7 +97,7 @@ pub struct Heartbeat {
     #[serde(default)]
     pub db_query_p95_ms: Option<f32>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 /// Why a well-formed record is still not a heartbeat pulsewatch accepts.
@@ -274,7 +274,7 @@ impl Heartbeat {
             latency_p95_ms: None,
             latency_p99_ms: None,
             db_query_p95_ms: None,
-            labels: BTreeMap::new(),
+            labels: Labels::new(),
         }
     }
 }

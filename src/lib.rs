@@ -2,8 +2,8 @@
 //! applications through their heartbeats.
 //!
 //! Module map:
-//! - Contracts: [`heartbeat`] (the record and its rules), [`codec`] (Avro and JSON on the
-//!   wire), [`alert`] (the alert record, its id and Avro encoding).
+//! - Contracts: [`heartbeat`] (the record and its rules, its [`labels`]), [`codec`] (Avro and
+//!   JSON on the wire), [`alert`] (the alert record, its id and Avro encoding).
 //! - Decisions, pure and clock-free: [`watermark`] (event time per partition), [`rules`]
 //!   (thresholds, overrides), [`engine`] (per-partition state, liveness timers, rollups,
 //!   snapshots, explanations).
@@ -23,6 +23,7 @@ pub mod evaluate;
 pub mod heartbeat;
 pub mod http;
 pub mod kafka;
+pub mod labels;
 pub mod loadgen;
 pub mod metrics;
 pub mod processor;

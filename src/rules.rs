@@ -250,11 +250,7 @@ impl CompiledRules {
     }
 
     /// The profile of an application, from its id and labels.
-    pub fn profile_for(
-        &self,
-        app_id: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> std::sync::Arc<Profile> {
+    pub fn profile_for(&self, app_id: &str, labels: &crate::labels::Labels) -> std::sync::Arc<Profile> {
         let mut matched = self
             .overrides
             .iter()
@@ -532,9 +528,8 @@ mod tests {
             ..Default::default()
         });
         let c = CompiledRules::new(&rules, &EngineConfig::default(), &TrendConfig::default()).unwrap();
-        let none = std::collections::BTreeMap::new();
-        let payments: std::collections::BTreeMap<String, String> =
-            [("team".into(), "payments".into())].into();
+        let none = crate::labels::Labels::new();
+        let payments: crate::labels::Labels = [("team".into(), "payments".into())].into_iter().collect();
         let web = c.profile_for("web", &none);
         assert_eq!(web.late_factor, 2.0);
         assert_eq!(web.rules[1].1.for_ms, 5 * MINUTE);

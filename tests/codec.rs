@@ -2,8 +2,6 @@
 //! through an engine's `app-state` record, and arbitrary or corrupted bytes never panic a
 //! decoder.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use pulsewatch::codec::{self, DecodeError, Encoding, avro, json};
 use pulsewatch::engine::{Engine, EngineConfig, StateRecord};
@@ -51,7 +49,7 @@ prop_compose! {
         b.latency_p95_ms = latencies[0];
         b.latency_p99_ms = latencies[1];
         b.db_query_p95_ms = latencies[2];
-        b.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
+        b.labels = labels.into_iter().collect();
         b
     }
 }

@@ -6,7 +6,6 @@
 //! one pass and no schema resolution; tests check both directions against apache-avro's own
 //! reader and writer.
 
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use apache_avro::Schema;
@@ -14,6 +13,7 @@ use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 
 use super::DecodeError;
 use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::labels::Labels;
 
 /// The heartbeat schema, as shipped in `schemas/`.
 pub const HEARTBEAT_SCHEMA: &str = include_str!("../../schemas/heartbeat.avsc");
@@ -222,12 +222,12 @@ impl<'a> DatumReader<'a> {
         }
     }
 
-    fn string_map(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
-        let mut map = BTreeMap::new();
+    fn string_map(&mut self) -> Result<Labels, DecodeError> {
+        let mut pairs = Vec::new();
         loop {
             let count = self.long()?;
             if count == 0 {
-                return Ok(map);
+                return Ok(pairs.into_iter().collect());
             }
             if count < 0 {
                 // A negative count is followed by the block's size in bytes.
@@ -240,7 +240,7 @@ impl<'a> DatumReader<'a> {
             for _ in 0..count {
                 let k = self.string()?;
                 let v = self.string()?;
-                map.insert(k, v);
+                pairs.push((k, v));
             }
         }
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::labels::Labels;
 use crate::rules::RuleState;
 use crate::trend::InstanceTrend;
 
@@ -209,7 +210,7 @@ pub struct AppState {
     /// Rollup minutes not yet closed, by minute start.
     pub rollups: BTreeMap<i64, Box<MinuteAcc>>,
     pub last_seen: i64,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The rules and liveness settings this app is judged by (from its overrides); derived
     /// from the configuration, so not part of the persisted state.
     #[serde(skip)]
@@ -292,7 +293,7 @@ pub struct AppSnapshot {
     pub last_seen_ms: Option<i64>,
     pub last_figures: BTreeMap<String, f64>,
     pub open_alerts: u32,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The partition's watermark when the snapshot was taken.
     pub updated_at_ms: i64,
 }
