@@ -3,7 +3,9 @@
 //! 1. In memory: an engine tracking a fleet (2 instances per application, 65 minutes of
 //!    beats, so trend windows (60 points), rate windows and rollups are full) writes its
 //!    `app-state` records; they are decoded and the engine rebuilt from them. Prints the
-//!    record size and the time per application on one core.
+//!    record size, the time per application on one core, the resident memory the rebuilt
+//!    engine holds per application, and the time of a second read into memory the first one
+//!    touched and freed (what is left without the kernel's first-touch page faults).
 //! 2. Through Kafka (the local stack): those states, copied under new app ids up to
 //!    PULSEWATCH_BENCH_RESTORE_APPS applications (default 100,000), are written to a fresh
 //!    `app-state` topic of 12 partitions, and all of them restored as a processor does after a
@@ -56,14 +58,21 @@ fn main() {
     let write = started.elapsed();
     let value: usize = records.iter().map(|r| r.value.len()).sum();
     let header: usize = records.iter().map(|r| r.header.len()).sum();
-    let started = Instant::now();
-    let parsed: Vec<StateRecord> =
-        records.iter().map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap()).collect();
-    let decode = started.elapsed();
-    let started = Instant::now();
-    let restored = Engine::restore(0, config.clone(), rules.clone(), parsed);
-    let rebuild = started.elapsed();
-    assert_eq!(restored.app_count(), engine.app_count());
+    let read_back = || {
+        let started = Instant::now();
+        let parsed: Vec<StateRecord> =
+            records.iter().map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap()).collect();
+        let decode = started.elapsed();
+        let started = Instant::now();
+        let restored = Engine::restore(0, config.clone(), rules.clone(), parsed);
+        assert_eq!(restored.app_count(), engine.app_count());
+        (restored, decode, started.elapsed())
+    };
+    let rss_before = resident_bytes();
+    let (restored, decode, rebuild) = read_back();
+    let held = resident_bytes() - rss_before;
+    drop(restored);
+    let (_, decode_again, rebuild_again) = read_back();
     let per_app = |d: std::time::Duration| d.as_secs_f64() * 1e6 / apps as f64;
     println!(
         "restore: {apps} apps x 2 instances; per app-state record {} bytes of JSON snapshot, {} of binary state",
@@ -77,6 +86,11 @@ fn main() {
         per_app(decode),
         per_app(rebuild),
         per_app(decode + rebuild)
+    );
+    println!(
+        "  the restored engine holds {:.1} KB per app; reading them back again, into memory already touched: {:.1} us per app",
+        held as f64 / 1e3 / apps as f64,
+        per_app(decode_again + rebuild_again)
     );
     let templates: Vec<AppState> = records
         .iter()
