@@ -13,7 +13,9 @@
 //!    ceiling is a read of the same records that does nothing with them; the figure is
 //!    extrapolated to a million.
 //!
-//! Run: `cargo bench --bench restore` (PULSEWATCH_BENCH_APPS, default 2000).
+//! Run: `cargo bench --bench restore` (PULSEWATCH_BENCH_APPS, default 2000; with
+//! PULSEWATCH_BENCH_RESTORE_TWICE=1 it restores through Kafka a second time, into the memory
+//! the first restore freed).
 
 use std::time::{Duration, Instant};
 

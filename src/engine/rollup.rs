@@ -53,8 +53,8 @@ impl Gauge {
 pub struct MinuteAcc {
     pub minute: i64,
     pub beats: u32,
-    /// The instances that beat in the minute, sorted (a set; a vector takes a tenth of a
-    /// B-tree set's node, and reads and writes the same).
+    /// The instances that beat in the minute, sorted and each once: a set, kept in a vector
+    /// (for a few instances a fraction of a B-tree set's node), read and written as one.
     #[serde(deserialize_with = "sorted_ids")]
     pub instances: Vec<String>,
     pub memory_used_bytes: Gauge,
