@@ -1,5 +1,6 @@
 //! A restart with a large fleet: the state of 100,000 applications comes back from the
-//! compacted `app-state` topic, and `/readyz` stays false while it is rebuilt.
+//! compacted `app-state` topic, and `/readyz` stays false while it is rebuilt. And the
+//! restore on its own, against records written by hand.
 
 mod common;
 
@@ -58,4 +59,76 @@ fn the_state_of_100000_apps_comes_back_after_a_restart_and_readyz_waits_for_it()
     let line = log.lines().find(|l| l.contains("partition state restored")).expect("the restore is logged");
     eprintln!("restore of {APPS} apps (debug build): {line}");
     second.stop();
+}
+
+/// The restore function on its own, against a topic written by hand: each application's
+/// newest record wins even when its records fall in different batches of a worker, every
+/// requested partition gets its engine (an empty one when it has no records), and records
+/// that cannot be read back are counted with a reason instead of stopping the restore.
+#[test]
+fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
+    use pulsewatch::engine::{AppState, EngineConfig, STATE_HEADER, StateRecordOut};
+    use pulsewatch::rules::{CompiledRules, RuleSet};
+    use pulsewatch::trend::TrendConfig;
+    use pulsewatch::{kafka, restore};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::Producer;
+
+    let config = common::prepare("restore_records");
+    let topic = config.kafka.name(names::APP_STATE);
+    let producer = kafka::producer(&config.kafka).unwrap();
+    let send = |partition: i32, key: &str, value: &[u8], header: Option<&[u8]>| {
+        let headers =
+            header.map(|h| OwnedHeaders::new().insert(Header { key: STATE_HEADER, value: Some(h) }));
+        kafka::send_to(&producer, &topic, Some(partition), key, value, headers).unwrap();
+    };
+    // 3,000 applications on partitions 0..3, each written twice: an old state, and later a
+    // newer one (last_seen 2). A partition's 2,000 records span two worker batches.
+    const STATE_APPS: usize = 3_000;
+    for version in 1..=2 {
+        for i in 0..STATE_APPS {
+            let app_id = format!("app-{i:05}");
+            let state = AppState { last_seen: version, ..AppState::default() };
+            let record =
+                StateRecordOut::new(&state.snapshot(&app_id, 1_800_000_000_000 + version), Some(&state));
+            send((i % 3) as i32, &app_id, &record.value, Some(&record.header));
+        }
+    }
+    // On partition 1: a damaged header, a version the processor does not know yet, and a
+    // version 1 record (a snapshot, no state: read, nothing to track).
+    send(1, "damaged", b"{}", Some(&[3, 0xff, 0xff]));
+    send(1, "future", b"{}", Some(&[99, 0]));
+    let v1 = AppState::default().snapshot("snapshot-only", 1_800_000_000_000);
+    send(1, "snapshot-only", &serde_json::to_vec(&v1).unwrap(), None);
+    producer.flush(Duration::from_secs(60)).unwrap();
+    assert_eq!(producer.context().failed(), 0);
+
+    let engine_config = EngineConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
+    let restored = restore::restore_partitions(
+        &config.kafka,
+        &topic,
+        &[0, 1, 2, 3],
+        &engine_config,
+        &rules,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(restored.records, 2 * STATE_APPS + 3);
+    assert_eq!(restored.unreadable, 2, "the damaged and the future record");
+    assert!(restored.first_error.is_some());
+    let partitions: Vec<i32> = restored.engines.iter().map(|(p, _)| *p).collect();
+    assert_eq!(partitions, [0, 1, 2, 3]);
+    for (p, engine) in &restored.engines {
+        assert_eq!(engine.partition(), *p);
+        let expected = if *p == 3 { 0 } else { STATE_APPS / 3 };
+        assert_eq!(engine.app_count(), expected, "apps restored on partition {p}");
+    }
+    for i in 0..STATE_APPS {
+        let app_id = format!("app-{i:05}");
+        let (_, engine) = &restored.engines[i % 3];
+        let app = engine.app(&app_id).unwrap_or_else(|| panic!("{app_id} restored on its partition"));
+        assert_eq!(app.last_seen, 2, "{app_id}: the newest record wins");
+    }
+    assert_eq!(restored.apps(), STATE_APPS);
 }
