@@ -103,7 +103,8 @@ pub fn read_partitions_each(
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let deadline = Instant::now() + timeout;
+    let metadata = retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -116,7 +117,8 @@ pub fn read_partitions_each(
     let mut assignment = TopicPartitionList::new();
     let mut expected = 0u64;
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+        let (low, high) =
+            retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?;
         if high > low {
             remaining.insert(p, high);
             expected += (high - low) as u64;
@@ -128,7 +130,6 @@ pub fn read_partitions_each(
     }
     let mut read = 0u64;
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
     while !remaining.is_empty() {
         if Instant::now() > deadline {
             return Err(TallyError::Timeout {
@@ -156,6 +157,43 @@ pub fn read_partitions_each(
         read += 1;
     }
     Ok(())
+}
+
+/// Errors that say "not yet" rather than "no": a topic created a moment ago whose
+/// partitions have no leader yet, a broker restarting or out of reach for a while.
+fn is_transient(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownLeaderEpoch
+                | Code::FencedLeaderEpoch
+                | Code::BrokerNotAvailable
+                | Code::NotCoordinator
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
+/// Calls `call` until it succeeds, fails for good, or `deadline` is near, backing off from
+/// 100 ms to 2 s between attempts that failed with a transient error.
+fn retrying<T>(deadline: Instant, mut call: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call() {
+            Err(e) if is_transient(&e) && Instant::now() + delay < deadline => {
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka: not ready yet; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Reads a heartbeat topic to its current end and counts what is there. Blocking.
@@ -188,4 +226,43 @@ pub fn tally_topic(
         }
     }
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn retries_what_is_not_ready_yet_and_nothing_else() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut calls = 0;
+        let ok = retrying(far, || {
+            calls += 1;
+            if calls < 3 {
+                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(ok.unwrap(), 3, "a leaderless partition is waited for");
+
+        let mut calls = 0;
+        let refused = retrying(far, || -> Result<(), KafkaError> {
+            calls += 1;
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed))
+        });
+        assert!(refused.is_err());
+        assert_eq!(calls, 1, "a refusal is not retried");
+
+        let near = Instant::now() + Duration::from_millis(50);
+        let mut calls = 0;
+        let late = retrying(near, || -> Result<(), KafkaError> {
+            calls += 1;
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable))
+        });
+        assert!(late.is_err());
+        assert_eq!(calls, 1, "no attempt past the deadline");
+    }
 }
