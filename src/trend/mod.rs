@@ -388,8 +388,17 @@ impl Window {
         self.points.iter()
     }
 
-    /// Appends a point, dropping the oldest beyond `capacity`; O(capacity).
+    /// Appends a point, dropping the oldest beyond `capacity`; O(capacity). The oldest goes
+    /// first, so that a full window never grows its buffer (a window read back from a state
+    /// record holds exactly its points, and would otherwise double at its next minute).
     pub fn push(&mut self, p: Point, capacity: usize) {
+        if capacity == 0 {
+            self.clear();
+            return;
+        }
+        while self.points.len() >= capacity {
+            self.drop_oldest();
+        }
         for c in 0..COLUMNS {
             let v = p.values[c];
             if v.is_nan() {
@@ -404,22 +413,24 @@ impl Window {
             }
         }
         if self.points.capacity() == 0 {
-            self.points.reserve_exact(capacity + 1);
+            self.points.reserve_exact(capacity);
         }
         self.points.push_back(p);
-        while self.points.len() > capacity {
-            let Some(oldest) = self.points.pop_front() else { break };
-            for c in 0..COLUMNS {
-                let v = oldest.values[c];
-                if v.is_nan() {
-                    continue;
-                }
-                self.valid[c] -= 1;
-                for q in &self.points {
-                    let later = q.values[c];
-                    if !later.is_nan() {
-                        self.s[c] -= sign(f64::from(v), f64::from(later));
-                    }
+    }
+
+    /// Removes the oldest point and its part of the statistics.
+    fn drop_oldest(&mut self) {
+        let Some(oldest) = self.points.pop_front() else { return };
+        for c in 0..COLUMNS {
+            let v = oldest.values[c];
+            if v.is_nan() {
+                continue;
+            }
+            self.valid[c] -= 1;
+            for q in &self.points {
+                let later = q.values[c];
+                if !later.is_nan() {
+                    self.s[c] -= sign(f64::from(v), f64::from(later));
                 }
             }
         }

@@ -223,6 +223,16 @@ fn the_incremental_statistic_equals_the_batch_one() {
     assert_eq!((back.s, back.valid, back.len()), (w.s, w.valid, w.len()));
     assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes, "(points hold NaN, so compared as bytes)");
     assert!(bytes.len() < 40 * POINT_BYTES + 100, "{} bytes for 40 points", bytes.len());
+    // A full window read back makes room for its next point without growing its buffer.
+    let mut back = back;
+    let room = back.points.capacity();
+    back.push(Point { minute: 150, values: [1.0; COLUMNS] }, 40);
+    assert_eq!(back.len(), 40);
+    assert!(
+        back.points.capacity() <= room,
+        "room for {} points after a push, {room} before",
+        back.points.capacity()
+    );
 }
 
 fn beat(t: i64, memory: f64, seq: i64) -> Heartbeat {
