@@ -148,10 +148,12 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
     let ceiling = started.elapsed();
     assert_eq!(read, apps);
     let rss_before = resident_bytes();
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let restored =
         restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, timeout).unwrap();
     let total = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
     let rss_after = resident_bytes();
     assert_eq!((restored.apps(), restored.unreadable), (apps, 0));
     let per_million = |d: Duration| d.as_secs_f64() * 1e6 / apps as f64;
@@ -170,6 +172,11 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
         (rss_after - rss_before) as f64 / 1e6,
         (rss_after - rss_before) as f64 / 1e3 / apps as f64,
     );
+    println!(
+        "  CPU time of this process during the restore: {cpu:.2} s, {:.0} % of its cores",
+        cpu / total.as_secs_f64() / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+            * 100.0
+    );
     if std::env::var_os("PULSEWATCH_BENCH_RESTORE_TWICE").is_some() {
         drop(restored);
         let started = Instant::now();
@@ -183,4 +190,15 @@ fn resident_bytes() -> i64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: i64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     pages * 4096
+}
+
+/// User and system time of the process (all its threads), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name: state, then 10 fields, then utime and stime in clock ticks
+    // (USER_HZ, 100 on Linux).
+    let fields: Vec<i64> =
+        stat.rsplit(')').next().unwrap_or("").split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
 }
