@@ -143,12 +143,14 @@ impl InstanceState {
     /// Adds a beat's deltas to the rate window; returns requests per second over it.
     pub fn observe_rates(&mut self, b: &Heartbeat, d: &Deltas) -> Option<f64> {
         b.requests_total?;
-        self.rate_window.push_back((b.sent_at, d.requests, d.errors));
+        // Room is made before the new delta comes, so that a full window (one read back from
+        // a state record holds exactly its deltas) does not grow its buffer.
         while self.rate_window.front().is_some_and(|(t, _, _)| *t <= b.sent_at - RATE_WINDOW_MS)
-            || self.rate_window.len() > MAX_RATE_SAMPLES
+            || self.rate_window.len() >= MAX_RATE_SAMPLES
         {
             self.rate_window.pop_front();
         }
+        self.rate_window.push_back((b.sent_at, d.requests, d.errors));
         let requests: f64 = self.rate_window.iter().map(|(_, r, _)| r).sum();
         Some(requests / (RATE_WINDOW_MS as f64 / 1000.0))
     }

@@ -550,6 +550,30 @@ fn the_rate_window_stays_bounded_when_beats_share_a_timestamp() {
     assert!(window.len() <= 121, "{} samples kept", window.len());
 }
 
+#[test]
+fn a_rate_window_read_back_from_a_state_record_does_not_grow_at_the_next_beat() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for i in 0..40 {
+        let mut b = beat("a", "i0", i + 1, T0 + i * 5 * S);
+        b.requests_total = Some(i * 10);
+        e.on_beat(b, i, 0, &mut out);
+    }
+    let inst = &e.app("a").unwrap().instances["a-i0"];
+    let mut back: InstanceState = postcard::from_bytes(&postcard::to_stdvec(inst.as_ref()).unwrap()).unwrap();
+    let room = back.rate_window.capacity();
+    let mut b = beat("a", "i0", 41, T0 + 40 * 5 * S);
+    b.requests_total = Some(400);
+    let d = back.deltas_to(&b);
+    back.observe_rates(&b, &d);
+    assert_eq!(back.rate_window.len(), inst.rate_window.len(), "a minute of 5 s beats");
+    assert!(
+        back.rate_window.capacity() <= room,
+        "room for {} after a beat, {room} before",
+        back.rate_window.capacity()
+    );
+}
+
 /// One instance beating every 5 s, silent for 90 s of every 3 min during `flap_minutes`,
 /// then steady (or, with `dies`, silent for good); a second app keeps the watermark moving.
 fn run_flapping(flap_minutes: i64, total_minutes: i64, dies: bool) -> Vec<Alert> {
