@@ -4,7 +4,6 @@
 //! usual two to five labels a vector takes a fifth to a half of that. It is read and
 //! written as a map, in the same JSON and binary forms as the B-tree map it replaced.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
@@ -67,12 +66,6 @@ impl FromIterator<(String, String)> for Labels {
     }
 }
 
-impl From<BTreeMap<String, String>> for Labels {
-    fn from(map: BTreeMap<String, String>) -> Labels {
-        Labels(map.into_iter().collect())
-    }
-}
-
 impl<'a> IntoIterator for &'a Labels {
     type Item = (&'a String, &'a String);
     type IntoIter =
@@ -116,6 +109,8 @@ impl<'de> Deserialize<'de> for Labels {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -144,7 +139,7 @@ mod tests {
     fn reads_and_writes_as_the_map_it_replaced() {
         let map: BTreeMap<String, String> =
             [("region", "eu"), ("env", "prod"), ("version", "1.2")].map(|(k, v)| (k.into(), v.into())).into();
-        let l = Labels::from(map.clone());
+        let l: Labels = map.clone().into_iter().collect();
         assert_eq!(serde_json::to_string(&l).unwrap(), serde_json::to_string(&map).unwrap());
         assert_eq!(postcard::to_stdvec(&l).unwrap(), postcard::to_stdvec(&map).unwrap());
         let back: Labels = postcard::from_bytes(&postcard::to_stdvec(&map).unwrap()).unwrap();

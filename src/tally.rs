@@ -248,21 +248,27 @@ mod tests {
         });
         assert_eq!(ok.unwrap(), 3, "a leaderless partition is waited for");
 
-        let mut calls = 0;
-        let refused = retrying(far, || -> Result<(), KafkaError> {
-            calls += 1;
-            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed))
-        });
-        assert!(refused.is_err());
-        assert_eq!(calls, 1, "a refusal is not retried");
-
+        assert_eq!(
+            attempts_failing_with(RDKafkaErrorCode::TopicAuthorizationFailed, far),
+            1,
+            "a refusal is not retried"
+        );
         let near = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            attempts_failing_with(RDKafkaErrorCode::LeaderNotAvailable, near),
+            1,
+            "no attempt past the deadline"
+        );
+    }
+
+    /// How many times `retrying` calls a fetch that always fails with `code`.
+    fn attempts_failing_with(code: RDKafkaErrorCode, deadline: Instant) -> usize {
         let mut calls = 0;
-        let late = retrying(near, || -> Result<(), KafkaError> {
+        let result = retrying(deadline, || -> Result<(), KafkaError> {
             calls += 1;
-            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable))
+            Err(KafkaError::MetadataFetch(code))
         });
-        assert!(late.is_err());
-        assert_eq!(calls, 1, "no attempt past the deadline");
+        assert!(result.is_err());
+        calls
     }
 }
