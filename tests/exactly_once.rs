@@ -82,20 +82,23 @@ fn a_paused_processor_is_fenced_by_its_successor_and_nothing_is_written_twice() 
 #[test]
 fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processor_does() {
     let now_ms = chrono::Utc::now().timestamp_millis() / 60_000 * 60_000;
-    let (m, expected, took) = common::reference_run(now_ms);
+    let (m, expected) = common::reference_run(now_ms);
     let mut rng = rand::rng();
-    let mut pause =
-        |from: f64, to: f64| std::thread::sleep(took.mul_f64(rand::Rng::random_range(&mut rng, from..to)));
+    let mut between = |from: f64, to: f64| rand::Rng::random_range(&mut rng, from..to);
 
-    // The same load, with the instance (processor and sink) killed (SIGKILL) ten times at
-    // random moments and restarted under the same transactional id; each instance lives 5 to 15 % of what the
-    // whole run took the reference.
+    // The same load, with the instance (processor and sink) killed (SIGKILL) ten times and
+    // restarted under the same transactional id. The k-th kill comes once 5 + 7.5·k to
+    // 10 + 7.5·k % of the heartbeats are committed, then 0 to 300 ms later, so that it finds
+    // the instance anywhere in a transaction; a kill whose share an earlier instance already
+    // passed finds the restarted one just after its restore.
     let (killed, m2) = Run::new("eos_killed", now_ms);
     assert_eq!((m2.beats_total, m2.end_ms), (m.beats_total, m.end_ms));
     let mut progress = Vec::new();
-    for _ in 0..10 {
+    for k in 0..10 {
         let p = killed.start(Some(0));
-        pause(0.05, 0.15);
+        let share = 0.05 + 0.075 * k as f64;
+        killed.wait_for_progress(between(share, share + 0.05));
+        std::thread::sleep(Duration::from_millis(between(0.0, 300.0) as u64));
         p.signal("KILL");
         drop(p);
         progress.push(killed.progress());
@@ -109,21 +112,26 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     assert_same_decisions("killed ten times", &expected, &got);
 
     // Three instances joining and leaving: partitions move (cooperative-sticky) between them.
-    // Each change comes 10 to 15 % of the reference's run time after the previous one.
+    // Each change comes once another 10 to 15 % of the heartbeats are committed.
     let (scaled, m3) = Run::new("eos_scaled", now_ms);
     assert_eq!(m3.beats_total, m.beats_total);
     let mut progress = Vec::new();
+    let mut share = 0.0;
+    let mut next_change = |run: &Run| {
+        share += between(0.1, 0.15);
+        run.wait_for_progress(share);
+    };
     let first = scaled.start(Some(0));
-    pause(0.1, 0.15);
+    next_change(&scaled);
     let second = scaled.spawn(Some(1));
     progress.push(scaled.progress());
-    pause(0.1, 0.15);
+    next_change(&scaled);
     let third = scaled.spawn(Some(2));
     progress.push(scaled.progress());
-    pause(0.1, 0.15);
+    next_change(&scaled);
     second.stop();
     progress.push(scaled.progress());
-    pause(0.1, 0.15);
+    next_change(&scaled);
     third.signal("KILL");
     drop(third);
     progress.push(scaled.progress());

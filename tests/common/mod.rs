@@ -496,10 +496,34 @@ impl Run {
         committed_progress(&self.config, &self.group, &self.heartbeats)
     }
 
+    /// Waits until the processor has committed at least `share` of the heartbeats (see
+    /// [`wait_for_committed_share`]).
+    pub fn wait_for_progress(&self, share: f64) -> (i64, i64) {
+        wait_for_committed_share(&self.config, &self.group, &self.heartbeats, share)
+    }
+
     pub fn wait_until_done(&self) {
         eventually(Duration::from_secs(300), "every heartbeat is committed", || {
             committed_to_end(&self.config, &self.group, &self.heartbeats)
         });
+    }
+}
+
+/// Waits until `group` has committed at least `share` of `topic`'s records, asking as often
+/// as a question to the broker allows, and returns the progress it saw. Faults are placed by
+/// progress, not by time, so that they land mid-run however fast the machine is.
+pub fn wait_for_committed_share(config: &Config, group: &str, topic: &str, share: f64) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (done, total) = committed_progress(config, group, topic);
+        if done as f64 >= share * total as f64 {
+            return (done, total);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{group}: {share} of {topic} committed, got {done} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -509,13 +533,11 @@ pub fn mid_run(progress: &[(i64, i64)]) -> usize {
 }
 
 /// The reference: the load through one processor, never interrupted. Returns its manifest,
-/// its decisions (checked free of duplicates and not empty) and how long it took.
-pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions, Duration) {
+/// its decisions (checked free of duplicates and not empty).
+pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions) {
     let (reference, m) = Run::new("reference", now_ms);
     let p = reference.start(None);
-    let started = std::time::Instant::now();
     reference.wait_until_done();
-    let took = started.elapsed();
     let expected = decisions(&reference.config, &m);
     p.stop();
     for (what, unique, all) in [
@@ -541,7 +563,7 @@ pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions, Duration) {
         expected.transitions.len(),
         "the reference stores every transition"
     );
-    (m, expected, took)
+    (m, expected)
 }
 
 fn dedup<T: Clone + PartialEq>(sorted: &[T]) -> usize {
