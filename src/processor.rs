@@ -7,16 +7,22 @@
 //! older generation cannot commit). Readers with `isolation.level=read_committed` see a
 //! batch's alerts, rollups, state records and dead letters all or not at all.
 //!
+//! A batch holds what it decided per partition until its transaction. A partition revoked
+//! meanwhile (by a rebalance, or lost with the group session) loses its engine and its share
+//! of the batch at once, before the next record: its next owner reads those records again
+//! from the committed offset, so none of it may be committed here.
+//!
 //! Each application's whole engine state goes to `app-state` (in the partition of the same
 //! number as its heartbeats) in the transaction of every batch that changed it. Before it
-//! processes a newly assigned partition, the processor rebuilds that partition's engine from
-//! there (read_committed, to its end): the state as of the committed offsets. When a
+//! processes a newly assigned partition (also one given back after it was revoked), the
+//! processor rebuilds that partition's engine from there (read_committed, to its end once no
+//! transaction is pending on it): the state as of the committed offsets. When a
 //! transaction fails it is aborted, every partition goes back to its committed offset, and
 //! its engine is rebuilt the same way. A producer fenced by another instance with the same
 //! transactional id stops the stage without writing. Undecodable or invalid records go to
 //! `heartbeats-dlq` with the reason in headers, and processing goes on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -85,12 +91,24 @@ impl From<KafkaError> for TxnFailure {
     }
 }
 
-/// Remembers partitions assigned and revoked during a poll, so that their engines can be
-/// restored or dropped.
+/// A change of the partitions this instance owns, as the consumer reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Assigned(i32),
+    Revoked(i32),
+}
+
+/// Remembers, in order, the partitions assigned and revoked during a poll, so that their
+/// engines can be restored or dropped before the next record is processed.
 #[derive(Default)]
 struct RebalanceLog {
-    assigned: Mutex<Vec<i32>>,
-    revoked: Mutex<Vec<i32>>,
+    changes: Mutex<Vec<Membership>>,
+}
+
+impl RebalanceLog {
+    fn take(&self) -> Vec<Membership> {
+        std::mem::take(&mut *self.changes.lock().expect("not poisoned"))
+    }
 }
 
 impl ClientContext for RebalanceLog {
@@ -100,16 +118,73 @@ impl ClientContext for RebalanceLog {
 }
 
 impl ConsumerContext for RebalanceLog {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.revoked.lock().expect("not poisoned");
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
-            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions revoked");
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions =
+            |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>();
+        let mut changes = self.changes.lock().expect("not poisoned");
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?partitions(tpl), "processor: partitions assigned");
+                changes.extend(partitions(tpl).into_iter().map(Membership::Assigned));
+            }
+            Rebalance::Revoke(tpl) => {
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?partitions(tpl), lost, "processor: partitions revoked");
+                changes.extend(partitions(tpl).into_iter().map(Membership::Revoked));
+            }
+            Rebalance::Error(_) => {}
         }
-        if let Rebalance::Assign(tpl) = rebalance {
-            let mut assigned = self.assigned.lock().expect("not poisoned");
-            assigned.extend(tpl.elements().iter().map(|e| e.partition()));
-            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "processor: partitions assigned");
+    }
+}
+
+/// What a batch has read and decided, held per partition until its transaction. A partition
+/// revoked before then loses its share: its next owner reads those records again from the
+/// committed offset, so nothing of it may be committed here.
+#[derive(Default)]
+struct Batch {
+    /// The next offset to consume, per partition.
+    offsets: BTreeMap<i32, i64>,
+    effects: BTreeMap<i32, Vec<Effect>>,
+    dead_letters: Vec<DeadLetter>,
+}
+
+impl Batch {
+    fn effects_of(&mut self, partition: i32) -> &mut Vec<Effect> {
+        self.effects.entry(partition).or_default()
+    }
+
+    fn forget(&mut self, partition: i32) {
+        self.offsets.remove(&partition);
+        self.effects.remove(&partition);
+        self.dead_letters.retain(|d| d.partition != partition);
+    }
+
+    fn clear(&mut self) {
+        *self = Batch::default();
+    }
+}
+
+/// Applies the membership changes the consumer reported: a revoked partition's engine and
+/// its share of the batch are dropped; an assigned one waits in `pending` for its engine to
+/// be rebuilt from app-state before its first record.
+fn apply_membership(
+    log: &RebalanceLog,
+    engines: &mut HashMap<i32, Engine>,
+    batch: &mut Batch,
+    pending: &mut BTreeSet<i32>,
+) {
+    for change in log.take() {
+        match change {
+            Membership::Revoked(p) => {
+                engines.remove(&p);
+                batch.forget(p);
+                pending.remove(&p);
+            }
+            Membership::Assigned(p) => {
+                if !engines.contains_key(&p) {
+                    pending.insert(p);
+                }
+            }
         }
     }
 }
@@ -166,23 +241,26 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     let mut txn = Transaction::default();
     let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
     let mut engines: HashMap<i32, Engine> = HashMap::new();
-    let mut effects: Vec<Effect> = Vec::new();
+    // Partitions assigned whose engines are still to be rebuilt.
+    let mut pending: BTreeSet<i32> = BTreeSet::new();
+    let mut batch = Batch::default();
     let commit_interval = Duration::from_millis(config.processor.commit_interval_ms);
     tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
     let mut lag_checked = Instant::now();
 
-    let restore = |partitions: &[i32], engines: &mut HashMap<i32, Engine>| {
-        restore_engines(config, &rules, &topics, partitions, ready).map(|restored| engines.extend(restored))
+    // Rebuilds the engines of every pending partition, in one pass over app-state.
+    let restore = |pending: &mut BTreeSet<i32>, engines: &mut HashMap<i32, Engine>| {
+        let partitions: Vec<i32> = pending.iter().copied().collect();
+        engines.extend(restore_engines(config, &rules, &topics, &partitions, ready)?);
+        pending.clear();
+        Ok::<(), ProcessorError>(())
     };
     while !shutdown.is_triggered() {
         let started = Instant::now();
-        let mut assigned: Vec<i32> =
-            consumer.context().assigned.lock().expect("not poisoned").drain(..).collect();
-        assigned.retain(|p| !engines.contains_key(p));
-        if !assigned.is_empty() {
-            restore(&assigned, &mut engines)?;
+        apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
+        if !pending.is_empty() {
+            restore(&mut pending, &mut engines)?;
         }
-        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut arrivals: Vec<i64> = Vec::new();
         let mut records = 0usize;
         while records < config.processor.max_batch_records {
@@ -190,47 +268,57 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             if left.is_zero() {
                 break;
             }
-            let Some(polled) = consumer.poll(left) else { break };
+            let polled = consumer.poll(left);
+            // A rebalance is served inside the poll: before anything else, drop what was
+            // revoked, and rebuild what was assigned before its first record.
+            apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
+            let Some(polled) = polled else { break };
             let wall = wall_ms();
+            let partition = match &polled {
+                Err(KafkaError::PartitionEOF(p)) => Some(*p),
+                Err(_) => None,
+                Ok(msg) => Some(msg.partition()),
+            };
+            if let Some(p) = partition.filter(|p| !engines.contains_key(p)) {
+                // Assigned and not rebuilt yet; or a record fetched before its partition was
+                // revoked, which its next owner reads (asked of the consumer only then).
+                if !pending.contains(&p) && owns(&consumer, &topics.heartbeats, p) {
+                    pending.insert(p);
+                }
+                if pending.contains(&p) {
+                    restore(&mut pending, &mut engines)?;
+                }
+            }
             match polled {
                 Err(KafkaError::PartitionEOF(p)) => {
-                    if !engines.contains_key(&p) {
-                        restore(&[p], &mut engines)?;
-                    }
                     ready.store(true, Ordering::Relaxed);
                     if let Some(engine) = engines.get_mut(&p) {
-                        engine.on_end_of_partition(wall, &mut effects);
+                        engine.on_end_of_partition(wall, batch.effects_of(p));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "processor: consumer error"),
                 Ok(msg) => {
                     ready.store(true, Ordering::Relaxed);
-                    records += 1;
                     let p = msg.partition();
-                    offsets.insert(p, msg.offset() + 1);
+                    let Some(engine) = engines.get_mut(&p) else {
+                        tracing::debug!(
+                            partition = p,
+                            offset = msg.offset(),
+                            "processor: record of a partition no longer owned skipped"
+                        );
+                        continue;
+                    };
+                    records += 1;
+                    batch.offsets.insert(p, msg.offset() + 1);
                     let broker_ms = msg.timestamp().to_millis();
                     arrivals.push(broker_ms.unwrap_or(wall));
-                    if !engines.contains_key(&p) {
-                        restore(&[p], &mut engines)?;
-                    }
-                    let engine = engines.get_mut(&p).expect("restored above");
                     match codec::decode(
                         msg.payload().unwrap_or_default(),
                         broker_ms.unwrap_or(wall),
                         config.input.max_sent_at_drift_ms,
                     ) {
-                        Ok(beat) => engine.on_beat(beat, msg.offset(), wall, &mut effects),
-                        Err(e) => {
-                            let sent = txn
-                                .begin(&producer)
-                                .and_then(|()| Ok(dead_letter(&producer, &topics, &msg, &e)?));
-                            if let Err(failure) = sent {
-                                // Dead letters go in the batch's transaction: a failure here
-                                // is the batch's.
-                                txn.failed = Some(failure);
-                                break;
-                            }
-                        }
+                        Ok(beat) => engine.on_beat(beat, msg.offset(), wall, batch.effects_of(p)),
+                        Err(e) => batch.dead_letters.push(DeadLetter::of(&msg, &e)),
                     }
                 }
             }
@@ -241,22 +329,8 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             kafka::record_lag(&consumer, "processor");
             lag_checked = Instant::now();
         }
-        let outcome = txn.failed.take().map_or_else(
-            || {
-                finish_batch(
-                    &producer,
-                    &consumer,
-                    &topics,
-                    &mut txn,
-                    &mut engines,
-                    &mut effects,
-                    &offsets,
-                    wall,
-                    shutdown,
-                )
-            },
-            Err,
-        );
+        let outcome =
+            finish_batch(&producer, &consumer, &topics, &mut txn, &mut engines, &mut batch, wall, shutdown);
         match outcome {
             Ok(false) => {
                 update_gauges(&engines);
@@ -267,7 +341,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             Err(TxnFailure::Abort(e)) => {
                 tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
                 METRICS.transactions.with_label_values(&["aborted"]).inc();
-                effects.clear();
+                batch.clear();
                 // Abort, go back to the committed offsets, and rebuild the engines, which had
                 // moved past them, from what app-state holds (the aborted records are
                 // invisible to read_committed). While the broker is away this fails: retry
@@ -279,14 +353,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                             abort(&producer).map_err(txn_error)?;
                             txn.open = false;
                         }
-                        // Partitions revoked meanwhile are another instance's now: their
-                        // aborted batch is its to read again, from the committed state.
-                        for p in consumer.context().revoked.lock().expect("not poisoned").drain(..) {
-                            engines.remove(&p);
-                        }
+                        apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
                         rewind(&consumer)?;
-                        let partitions: Vec<i32> = engines.keys().copied().collect();
-                        restore(&partitions, &mut engines)
+                        pending.extend(engines.drain().map(|(p, _)| p));
+                        restore(&mut pending, &mut engines)
                     })();
                     match recovered {
                         Ok(()) => break,
@@ -307,9 +377,6 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
         }
         METRICS.batch_seconds.with_label_values(&["processor"]).observe(started.elapsed().as_secs_f64());
-        for p in consumer.context().revoked.lock().expect("not poisoned").drain(..) {
-            engines.remove(&p);
-        }
         update_gauges(&engines);
     }
     // Every batch ended with its transaction committed (or aborted): nothing is in flight.
@@ -321,8 +388,6 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
 #[derive(Default)]
 struct Transaction {
     open: bool,
-    /// A failure met while reading the batch (sending a dead letter).
-    failed: Option<TxnFailure>,
 }
 
 impl Transaction {
@@ -344,15 +409,14 @@ fn finish_batch(
     topics: &Topics,
     txn: &mut Transaction,
     engines: &mut HashMap<i32, Engine>,
-    effects: &mut Vec<Effect>,
-    offsets: &BTreeMap<i32, i64>,
+    batch: &mut Batch,
     wall: i64,
     shutdown: &Shutdown,
 ) -> Result<bool, TxnFailure> {
     let mut partitions: Vec<&mut Engine> = engines.values_mut().collect();
     partitions.sort_by_key(|e| e.partition());
     for engine in partitions {
-        engine.on_tick(wall, effects);
+        engine.on_tick(wall, batch.effects_of(engine.partition()));
         // Each heartbeats partition keeps its applications' state in the app-state partition
         // of the same number, whatever partitioner the producers used.
         let partition = Some(engine.partition());
@@ -371,17 +435,24 @@ fn finish_batch(
             METRICS.records_out.with_label_values(&["processor", &topics.app_state]).inc();
         }
     }
-    if !effects.is_empty() {
+    for letter in std::mem::take(&mut batch.dead_letters) {
         txn.begin(producer)?;
-        publish(producer, topics, effects)?;
+        letter.send(producer, topics)?;
     }
+    for effects in std::mem::take(&mut batch.effects).into_values() {
+        if !effects.is_empty() {
+            txn.begin(producer)?;
+            publish(producer, topics, effects)?;
+        }
+    }
+    let offsets = std::mem::take(&mut batch.offsets);
     if !txn.open && offsets.is_empty() {
         return Ok(false);
     }
     txn.begin(producer)?;
     if !offsets.is_empty() {
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in offsets {
+        for (p, next) in &offsets {
             tpl.add_partition_offset(&topics.heartbeats, *p, Offset::Offset(*next))?;
         }
         // Not a member of the group (any more): the batch cannot commit.
@@ -431,6 +502,11 @@ fn abort(producer: &TrackedProducer) -> Result<(), KafkaError> {
         producer.poll(Duration::from_millis(10));
     }
     producer.abort_transaction(TXN_TIMEOUT)
+}
+
+/// Whether `partition` of `topic` is in the consumer's assignment now.
+fn owns(consumer: &BaseConsumer<RebalanceLog>, topic: &str, partition: i32) -> bool {
+    consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
 }
 
 /// Puts every assigned partition back at its committed offset.
@@ -512,8 +588,8 @@ fn update_gauges(engines: &HashMap<i32, Engine>) {
     METRICS.clamped_beats.set(engines.values().map(|e| e.clamped_beats() as i64).sum());
 }
 
-fn publish(producer: &TrackedProducer, topics: &Topics, effects: &mut Vec<Effect>) -> Result<(), KafkaError> {
-    for effect in effects.drain(..) {
+fn publish(producer: &TrackedProducer, topics: &Topics, effects: Vec<Effect>) -> Result<(), KafkaError> {
+    for effect in effects {
         match effect {
             Effect::Alert(a) => {
                 kafka::send(producer, &topics.alerts, &a.app_id, &a.encode(), None)?;
@@ -534,35 +610,126 @@ fn publish(producer: &TrackedProducer, topics: &Topics, effects: &mut Vec<Effect
     Ok(())
 }
 
-/// Sends an undecodable or invalid record to the dead-letter topic, as it was, with headers
-/// naming the error and where it came from.
-fn dead_letter(
-    producer: &TrackedProducer,
-    topics: &Topics,
-    msg: &BorrowedMessage<'_>,
-    error: &codec::DecodeError,
-) -> Result<(), KafkaError> {
-    let code = error.code();
-    let message = error.to_string();
-    let partition = msg.partition().to_string();
-    let offset = msg.offset().to_string();
-    let timestamp = msg.timestamp().to_millis().map(|t| t.to_string()).unwrap_or_default();
-    let headers = OwnedHeaders::new()
-        .insert(Header { key: "pulsewatch.error.code", value: Some(code) })
-        .insert(Header { key: "pulsewatch.error.message", value: Some(&message) })
-        .insert(Header { key: "pulsewatch.source.topic", value: Some(&topics.heartbeats) })
-        .insert(Header { key: "pulsewatch.source.partition", value: Some(&partition) })
-        .insert(Header { key: "pulsewatch.source.offset", value: Some(&offset) })
-        .insert(Header { key: "pulsewatch.source.timestamp", value: Some(&timestamp) });
-    let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
-    kafka::send(producer, &topics.dlq, &key, msg.payload().unwrap_or_default(), Some(headers))?;
-    METRICS.decode_errors.with_label_values(&[code]).inc();
-    METRICS.dlq_records.with_label_values(&[code]).inc();
-    tracing::debug!(
-        partition = msg.partition(),
-        offset = msg.offset(),
-        code,
-        "processor: dead-lettered: {message}"
-    );
-    Ok(())
+/// An undecodable or invalid record on its way to the dead-letter topic, as it was, with
+/// what headers will say: the error and where the record came from. Sent with its batch.
+struct DeadLetter {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: String,
+    payload: Vec<u8>,
+    code: &'static str,
+    message: String,
+}
+
+impl DeadLetter {
+    fn of(msg: &BorrowedMessage<'_>, error: &codec::DecodeError) -> DeadLetter {
+        DeadLetter {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key: msg.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+
+    fn send(&self, producer: &TrackedProducer, topics: &Topics) -> Result<(), KafkaError> {
+        let partition = self.partition.to_string();
+        let offset = self.offset.to_string();
+        let timestamp = self.timestamp.map(|t| t.to_string()).unwrap_or_default();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "pulsewatch.error.code", value: Some(self.code) })
+            .insert(Header { key: "pulsewatch.error.message", value: Some(&self.message) })
+            .insert(Header { key: "pulsewatch.source.topic", value: Some(&topics.heartbeats) })
+            .insert(Header { key: "pulsewatch.source.partition", value: Some(&partition) })
+            .insert(Header { key: "pulsewatch.source.offset", value: Some(&offset) })
+            .insert(Header { key: "pulsewatch.source.timestamp", value: Some(&timestamp) });
+        kafka::send(producer, &topics.dlq, &self.key, &self.payload, Some(headers))?;
+        METRICS.decode_errors.with_label_values(&[self.code]).inc();
+        METRICS.dlq_records.with_label_values(&[self.code]).inc();
+        tracing::debug!(
+            partition = self.partition,
+            offset = self.offset,
+            code = self.code,
+            "processor: dead-lettered: {}",
+            self.message
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::rules::RuleSet;
+    use crate::trend::TrendConfig;
+
+    fn engine(partition: i32) -> Engine {
+        let c = EngineConfig::default();
+        let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+        Engine::new(partition, c, rules)
+    }
+
+    fn letter(partition: i32) -> DeadLetter {
+        DeadLetter {
+            partition,
+            offset: 7,
+            timestamp: None,
+            key: String::new(),
+            payload: Vec::new(),
+            code: "empty",
+            message: String::new(),
+        }
+    }
+
+    /// A batch that has read partitions 0 and 1.
+    fn batch_of_two() -> Batch {
+        let mut batch = Batch::default();
+        for p in [0, 1] {
+            batch.offsets.insert(p, 10);
+            batch.effects_of(p);
+            batch.dead_letters.push(letter(p));
+        }
+        batch
+    }
+
+    #[test]
+    fn a_revoked_partition_loses_its_engine_and_its_share_of_the_batch_and_is_rebuilt_when_it_comes_back() {
+        let log = RebalanceLog::default();
+        let mut engines: HashMap<i32, Engine> = [(0, engine(0)), (1, engine(1))].into();
+        let mut batch = batch_of_two();
+        let mut pending = BTreeSet::new();
+        // Revoked, then given back within one poll (a lost session, say), and a new one.
+        log.changes.lock().unwrap().extend([
+            Membership::Revoked(0),
+            Membership::Assigned(0),
+            Membership::Assigned(2),
+        ]);
+        apply_membership(&log, &mut engines, &mut batch, &mut pending);
+        assert_eq!(engines.keys().copied().collect::<Vec<_>>(), [1], "the stale engine of 0 is gone");
+        assert_eq!(pending, BTreeSet::from([0, 2]), "0 is rebuilt from app-state like a new one");
+        assert_eq!(batch.offsets.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(batch.effects.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(batch.dead_letters.iter().map(|d| d.partition).collect::<Vec<_>>(), [1]);
+        assert!(log.take().is_empty(), "each change is applied once");
+    }
+
+    #[test]
+    fn a_partition_assigned_and_revoked_before_its_restore_is_not_restored() {
+        let log = RebalanceLog::default();
+        let mut engines: HashMap<i32, Engine> = [(1, engine(1))].into();
+        let mut batch = batch_of_two();
+        let mut pending = BTreeSet::new();
+        log.changes.lock().unwrap().extend([Membership::Assigned(3), Membership::Revoked(3)]);
+        apply_membership(&log, &mut engines, &mut batch, &mut pending);
+        assert!(pending.is_empty());
+        // An assignment of a partition that has its engine changes nothing.
+        log.changes.lock().unwrap().push(Membership::Assigned(1));
+        apply_membership(&log, &mut engines, &mut batch, &mut pending);
+        assert!(pending.is_empty());
+        assert_eq!(batch.offsets.len(), 2, "the batch keeps what it read of owned partitions");
+    }
 }

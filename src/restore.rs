@@ -1,5 +1,7 @@
 //! Rebuilding partitions' engines from the compacted `app-state` topic. The partitions are
-//! read to their end (read_committed) on one thread, which copies out of each record only
+//! read to their settled end (read_committed, once no transaction is pending on them: the
+//! state a transaction committed a moment ago is there even if its markers are still on
+//! their way, as the consumed offsets committed with it are) on one thread, which copies out of each record only
 //! what a restore reads (the state header, or the JSON value of older versions) and hands
 //! the records in batches to one decoding worker per core, a partition always to the same
 //! worker. The workers decode while the reading goes on, keep only each application's
@@ -14,7 +16,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use crate::config::KafkaConfig;
 use crate::engine::{Engine, EngineConfig, STATE_HEADER, StateRecord, StateRecordError};
 use crate::rules::CompiledRules;
-use crate::tally::{self, TallyError};
+use crate::tally::{self, End, TallyError};
 
 /// The engines rebuilt and what it took.
 pub struct Restored {
@@ -104,7 +106,7 @@ pub fn restore_partitions(
         let mut batches: Vec<Vec<RawRecord>> =
             (0..workers).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
         let mut records = 0;
-        let read = tally::read_partitions_each(kafka, topic, Some(partitions), timeout, |m| {
+        let read = tally::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
             records += 1;
             let w = worker_of(m.partition(), workers);
             batches[w].push(RawRecord::of(m));

@@ -22,6 +22,22 @@ pub enum TallyError {
     NoTopic(String),
     #[error("reading {topic} did not reach its end within {secs} s ({read} of {expected} records)")]
     Timeout { topic: String, secs: u64, read: u64, expected: u64 },
+    #[error(
+        "partition {partition} of {topic} still has a transaction pending after {secs} s (committed records end at offset {committed_end}, the log at {log_end})"
+    )]
+    Unsettled { topic: String, partition: i32, secs: u64, committed_end: i64, log_end: i64 },
+}
+
+/// Where a read stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The end of the committed records when the read begins (the last stable offset).
+    Current,
+    /// As `Current`, once no transaction is pending on the partition. A transaction reported
+    /// committed a moment ago may still have its markers on their way to the partition;
+    /// until they are there, the committed records end before it. A state that must be
+    /// read up to the consumed offsets committed with it needs this end.
+    Settled,
 }
 
 /// What a topic holds.
@@ -75,7 +91,7 @@ pub fn read_partitions_in_chunks(
     mut each: impl FnMut(Vec<OwnedMessage>),
 ) -> Result<(), TallyError> {
     let mut out = Vec::new();
-    read_partitions_each(kafka, topic, only, timeout, |msg| {
+    read_partitions_each(kafka, topic, only, End::Current, timeout, |msg| {
         out.push(msg.detach());
         if out.len() >= chunk {
             each(std::mem::take(&mut out));
@@ -87,12 +103,13 @@ pub fn read_partitions_in_chunks(
     Ok(())
 }
 
-/// As [`read_partitions_to_end`], lending each record to `each` as it arrives (each
-/// partition's in offset order): the caller copies what it keeps.
+/// As [`read_partitions_to_end`], up to `end`, lending each record to `each` as it arrives
+/// (each partition's in offset order): the caller copies what it keeps.
 pub fn read_partitions_each(
     kafka: &KafkaConfig,
     topic: &str,
     only: Option<&[i32]>,
+    end: End,
     timeout: Duration,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), TallyError> {
@@ -116,9 +133,16 @@ pub fn read_partitions_each(
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     let mut expected = 0u64;
+    // The log's end, transactions pending or not, for a settled end.
+    let log: Option<BaseConsumer> = match end {
+        End::Current => None,
+        End::Settled => Some(kafka.client_config().set("isolation.level", "read_uncommitted").create()?),
+    };
     for p in partitions {
-        let (low, high) =
-            retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?;
+        let (low, high) = match &log {
+            None => retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?,
+            Some(log) => settled_watermarks(&consumer, log, topic, p, deadline, timeout)?,
+        };
         if high > low {
             remaining.insert(p, high);
             expected += (high - low) as u64;
@@ -157,6 +181,48 @@ pub fn read_partitions_each(
         read += 1;
     }
     Ok(())
+}
+
+/// The watermarks of a partition once no transaction is pending on it: asked again, with
+/// backoff, until `consumer`'s (read_committed) end is the end of the log `log` sees.
+fn settled_watermarks(
+    consumer: &BaseConsumer,
+    log: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(i64, i64), TallyError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let (low, committed_end) =
+            retrying(deadline, || consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)))?;
+        let (_, log_end) =
+            retrying(deadline, || log.fetch_watermarks(topic, partition, Duration::from_secs(30)))?;
+        if committed_end >= log_end {
+            if delay > Duration::from_millis(10) {
+                tracing::info!(
+                    topic,
+                    partition,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "kafka: a pending transaction settled"
+                );
+            }
+            return Ok((low, committed_end));
+        }
+        if Instant::now() + delay >= deadline {
+            return Err(TallyError::Unsettled {
+                topic: topic.to_owned(),
+                partition,
+                secs: timeout.as_secs(),
+                committed_end,
+                log_end,
+            });
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Errors that say "not yet" rather than "no": a topic created a moment ago whose

@@ -132,3 +132,65 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
     }
     assert_eq!(restored.apps(), STATE_APPS);
 }
+
+/// A restore reads the state a transaction committed even while the transaction's markers
+/// are still on their way: it waits until no transaction is pending on the partition, where
+/// a read to the current end of the committed records would stop before that state.
+#[test]
+fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
+    use pulsewatch::engine::{AppState, EngineConfig, STATE_HEADER, StateRecordOut};
+    use pulsewatch::rules::{CompiledRules, RuleSet};
+    use pulsewatch::tally::{self, End};
+    use pulsewatch::trend::TrendConfig;
+    use pulsewatch::{kafka, restore};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::Producer;
+
+    let config = common::prepare("restore_pending");
+    let topic = config.kafka.name(names::APP_STATE);
+    let producer =
+        kafka::transactional_producer(&config.kafka, &config.kafka.name("restore-pending")).unwrap();
+    producer.init_transactions(Duration::from_secs(60)).unwrap();
+    producer.begin_transaction().unwrap();
+    let state = AppState { last_seen: 5, ..AppState::default() };
+    let record = StateRecordOut::new(&state.snapshot("app-pending", 1_800_000_000_000), Some(&state));
+    let headers = OwnedHeaders::new().insert(Header { key: STATE_HEADER, value: Some(&record.header) });
+    kafka::send_to(&producer, &topic, Some(0), "app-pending", &record.value, Some(headers)).unwrap();
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    // The transaction is open: the committed records end before its record.
+    let mut current = 0;
+    tally::read_partitions_each(
+        &config.kafka,
+        &topic,
+        Some(&[0]),
+        End::Current,
+        Duration::from_secs(60),
+        |_| current += 1,
+    )
+    .unwrap();
+    assert_eq!(current, 0, "a read to the current end does not see the pending record");
+
+    let kafka_config = config.kafka.clone();
+    let restoring = std::thread::spawn(move || {
+        let engine_config = EngineConfig::default();
+        let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
+        restore::restore_partitions(
+            &kafka_config,
+            &topic,
+            &[0],
+            &engine_config,
+            &rules,
+            Duration::from_secs(120),
+        )
+        .unwrap()
+    });
+    // The restore has asked for the partition's end before the transaction commits.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!restoring.is_finished(), "the restore waits while a transaction is pending");
+    producer.commit_transaction(Duration::from_secs(60)).unwrap();
+    let restored = restoring.join().unwrap();
+    assert_eq!(restored.records, 1);
+    let (_, engine) = &restored.engines[0];
+    assert_eq!(engine.app("app-pending").map(|a| a.last_seen), Some(5), "the committed state is restored");
+}
