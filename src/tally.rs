@@ -1,4 +1,5 @@
-//! Reads a topic from its beginning to its current end; for a heartbeat topic, counts what is
+//! Reads a topic from its beginning to its current end (or, for state that must match the
+//! offsets committed with it, to its settled end); for a heartbeat topic, counts what is
 //! there: records per application and instance, decode errors by code, keys that are not the
 //! app_id. The summary a demo prints, and how tests check what reached Kafka.
 
