@@ -253,6 +253,9 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         let partitions: Vec<i32> = pending.iter().copied().collect();
         engines.extend(restore_engines(config, &rules, &topics, &partitions, ready)?);
         pending.clear();
+        // What /metrics says agrees with the restore before /readyz does.
+        update_gauges(engines);
+        ready.store(true, Ordering::Relaxed);
         Ok::<(), ProcessorError>(())
     };
     while !shutdown.is_triggered() {
@@ -527,7 +530,8 @@ fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Rebuilds the engines of `partitions` from the app-state partitions of the same numbers,
-/// read to their end in one pass (read_committed). `ready` is false meanwhile.
+/// read to their end in one pass (read_committed). `ready` is false meanwhile; the caller
+/// sets it once the engines are in place.
 fn restore_engines(
     config: &Config,
     rules: &CompiledRules,
@@ -560,7 +564,6 @@ fn restore_engines(
         "processor: partition state restored"
     );
     METRICS.restored_apps.with_label_values(&[] as &[&str]).inc_by(restored.apps() as u64);
-    ready.store(true, Ordering::Relaxed);
     Ok(restored.engines)
 }
 
