@@ -149,11 +149,13 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
     assert_eq!(read, apps);
     let rss_before = resident_bytes();
     let cpu_before = cpu_seconds();
+    let faults_before = minor_faults();
     let started = Instant::now();
     let restored =
         restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, timeout).unwrap();
     let total = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let faults = minor_faults() - faults_before;
     let rss_after = resident_bytes();
     assert_eq!((restored.apps(), restored.unreadable), (apps, 0));
     let per_million = |d: Duration| d.as_secs_f64() * 1e6 / apps as f64;
@@ -173,9 +175,11 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
         (rss_after - rss_before) as f64 / 1e3 / apps as f64,
     );
     println!(
-        "  CPU time of this process during the restore: {cpu:.2} s, {:.0} % of its cores",
+        "  CPU time of this process during the restore: {cpu:.2} s, {:.0} % of its cores; {:.1} page faults per app ({:.1} KB of fresh pages per app)",
         cpu / total.as_secs_f64() / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
-            * 100.0
+            * 100.0,
+        faults as f64 / apps as f64,
+        faults as f64 * 4.096 / apps as f64
     );
     if std::env::var_os("PULSEWATCH_BENCH_RESTORE_TWICE").is_some() {
         drop(restored);
@@ -192,13 +196,22 @@ fn resident_bytes() -> i64 {
     pages * 4096
 }
 
+/// The fields of /proc/self/stat after the command name: state, ppid, pgrp, session,
+/// tty_nr, tpgid, flags, minflt, cminflt, majflt, cmajflt, utime, stime, ...
+fn process_stat() -> Vec<i64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat.rsplit(')').next().unwrap_or("").split_whitespace().map(|x| x.parse().unwrap_or(0)).collect()
+}
+
 /// User and system time of the process (all its threads), in seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // After the command name: state, then 10 fields, then utime and stime in clock ticks
-    // (USER_HZ, 100 on Linux).
-    let fields: Vec<i64> =
-        stat.rsplit(')').next().unwrap_or("").split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let fields = process_stat();
+    // utime and stime, in clock ticks (USER_HZ, 100 on Linux).
     let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
     ticks as f64 / 100.0
+}
+
+/// Minor page faults of the process so far: each a fresh page the kernel had to clear.
+fn minor_faults() -> i64 {
+    process_stat().get(7).copied().unwrap_or(0)
 }

@@ -1,20 +1,21 @@
 //! Rebuilding partitions' engines from the compacted `app-state` topic. The partitions are
 //! read to their settled end (read_committed, once no transaction is pending on them: the
 //! state a transaction committed a moment ago is there even if its markers are still on
-//! their way, as the consumed offsets committed with it are) on one thread, which copies out of each record only
-//! what a restore reads (the state header, or the JSON value of older versions) and hands
-//! the records in batches to one decoding worker per core, a partition always to the same
-//! worker. The workers decode while the reading goes on, keep only each application's
-//! newest record, and rebuild their partitions' engines once the end is read.
+//! their way, as the consumed offsets committed with it are) on one thread, which copies out
+//! of each record only what a restore reads (the state header, or the JSON value of older
+//! versions) into batches, and hands them to one decoding worker per core, a partition
+//! always to the same worker. The workers decode while the reading goes on, keep only each
+//! application's newest record, hand the emptied batches back to be filled again, and
+//! rebuild their partitions' engines once the end is read.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::config::KafkaConfig;
-use crate::engine::{Engine, EngineConfig, STATE_HEADER, StateRecord, StateRecordError};
+use crate::engine::{Engine, EngineConfig, NewestState, STATE_HEADER, StateRecord, StateRecordError};
 use crate::rules::CompiledRules;
 use crate::tally::{self, End, TallyError};
 
@@ -39,36 +40,66 @@ impl Restored {
 }
 
 /// Records handed to a worker at a time.
-const BATCH_RECORDS: usize = 1_000;
+const BATCH_RECORDS: usize = 256;
 
 /// Batches a worker may have waiting: bounds the records held between reading and decoding.
 const QUEUED_BATCHES: usize = 4;
 
-/// What a restore reads of one record: the state header, or (versions 1 and 2, which have
-/// none) the JSON value.
+/// Records handed to a worker at once: what a restore reads of each (the state header, or,
+/// for versions 1 and 2, which have none, the JSON value), copied into one buffer. The
+/// worker hands the batch back emptied and the reader fills it again, so a restore copies
+/// its records into the same few buffers instead of fresh memory for each.
+#[derive(Default)]
+struct RecordBatch {
+    bytes: Vec<u8>,
+    records: Vec<RawRecord>,
+}
+
+/// Where a record lies in its batch's buffer.
 struct RawRecord {
     partition: i32,
-    bytes: Vec<u8>,
+    end: usize,
     is_header: bool,
 }
 
-impl RawRecord {
-    fn of(m: &BorrowedMessage<'_>) -> RawRecord {
+impl RecordBatch {
+    fn push(&mut self, m: &BorrowedMessage<'_>) {
         let header =
             m.headers().and_then(|hs| hs.iter().find(|h| h.key == STATE_HEADER)).and_then(|h| h.value);
         let (bytes, is_header) = match header {
             Some(h) => (h, true),
             None => (m.payload().unwrap_or_default(), false),
         };
-        RawRecord { partition: m.partition(), bytes: bytes.to_vec(), is_header }
+        self.bytes.extend_from_slice(bytes);
+        self.records.push(RawRecord { partition: m.partition(), end: self.bytes.len(), is_header });
     }
 
-    fn decode(&self) -> Result<StateRecord, StateRecordError> {
-        if self.is_header {
-            StateRecord::decode(&[], Some(&self.bytes))
-        } else {
-            StateRecord::decode(&self.bytes, None)
-        }
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Each record's partition and what it decodes to.
+    fn decode(&self) -> impl Iterator<Item = (i32, Result<StateRecord, StateRecordError>)> + '_ {
+        let mut start = 0;
+        self.records.iter().map(move |r| {
+            let bytes = &self.bytes[start..r.end];
+            start = r.end;
+            let decoded = if r.is_header {
+                StateRecord::decode(&[], Some(bytes))
+            } else {
+                StateRecord::decode(bytes, None)
+            };
+            (r.partition, decoded)
+        })
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
     }
 }
 
@@ -94,24 +125,30 @@ pub fn restore_partitions(
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
+        // Emptied batches, back from the workers.
+        let (emptied, reusable) = channel::<RecordBatch>();
         for w in 0..workers {
             let own: Vec<i32> = partitions.iter().copied().filter(|p| worker_of(*p, workers) == w).collect();
-            let (tx, rx) = sync_channel::<Vec<RawRecord>>(QUEUED_BATCHES);
+            let (tx, rx) = sync_channel::<RecordBatch>(QUEUED_BATCHES);
             senders.push(tx);
+            let emptied = emptied.clone();
             let worker = std::thread::Builder::new().name(format!("restore-{w}"));
             handles.push(
-                worker.spawn_scoped(scope, move || work(rx, &own, config, rules)).expect("a thread starts"),
+                worker
+                    .spawn_scoped(scope, move || work(rx, emptied, &own, config, rules))
+                    .expect("a thread starts"),
             );
         }
-        let mut batches: Vec<Vec<RawRecord>> =
-            (0..workers).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
+        drop(emptied);
+        let mut batches: Vec<RecordBatch> = (0..workers).map(|_| RecordBatch::default()).collect();
         let mut records = 0;
         let read = tally::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
             records += 1;
             let w = worker_of(m.partition(), workers);
-            batches[w].push(RawRecord::of(m));
+            batches[w].push(m);
             if batches[w].len() >= BATCH_RECORDS {
-                send(&senders[w], std::mem::replace(&mut batches[w], Vec::with_capacity(BATCH_RECORDS)));
+                let next = reusable.try_recv().unwrap_or_default();
+                send(&senders[w], std::mem::replace(&mut batches[w], next));
             }
         });
         for (tx, batch) in senders.iter().zip(batches) {
@@ -149,28 +186,30 @@ fn worker_of(partition: i32, workers: usize) -> usize {
     partition.unsigned_abs() as usize % workers
 }
 
-fn send(tx: &SyncSender<Vec<RawRecord>>, batch: Vec<RawRecord>) {
+fn send(tx: &SyncSender<RecordBatch>, batch: RecordBatch) {
     // A worker only stops early by panicking, which the join reports.
     let _ = tx.send(batch);
 }
 
 /// Decodes the records of a worker's partitions as they come, keeping each application's
-/// newest, then rebuilds the engines of `partitions`.
+/// newest, and hands each batch back emptied; then rebuilds the engines of `partitions`.
 fn work(
-    rx: Receiver<Vec<RawRecord>>,
+    rx: Receiver<RecordBatch>,
+    emptied: Sender<RecordBatch>,
     partitions: &[i32],
     config: &EngineConfig,
     rules: &CompiledRules,
 ) -> WorkerResult {
     // An application's records are all in one partition, in order: the last one read wins.
-    let mut latest: HashMap<i32, HashMap<String, StateRecord>> =
+    let mut newest: HashMap<i32, HashMap<String, NewestState>> =
         partitions.iter().map(|&p| (p, HashMap::new())).collect();
     let (mut unreadable, mut first_error) = (0, None);
-    for batch in rx {
-        for raw in batch {
-            match raw.decode() {
+    for mut batch in rx {
+        for (partition, decoded) in batch.decode() {
+            match decoded {
                 Ok(r) => {
-                    latest.entry(raw.partition).or_default().insert(r.app_id.clone(), r);
+                    let state = NewestState { updated_at_ms: r.updated_at_ms, state: r.state };
+                    newest.entry(partition).or_default().insert(r.app_id, state);
                 }
                 Err(e) => {
                     unreadable += 1;
@@ -178,10 +217,13 @@ fn work(
                 }
             }
         }
+        batch.clear();
+        // The reader is gone once the topic is read: the batch is dropped then.
+        let _ = emptied.send(batch);
     }
-    let engines = latest
+    let engines = newest
         .into_iter()
-        .map(|(p, apps)| (p, Engine::restore(p, config.clone(), rules.clone(), apps.into_values())))
+        .map(|(p, apps)| (p, Engine::restore_newest(p, config.clone(), rules.clone(), apps)))
         .collect();
     WorkerResult { engines, unreadable, first_error }
 }

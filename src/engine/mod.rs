@@ -11,7 +11,7 @@ pub mod rollup;
 pub mod state;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
 pub use state::{
-    AppSnapshot, AppState, InstanceState, Liveness, STATE_HEADER, STATE_VERSION, StateRecord,
+    AppSnapshot, AppState, InstanceState, Liveness, NewestState, STATE_HEADER, STATE_VERSION, StateRecord,
     StateRecordError, StateRecordOut,
 };
 
@@ -333,37 +333,47 @@ impl Engine {
         rules: CompiledRules,
         records: impl IntoIterator<Item = StateRecord>,
     ) -> Engine {
-        let mut engine = Engine::new(partition, config, rules);
-        let mut latest: BTreeMap<String, StateRecord> = BTreeMap::new();
+        let mut newest = HashMap::new();
         for r in records {
-            latest.insert(r.app_id.clone(), r);
+            newest.insert(r.app_id, NewestState { updated_at_ms: r.updated_at_ms, state: r.state });
         }
+        Engine::restore_newest(partition, config, rules, newest)
+    }
+
+    /// As [`Engine::restore`], from each application's newest record.
+    pub fn restore_newest(
+        partition: i32,
+        config: EngineConfig,
+        rules: CompiledRules,
+        newest: HashMap<String, NewestState>,
+    ) -> Engine {
+        let mut engine = Engine::new(partition, config, rules);
+        engine.apps.reserve(newest.len());
         let mut watermark = None;
-        for (app_id, record) in latest {
+        for (app_id, record) in newest {
             if record.updated_at_ms > 0 {
                 watermark = watermark.max(Some(record.updated_at_ms));
             }
             let Some(mut app) = record.state else { continue };
-            app.profile = Some(engine.rules.profile_for(&app_id, &app.labels));
-            let instances: Vec<String> = app.instances.keys().cloned().collect();
-            let minutes: Vec<i64> = app.rollups.keys().copied().collect();
-            let quiet: Vec<(String, i64)> = app
-                .instances
-                .iter()
-                .filter_map(|(id, i)| {
-                    i.restarted.map(|(_, last)| (id.clone(), last + engine.config.restart_quiet_ms))
-                })
-                .collect();
-            engine.apps.insert(app_id.clone(), app);
-            for id in instances {
-                engine.schedule_liveness(&app_id, &id);
+            let profile = engine.rules.profile_for(&app_id, &app.labels);
+            for (id, inst) in app.instances.iter_mut() {
+                let at = next_deadline(&profile, inst);
+                inst.scheduled = Some(at);
+                engine.schedule(at, &app_id, id, TimerKind::Liveness);
+                if let Some((_, last)) = inst.restarted {
+                    engine.schedule(
+                        last + engine.config.restart_quiet_ms,
+                        &app_id,
+                        id,
+                        TimerKind::RestartQuiet,
+                    );
+                }
             }
-            for minute in minutes {
+            for &minute in app.rollups.keys() {
                 engine.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
             }
-            for (id, at) in quiet {
-                engine.schedule(at, &app_id, &id, TimerKind::RestartQuiet);
-            }
+            app.profile = Some(profile);
+            engine.apps.insert(app_id, app);
         }
         if let Some(w) = watermark {
             engine.watermark.restore(w);

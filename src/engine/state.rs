@@ -367,6 +367,14 @@ pub struct StateRecord {
     pub state: Option<AppState>,
 }
 
+/// An application's newest `app-state` record, as a restore keeps it (keyed by app id).
+#[derive(Debug, Clone)]
+pub struct NewestState {
+    /// The partition's watermark when the record was written.
+    pub updated_at_ms: i64,
+    pub state: Option<AppState>,
+}
+
 /// Records up to version 2: everything in the JSON value.
 #[derive(Deserialize)]
 struct JsonStateRecord {
