@@ -2,9 +2,10 @@
 //! through an engine's `app-state` record, and arbitrary or corrupted bytes never panic a
 //! decoder.
 
+use base64::Engine as _;
 use proptest::prelude::*;
 use pulsewatch::codec::{self, DecodeError, Encoding, avro, json};
-use pulsewatch::engine::{Engine, EngineConfig, StateRecord};
+use pulsewatch::engine::{Engine, EngineConfig, STATE_VERSION, StateRecord};
 use pulsewatch::heartbeat::{Heartbeat, InstanceStatus};
 use pulsewatch::rules::{CompiledRules, RuleSet};
 use pulsewatch::trend::TrendConfig;
@@ -123,6 +124,45 @@ proptest! {
             Ok(_) | Err(DecodeError::Truncated(_)) | Err(DecodeError::MalformedAvro(_)) => {}
             Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
         }
+    }
+}
+
+/// `app-state` records written at state version 3 (three applications of two instances, 65
+/// minutes of beats from the load generator's simulation, one reporting neither sessions nor
+/// threads), each with its state as that version wrote it in JSON.
+const VERSION_3_RECORDS: &str = include_str!("fixtures/app-state-v3.json");
+
+#[test]
+fn app_state_records_of_version_3_read_back_to_the_state_they_held() {
+    let fixture: Vec<serde_json::Value> = serde_json::from_str(VERSION_3_RECORDS).unwrap();
+    assert_eq!(fixture.len(), 3);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut records = Vec::new();
+    for r in &fixture {
+        let header = b64.decode(r["header"].as_str().unwrap()).unwrap();
+        assert_eq!(header[0], 3, "a record of version 3");
+        let back = StateRecord::decode(r["value"].as_str().unwrap().as_bytes(), Some(&header)).unwrap();
+        assert_eq!((back.version, back.app_id.as_str()), (3, r["app_id"].as_str().unwrap()));
+        let state = back.state.as_ref().expect("a tracked application");
+        assert_eq!(state.instances.values().map(|i| i.trend.window.len()).collect::<Vec<_>>(), [60, 60]);
+        assert_eq!(serde_json::to_value(state).unwrap(), r["state"], "{}", back.app_id);
+        records.push(back);
+    }
+    // Restored, and written again at the current version: the same state, in fewer bytes.
+    let config = EngineConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &config, &TrendConfig::default()).unwrap();
+    let engine = Engine::restore(0, config, rules, records);
+    assert_eq!((engine.app_count(), engine.instance_count()), (3, 6));
+    for (app_id, r) in fixture.iter().map(|r| (r["app_id"].as_str().unwrap(), r)) {
+        let state = engine.app(app_id).unwrap();
+        let snapshot = state.snapshot(app_id, 0);
+        let out = pulsewatch::engine::StateRecordOut::new(&snapshot, Some(state));
+        let back = StateRecord::decode(&out.value, Some(&out.header)).unwrap();
+        assert_eq!(back.version, STATE_VERSION);
+        // (The restore schedules each instance's deadline anew: compared with the engine's.)
+        assert_eq!(serde_json::to_value(back.state.as_ref()).unwrap(), serde_json::to_value(state).unwrap());
+        let v3_bytes = b64.decode(r["header"].as_str().unwrap()).unwrap().len();
+        assert!(out.header.len() * 10 < v3_bytes * 8, "{} bytes, {v3_bytes} at version 3", out.header.len());
     }
 }
 

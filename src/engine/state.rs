@@ -305,8 +305,11 @@ pub struct AppSnapshot {
 /// 3: the snapshot in JSON for the sink and analysts, and what a restore reads in the
 /// record's [`STATE_HEADER`]: a version byte, then postcard's binary form of the app id, the
 /// watermark and the [`AppState`] (about two thirds of version 2's JSON, and read back about
-/// three times faster). Records of versions 1 and 2 still restore.
-pub const STATE_VERSION: u32 = 3;
+/// three times faster); 4: as 3, with each trend window's points coded against the points
+/// before them ([`crate::trend::Window`]), as the engine keeps them in memory (the header of
+/// an application of two instances with full windows: ≈ 3.5 KB instead of ≈ 4.9). Records of
+/// versions 1 to 3 still restore.
+pub const STATE_VERSION: u32 = 4;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";

@@ -804,8 +804,8 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
         "last_seen_ms":1,"last_figures":{},"open_alerts":0,"labels":{},"updated_at_ms":5}"#;
     let old = StateRecord::decode(v1, None).unwrap();
     assert_eq!((old.version, old.updated_at_ms, old.state.is_none()), (1, 5, true));
-    // A damaged header, a newer version, a version 3 value without its header, a value that
-    // is no snapshot: refused, each with its reason.
+    // A damaged header, a newer version, a value of version 3 on without its header, a value
+    // that is no snapshot: refused, each with its reason.
     let half = &r.header[..r.header.len() / 2];
     let err = StateRecord::decode(&r.value, Some(half)).unwrap_err();
     assert!(matches!(err, StateRecordError::State { version: STATE_VERSION, .. }), "{err}");

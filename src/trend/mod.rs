@@ -10,15 +10,15 @@
 //! severity.
 
 pub mod stats;
+mod window;
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
+pub use window::{COLUMNS, POINT_BYTES, Point, Points, RPS, Window};
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::Heartbeat;
-use stats::{Line, mann_kendall, median, mk_variance, mk_z, sign, theil_sen};
+use stats::{Line, mann_kendall, median, theil_sen};
 
 /// How leaks are judged. Section `[trend]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,18 +188,6 @@ impl Resource {
     }
 }
 
-/// Columns of a minute point: the five resources, then the request rate.
-const COLUMNS: usize = 6;
-const RPS: usize = 5;
-
-/// One closed minute of one instance. f32 keeps the window small; NaN = not reported.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Point {
-    /// Minutes since the epoch.
-    pub minute: u32,
-    pub values: [f32; COLUMNS],
-}
-
 /// The minute being accumulated: sums for means, the memory floor, requests served.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct OpenMinute {
@@ -250,211 +238,6 @@ impl OpenMinute {
             values[RPS] = (self.sums[RPS] / 60.0) as f32;
         }
         Point { minute: (self.minute / 60_000).max(0) as u32, values }
-    }
-}
-
-/// A bounded window of minute points with the Mann–Kendall S of each column kept up to date.
-/// Persisted with the engine's state: in binary formats as its points and statistics; in
-/// JSON (state records of version 2) as its points only, base64 of 28 little-endian bytes
-/// each, the statistics recomputed when it is read back.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Window {
-    points: VecDeque<Point>,
-    s: [i64; COLUMNS],
-    valid: [u32; COLUMNS],
-}
-
-/// Bytes of one persisted point: the minute, then the columns.
-const POINT_BYTES: usize = 4 + 4 * COLUMNS;
-
-/// A window as binary formats write it: its points as one run of bytes, and the statistics.
-#[derive(Serialize)]
-struct WindowOut<'a> {
-    points: PointBytes<'static>,
-    s: &'a [i64; COLUMNS],
-    valid: &'a [u32; COLUMNS],
-}
-
-/// A window as binary formats read it back (the points borrowed from the input when it
-/// allows).
-#[derive(Deserialize)]
-struct WindowIn<'a> {
-    #[serde(borrow)]
-    points: PointBytes<'a>,
-    s: [i64; COLUMNS],
-    valid: [u32; COLUMNS],
-}
-
-/// Points as persisted: per point the minute, then the columns, little-endian.
-struct PointBytes<'a>(Cow<'a, [u8]>);
-
-impl PointBytes<'_> {
-    fn of(points: &VecDeque<Point>) -> PointBytes<'static> {
-        let mut bytes = Vec::with_capacity(points.len() * POINT_BYTES);
-        for p in points {
-            bytes.extend_from_slice(&p.minute.to_le_bytes());
-            for v in p.values {
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        PointBytes(Cow::Owned(bytes))
-    }
-
-    fn points(&self) -> Result<impl ExactSizeIterator<Item = Point> + '_, &'static str> {
-        if !self.0.len().is_multiple_of(POINT_BYTES) {
-            return Err("a trend window is a whole number of points");
-        }
-        let word = |b: &[u8]| [b[0], b[1], b[2], b[3]];
-        Ok(self.0.chunks_exact(POINT_BYTES).map(move |chunk| {
-            let mut values = [f32::NAN; COLUMNS];
-            for (c, v) in values.iter_mut().enumerate() {
-                *v = f32::from_le_bytes(word(&chunk[4 + 4 * c..]));
-            }
-            Point { minute: u32::from_le_bytes(word(chunk)), values }
-        }))
-    }
-}
-
-impl Serialize for PointBytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for PointBytes<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
-            type Value = PointBytes<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("the bytes of trend points")
-            }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<PointBytes<'a>, E> {
-                Ok(PointBytes(Cow::Borrowed(v)))
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<PointBytes<'a>, E> {
-                Ok(PointBytes(Cow::Owned(v.to_vec())))
-            }
-        }
-        deserializer.deserialize_bytes(Visitor(std::marker::PhantomData))
-    }
-}
-
-impl Serialize for Window {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use base64::Engine as _;
-        let points = PointBytes::of(&self.points);
-        if serializer.is_human_readable() {
-            let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(points.0);
-            return serializer.serialize_str(&text);
-        }
-        WindowOut { points, s: &self.s, valid: &self.valid }.serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Window {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use base64::Engine as _;
-        use serde::de::Error;
-        if !deserializer.is_human_readable() {
-            let w = WindowIn::deserialize(deserializer)?;
-            let points = w.points.points().map_err(D::Error::custom)?.collect();
-            return Ok(Window { points, s: w.s, valid: w.valid });
-        }
-        let text = String::deserialize(deserializer)?;
-        let bytes =
-            base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(D::Error::custom)?;
-        let bytes = PointBytes(Cow::Owned(bytes));
-        let points = bytes.points().map_err(D::Error::custom)?;
-        let count = points.len();
-        let mut window = Window::default();
-        for point in points {
-            window.push(point, count);
-        }
-        Ok(window)
-    }
-}
-
-impl Window {
-    pub fn len(&self) -> usize {
-        self.points.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
-
-    pub fn points(&self) -> impl Iterator<Item = &Point> {
-        self.points.iter()
-    }
-
-    /// Appends a point, dropping the oldest beyond `capacity`; O(capacity). The oldest goes
-    /// first, so that a full window never grows its buffer (a window read back from a state
-    /// record holds exactly its points, and would otherwise double at its next minute).
-    pub fn push(&mut self, p: Point, capacity: usize) {
-        if capacity == 0 {
-            self.clear();
-            return;
-        }
-        while self.points.len() >= capacity {
-            self.drop_oldest();
-        }
-        for c in 0..COLUMNS {
-            let v = p.values[c];
-            if v.is_nan() {
-                continue;
-            }
-            self.valid[c] += 1;
-            for q in &self.points {
-                let old = q.values[c];
-                if !old.is_nan() {
-                    self.s[c] += sign(f64::from(old), f64::from(v));
-                }
-            }
-        }
-        if self.points.capacity() == 0 {
-            self.points.reserve_exact(capacity);
-        }
-        self.points.push_back(p);
-    }
-
-    /// Removes the oldest point and its part of the statistics.
-    fn drop_oldest(&mut self) {
-        let Some(oldest) = self.points.pop_front() else { return };
-        for c in 0..COLUMNS {
-            let v = oldest.values[c];
-            if v.is_nan() {
-                continue;
-            }
-            self.valid[c] -= 1;
-            for q in &self.points {
-                let later = q.values[c];
-                if !later.is_nan() {
-                    self.s[c] -= sign(f64::from(v), f64::from(later));
-                }
-            }
-        }
-    }
-
-    /// The Mann–Kendall z of a column (no tie correction): the cheap first look.
-    pub fn quick_z(&self, r: Resource) -> f64 {
-        let c = r.index();
-        mk_z(self.s[c], mk_variance(self.valid[c] as usize))
-    }
-
-    pub fn clear(&mut self) {
-        self.points.clear();
-        self.s = [0; COLUMNS];
-        self.valid = [0; COLUMNS];
-    }
-
-    /// The series of a resource: (minute, value, requests per second) where it was reported.
-    pub fn series(&self, r: Resource) -> Vec<(f64, f64, f64)> {
-        self.points
-            .iter()
-            .filter(|p| !p.values[r.index()].is_nan())
-            .map(|p| (f64::from(p.minute), f64::from(p.values[r.index()]), f64::from(p.values[RPS])))
-            .collect()
     }
 }
 

@@ -223,16 +223,111 @@ fn the_incremental_statistic_equals_the_batch_one() {
     assert_eq!((back.s, back.valid, back.len()), (w.s, w.valid, w.len()));
     assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes, "(points hold NaN, so compared as bytes)");
     assert!(bytes.len() < 40 * POINT_BYTES + 100, "{} bytes for 40 points", bytes.len());
-    // A full window read back makes room for its next point without growing its buffer.
+    // A full window read back makes room for its next points, a few at a time.
     let mut back = back;
-    let room = back.points.capacity();
-    back.push(Point { minute: 150, values: [1.0; COLUMNS] }, 40);
-    assert_eq!(back.len(), 40);
+    for m in 150..200 {
+        back.push(Point { minute: m, values: [m as f32; COLUMNS] }, 40);
+        assert_eq!(back.len(), 40);
+        assert!(back.coded_capacity() <= back.coded_bytes() + 8 * 32, "{} bytes kept", back.coded_capacity());
+    }
+}
+
+/// The bits of a window's points (NaN compares unequal to itself).
+fn bits(points: impl Iterator<Item = Point>) -> Vec<(u32, [u32; COLUMNS])> {
+    points.map(|p| (p.minute, p.values.map(f32::to_bits))).collect()
+}
+
+#[test]
+fn a_window_keeps_its_points_bit_for_bit_in_fewer_bytes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut w = Window::default();
+    let mut all: Vec<Point> = Vec::new();
+    let mut minute = 29_000_000u32;
+    for i in 0..400 {
+        // Mostly the next minute; sometimes a gap, a long one, or the same minute again.
+        minute += match i % 37 {
+            5 => 7,
+            11 => 500,
+            17 => 0,
+            _ => 1,
+        };
+        let level = 700e6 + f64::from(i) * 1e5;
+        let values = [
+            (level + rng.random_range(-3e6..3e6)) as f32,
+            rng.random_range(0..60) as f32 / 12.0,
+            if i % 9 == 0 { f32::NAN } else { 820.0 + rng.random_range(0..100) as f32 / 12.0 },
+            44.0,
+            if i % 50 == 3 { f32::INFINITY } else { -0.0 },
+            rng.random_range(0.0..40.0),
+        ];
+        all.push(Point { minute, values });
+        w.push(Point { minute, values }, 60);
+        let start = all.len().saturating_sub(60);
+        assert_eq!(bits(w.points()), bits(all[start..].iter().copied()), "after point {i}");
+    }
+    let raw = w.len() * POINT_BYTES;
+    assert!(w.coded_bytes() * 10 < raw * 8, "{} coded bytes for {raw} raw", w.coded_bytes());
+    let back: Window = postcard::from_bytes(&postcard::to_stdvec(&w).unwrap()).unwrap();
+    assert_eq!(bits(back.points()), bits(w.points()));
+    assert_eq!((back.s, back.valid), (w.s, w.valid));
+}
+
+#[test]
+fn a_window_in_the_raw_form_of_state_version_3_reads_back() {
+    let mut w = Window::default();
+    for m in 0..30u32 {
+        let values = [1e8 + m as f32 * 1e5, f32::NAN, 3.5, 44.0, 220.0 + m as f32, 12.25];
+        w.push(Point { minute: 1_000 + m, values }, 20);
+    }
+    // Version 3 wrote the points raw (minute, then the columns) as bytes, then S and counts.
+    let raw: Vec<u8> = w
+        .points()
+        .flat_map(|p| {
+            let mut b = p.minute.to_le_bytes().to_vec();
+            b.extend(p.values.iter().flat_map(|v| v.to_le_bytes()));
+            b
+        })
+        .collect();
+    struct RawBytes(Vec<u8>);
+    impl serde::Serialize for RawBytes {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    let v3 = postcard::to_stdvec(&(RawBytes(raw.clone()), w.s, w.valid)).unwrap();
+    let back: Window = postcard::from_bytes(&v3).unwrap();
+    assert_eq!(bits(back.points()), bits(w.points()));
+    assert_eq!((back.s, back.valid, back.len()), (w.s, w.valid, 20));
+    // A length that is not a whole number of points is refused, as is one cut short.
+    let mut bad = raw;
+    bad.pop();
     assert!(
-        back.points.capacity() <= room,
-        "room for {} points after a push, {room} before",
-        back.points.capacity()
+        postcard::from_bytes::<Window>(&postcard::to_stdvec(&(RawBytes(bad), w.s, w.valid)).unwrap())
+            .is_err()
     );
+    assert!(postcard::from_bytes::<Window>(&v3[..v3.len() / 2]).is_err());
+}
+
+#[test]
+fn a_coded_window_that_does_not_decode_is_refused() {
+    let mut w = Window::default();
+    for m in 0..10u32 {
+        w.push(Point { minute: m + 1, values: [m as f32; COLUMNS] }, 10);
+    }
+    let bytes = postcard::to_stdvec(&w).unwrap();
+    // The form, the coded points, their count, the statistics: the count changed.
+    let tail = postcard::to_stdvec(&(w.len() as u32, w.s, w.valid)).unwrap();
+    let (count_at, len) = (bytes.len() - tail.len(), w.len() as u8);
+    assert_eq!(bytes[count_at], len, "the point count where this test expects it");
+    let mut more = bytes.clone();
+    more[count_at] = len + 1;
+    assert!(postcard::from_bytes::<Window>(&more).is_err());
+    let mut fewer = bytes.clone();
+    fewer[count_at] = len - 1;
+    assert!(postcard::from_bytes::<Window>(&fewer).is_err());
+    let mut unknown = bytes;
+    unknown[0] = 2;
+    assert!(postcard::from_bytes::<Window>(&unknown).is_err(), "a form neither coded nor raw");
 }
 
 fn beat(t: i64, memory: f64, seq: i64) -> Heartbeat {
