@@ -347,61 +347,129 @@ pub enum Transition {
     Resolve { severity: Severity, started_at: i64 },
 }
 
-/// The state of one rule on one instance.
+/// The state of one rule on one instance: 32 bytes (an instance keeps one per rule). It
+/// is persisted as its four optional fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RuleStateRecord", into = "RuleStateRecord")]
 pub struct RuleState {
     /// Since when the figure has been at or above warning (event time).
-    pub warning_since: Option<i64>,
+    warning_since: Moment,
     /// Since when it has been at or above critical.
-    pub critical_since: Option<i64>,
+    critical_since: Moment,
+    /// When the firing condition began.
+    started_at: Moment,
     /// The severity it fires at, if firing.
     pub firing: Option<Severity>,
-    /// When the firing condition began.
-    pub started_at: Option<i64>,
+}
+
+/// An event time, or none, in 8 bytes: `i64::MIN` (no event time) stands for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Moment(i64);
+
+impl Moment {
+    const NONE: Moment = Moment(i64::MIN);
+
+    fn get(self) -> Option<i64> {
+        (self != Moment::NONE).then_some(self.0)
+    }
+
+    fn of(t: Option<i64>) -> Moment {
+        t.map_or(Moment::NONE, Moment)
+    }
+}
+
+impl Default for Moment {
+    fn default() -> Self {
+        Moment::NONE
+    }
+}
+
+/// A rule's state as persisted.
+#[derive(Serialize, Deserialize)]
+struct RuleStateRecord {
+    warning_since: Option<i64>,
+    critical_since: Option<i64>,
+    firing: Option<Severity>,
+    started_at: Option<i64>,
+}
+
+impl From<RuleStateRecord> for RuleState {
+    fn from(r: RuleStateRecord) -> RuleState {
+        RuleState {
+            warning_since: Moment::of(r.warning_since),
+            critical_since: Moment::of(r.critical_since),
+            started_at: Moment::of(r.started_at),
+            firing: r.firing,
+        }
+    }
+}
+
+impl From<RuleState> for RuleStateRecord {
+    fn from(r: RuleState) -> RuleStateRecord {
+        RuleStateRecord {
+            warning_since: r.warning_since(),
+            critical_since: r.critical_since(),
+            firing: r.firing,
+            started_at: r.started_at(),
+        }
+    }
 }
 
 impl RuleState {
+    /// Since when the figure has been at or above warning (event time).
+    pub fn warning_since(&self) -> Option<i64> {
+        self.warning_since.get()
+    }
+
+    /// Since when it has been at or above critical.
+    pub fn critical_since(&self) -> Option<i64> {
+        self.critical_since.get()
+    }
+
+    /// When the firing condition began, while it fires.
+    pub fn started_at(&self) -> Option<i64> {
+        self.started_at.get()
+    }
+
     /// Feeds the figure observed at event time `t`.
     pub fn observe(&mut self, t: i64, value: f64, th: &Thresholds) -> Option<Transition> {
         if value.is_nan() {
             return None;
         }
-        if value >= th.critical {
-            self.critical_since.get_or_insert(t);
-        } else {
-            self.critical_since = None;
-        }
-        if value >= th.warning {
-            self.warning_since.get_or_insert(t);
-        } else {
-            self.warning_since = None;
-        }
+        let since = |at_or_above: bool, since: Moment| match (at_or_above, since.get()) {
+            (false, _) => Moment::NONE,
+            (true, None) => Moment(t),
+            (true, Some(_)) => since,
+        };
+        self.critical_since = since(value >= th.critical, self.critical_since);
+        self.warning_since = since(value >= th.warning, self.warning_since);
         let held = |since: Option<i64>| since.is_some_and(|s| t - s >= th.for_ms);
         match self.firing {
             Some(severity) if value < th.resolve_below => {
-                let started_at = self.started_at.take().unwrap_or(t);
+                let started_at = self.started_at().unwrap_or(t);
+                self.started_at = Moment::NONE;
                 self.firing = None;
                 Some(Transition::Resolve { severity, started_at })
             }
-            Some(Severity::Warning) if held(self.critical_since) => {
+            Some(Severity::Warning) if held(self.critical_since()) => {
                 self.firing = Some(Severity::Critical);
                 Some(Transition::Fire {
                     severity: Severity::Critical,
-                    started_at: self.started_at.unwrap_or(t),
+                    started_at: self.started_at().unwrap_or(t),
                 })
             }
             Some(_) => None,
             None => {
-                let severity = if held(self.critical_since) {
+                let severity = if held(self.critical_since()) {
                     Severity::Critical
-                } else if held(self.warning_since) {
+                } else if held(self.warning_since()) {
                     Severity::Warning
                 } else {
                     return None;
                 };
-                let started_at = self.warning_since.or(self.critical_since).unwrap_or(t);
+                let started_at = self.warning_since().or(self.critical_since()).unwrap_or(t);
                 self.firing = Some(severity);
-                self.started_at = Some(started_at);
+                self.started_at = Moment(started_at);
                 Some(Transition::Fire { severity, started_at })
             }
         }
@@ -434,6 +502,25 @@ mod tests {
             t += step;
         }
         out
+    }
+
+    #[test]
+    fn a_rule_state_takes_32_bytes_and_is_persisted_as_its_four_optional_fields() {
+        assert_eq!(std::mem::size_of::<RuleState>(), 32);
+        let mut s = RuleState::default();
+        assert_eq!(
+            (s.warning_since(), s.critical_since(), s.started_at(), s.firing),
+            (None, None, None, None)
+        );
+        feed(&mut s, &CPU, 0, 6 * MINUTE, 5_000, 0.85);
+        assert_eq!((s.warning_since(), s.critical_since(), s.started_at()), (Some(0), None, Some(0)));
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"warning_since": 0, "critical_since": null, "firing": "WARNING", "started_at": 0})
+        );
+        assert_eq!(serde_json::from_value::<RuleState>(json).unwrap(), s);
+        assert_eq!(postcard::from_bytes::<RuleState>(&postcard::to_stdvec(&s).unwrap()).unwrap(), s);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl InstanceState {
             open.push((AlertKind::Flapping, Severity::Warning, s));
         }
         for (kind, rule) in RULE_KINDS.iter().zip(&self.rules) {
-            if let (Some(sev), Some(s)) = (rule.firing, rule.started_at) {
+            if let (Some(sev), Some(s)) = (rule.firing, rule.started_at()) {
                 open.push((*kind, sev, s));
             }
         }
