@@ -357,6 +357,7 @@ impl Engine {
             let Some(mut app) = record.state else { continue };
             let profile = engine.rules.profile_for(&app_id, &app.labels);
             for (id, inst) in app.instances.iter_mut() {
+                inst.drop_last_ids(); // (records of version 3 kept the newest beat whole)
                 let at = next_deadline(&profile, inst);
                 inst.scheduled = Some(at);
                 engine.schedule(at, &app_id, id, TimerKind::Liveness);
@@ -589,7 +590,7 @@ impl Engine {
 
         let stopping = beat.status == InstanceStatus::Stopping;
         instance.anchor = beat.sent_at.max(wm);
-        instance.last = beat;
+        instance.set_last(beat);
         if stopping {
             // A clean shutdown: every open alert of the instance resolves, and it leaves.
             for (kind, sev, started) in instance.open_alerts() {

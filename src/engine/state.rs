@@ -45,7 +45,8 @@ const RULE_KINDS: [AlertKind; 8] = [
 /// One instance of an application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceState {
-    /// The newest beat (by event time).
+    /// The newest beat (by event time), without its ids and labels (see
+    /// [`InstanceState::set_last`]).
     pub last: Heartbeat,
     /// Event time the liveness deadlines count from: the newest beat's `sent_at`, or the
     /// watermark when that beat arrived already behind it (late data must not make its
@@ -105,7 +106,7 @@ impl ArrivalStats {
 
 impl InstanceState {
     pub fn new(first: Heartbeat) -> InstanceState {
-        InstanceState {
+        let mut instance = InstanceState {
             anchor: first.sent_at,
             last: first,
             liveness: Liveness::Up,
@@ -119,7 +120,24 @@ impl InstanceState {
             trend: InstanceTrend::default(),
             flapping_since: None,
             arrivals: ArrivalStats::default(),
-        }
+        };
+        instance.drop_last_ids();
+        instance
+    }
+
+    /// Keeps `b` as the newest beat, without its ids and labels: the instance's key and its
+    /// application's labels hold them, and a copy in every instance would take a few
+    /// allocations each.
+    pub fn set_last(&mut self, b: Heartbeat) {
+        self.last = b;
+        self.drop_last_ids();
+    }
+
+    /// Empties the newest beat's ids and labels (empty ones allocate nothing).
+    pub fn drop_last_ids(&mut self) {
+        self.last.app_id = String::new();
+        self.last.instance_id = String::new();
+        self.last.labels = Labels::new();
     }
 
     /// Counter increases from the previous beat to `b`; a counter that went down was reset
@@ -246,9 +264,9 @@ impl AppState {
             Some(Severity::Warning) => "warning",
             None => "healthy",
         };
-        let newest = self.instances.values().max_by_key(|i| (i.last.sent_at, i.last.instance_id.clone()));
+        let newest = self.instances.iter().max_by_key(|(id, i)| (i.last.sent_at, *id));
         let mut last_figures = BTreeMap::new();
-        if let Some(i) = newest {
+        if let Some((_, i)) = newest {
             let b = &i.last;
             let mut put = |k: &str, v: Option<f64>| {
                 if let Some(v) = v.filter(|v| v.is_finite()) {

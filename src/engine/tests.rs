@@ -50,6 +50,22 @@ fn run_app(e: &mut Engine, app: &str, from: i64, to: i64, seq0: i64, out: &mut V
 }
 
 #[test]
+fn an_instance_keeps_its_newest_beat_without_ids_and_labels() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let mut b = beat("a", "i0", 1, T0);
+    b.labels.insert("team".into(), "payments".into());
+    b.cpu_ratio = Some(0.5);
+    e.on_beat(b, 1, 0, &mut out);
+    let app = e.app("a").unwrap();
+    let last = &app.instances["a-i0"].last;
+    assert_eq!((last.app_id.as_str(), last.instance_id.as_str(), last.labels.is_empty()), ("", "", true));
+    assert_eq!((last.sent_at, last.cpu_ratio), (T0, Some(0.5)));
+    assert_eq!(app.labels.get("team").map(String::as_str), Some("payments"), "the app keeps the labels");
+    assert_eq!(app.snapshot("a", 0).last_figures.get("cpu_ratio"), Some(&0.5));
+}
+
+#[test]
 fn steady_beats_raise_nothing() {
     let mut e = engine();
     let mut out = Vec::new();
