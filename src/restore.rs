@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::config::KafkaConfig;
-use crate::engine::{Engine, EngineConfig, NewestState, STATE_HEADER, StateRecord, StateRecordError};
+use crate::engine::{Engine, EngineConfig, RestoredApps, STATE_HEADER, StateRecord, StateRecordError};
 use crate::rules::CompiledRules;
 use crate::tally::{self, End, TallyError};
 
@@ -201,16 +201,13 @@ fn work(
     rules: &CompiledRules,
 ) -> WorkerResult {
     // An application's records are all in one partition, in order: the last one read wins.
-    let mut newest: HashMap<i32, HashMap<String, NewestState>> =
-        partitions.iter().map(|&p| (p, HashMap::new())).collect();
+    let mut restored: HashMap<i32, RestoredApps> =
+        partitions.iter().map(|&p| (p, RestoredApps::default())).collect();
     let (mut unreadable, mut first_error) = (0, None);
     for mut batch in rx {
         for (partition, decoded) in batch.decode() {
             match decoded {
-                Ok(r) => {
-                    let state = NewestState { updated_at_ms: r.updated_at_ms, state: r.state };
-                    newest.entry(partition).or_default().insert(r.app_id, state);
-                }
+                Ok(r) => restored.entry(partition).or_default().add(r),
                 Err(e) => {
                     unreadable += 1;
                     first_error.get_or_insert(e);
@@ -221,9 +218,9 @@ fn work(
         // The reader is gone once the topic is read: the batch is dropped then.
         let _ = emptied.send(batch);
     }
-    let engines = newest
+    let engines = restored
         .into_iter()
-        .map(|(p, apps)| (p, Engine::restore_newest(p, config.clone(), rules.clone(), apps)))
+        .map(|(p, apps)| (p, Engine::restore_apps(p, config.clone(), rules.clone(), apps)))
         .collect();
     WorkerResult { engines, unreadable, first_error }
 }

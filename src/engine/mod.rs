@@ -23,7 +23,7 @@ use crate::watermark::{Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
 pub use state::{
-    AppSnapshot, AppState, InstanceState, Liveness, NewestState, STATE_HEADER, STATE_VERSION, StateRecord,
+    AppSnapshot, AppState, InstanceState, Liveness, RestoredApps, STATE_HEADER, STATE_VERSION, StateRecord,
     StateRecordError, StateRecordOut,
 };
 
@@ -333,49 +333,53 @@ impl Engine {
         rules: CompiledRules,
         records: impl IntoIterator<Item = StateRecord>,
     ) -> Engine {
-        let mut newest = HashMap::new();
+        let mut restored = RestoredApps::default();
         for r in records {
-            newest.insert(r.app_id, NewestState { updated_at_ms: r.updated_at_ms, state: r.state });
+            restored.add(r);
         }
-        Engine::restore_newest(partition, config, rules, newest)
+        Engine::restore_apps(partition, config, rules, restored)
     }
 
-    /// As [`Engine::restore`], from each application's newest record.
-    pub fn restore_newest(
+    /// As [`Engine::restore`], from what the records restored: the applications' states
+    /// become the engine's as they are, each given its rule profile and pending deadlines.
+    pub fn restore_apps(
         partition: i32,
         config: EngineConfig,
         rules: CompiledRules,
-        newest: HashMap<String, NewestState>,
+        restored: RestoredApps,
     ) -> Engine {
         let mut engine = Engine::new(partition, config, rules);
-        engine.apps.reserve(newest.len());
-        let mut watermark = None;
-        for (app_id, record) in newest {
-            if record.updated_at_ms > 0 {
-                watermark = watermark.max(Some(record.updated_at_ms));
-            }
-            let Some(mut app) = record.state else { continue };
-            let profile = engine.rules.profile_for(&app_id, &app.labels);
+        let RestoredApps { mut apps, watermark } = restored;
+        let timers: usize = apps
+            .values()
+            .map(|a| {
+                a.rollups.len()
+                    + a.instances.values().map(|i| 1 + usize::from(i.restarted.is_some())).sum::<usize>()
+            })
+            .sum();
+        engine.timers.reserve_exact(timers);
+        for (app_id, app) in apps.iter_mut() {
+            let profile = engine.rules.profile_for(app_id, &app.labels);
             for (id, inst) in app.instances.iter_mut() {
                 inst.drop_last_ids(); // (records of version 3 kept the newest beat whole)
                 let at = next_deadline(&profile, inst);
                 inst.scheduled = Some(at);
-                engine.schedule(at, &app_id, id, TimerKind::Liveness);
+                engine.schedule(at, app_id, id, TimerKind::Liveness);
                 if let Some((_, last)) = inst.restarted {
                     engine.schedule(
                         last + engine.config.restart_quiet_ms,
-                        &app_id,
+                        app_id,
                         id,
                         TimerKind::RestartQuiet,
                     );
                 }
             }
             for &minute in app.rollups.keys() {
-                engine.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+                engine.schedule(minute + rollup::MINUTE_MS, app_id, "", TimerKind::RollupClose(minute));
             }
             app.profile = Some(profile);
-            engine.apps.insert(app_id, app);
         }
+        engine.apps = apps;
         if let Some(w) = watermark {
             engine.watermark.restore(w);
         }

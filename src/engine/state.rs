@@ -1,7 +1,7 @@
 //! Per-application and per-instance state, and the snapshot of an application published on
 //! `app-state` and upserted into the `application` table.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -388,12 +388,30 @@ pub struct StateRecord {
     pub state: Option<AppState>,
 }
 
-/// An application's newest `app-state` record, as a restore keeps it (keyed by app id).
-#[derive(Debug, Clone)]
-pub struct NewestState {
-    /// The partition's watermark when the record was written.
-    pub updated_at_ms: i64,
-    pub state: Option<AppState>,
+/// What a partition's `app-state` records restore: each application's state from its newest
+/// record, and the newest watermark they carry.
+#[derive(Debug, Default)]
+pub struct RestoredApps {
+    pub(super) apps: HashMap<String, AppState>,
+    pub(super) watermark: Option<i64>,
+}
+
+impl RestoredApps {
+    /// Takes a record read after the ones before it: an application's state, or (without
+    /// state) its end.
+    pub fn add(&mut self, r: StateRecord) {
+        if r.updated_at_ms > 0 {
+            self.watermark = self.watermark.max(Some(r.updated_at_ms));
+        }
+        match r.state {
+            Some(state) => {
+                self.apps.insert(r.app_id, state);
+            }
+            None => {
+                self.apps.remove(&r.app_id);
+            }
+        }
+    }
 }
 
 /// Records up to version 2: everything in the JSON value.
