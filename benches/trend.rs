@@ -2,11 +2,11 @@
 //! last one closes a minute, which is pushed into the window and judged — for a steady
 //! instance (the incremental Mann–Kendall gate stops it) and for a leaking one (the full
 //! robust judgement of every resource, every minute). Prints the bytes an instance's trend
-//! state takes. Run: `cargo bench --bench trend`.
+//! state takes, its window's points coded as the engine keeps them. Run: `cargo bench --bench trend`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pulsewatch::heartbeat::Heartbeat;
-use pulsewatch::trend::{InstanceTrend, LeakChange, Point, TrendConfig, judge};
+use pulsewatch::trend::{InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, judge};
 
 const T0: i64 = 1_800_000_000_000;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -29,12 +29,6 @@ fn jitter(i: i64) -> f64 {
 fn bench(c: &mut Criterion) {
     let config = TrendConfig::default();
     let capacity = config.lookback_minutes as usize + 1;
-    let bytes = std::mem::size_of::<InstanceTrend>() + capacity * std::mem::size_of::<Point>();
-    println!(
-        "trend state per instance: {bytes} bytes ({} B struct + {capacity} minute points of {} B)",
-        std::mem::size_of::<InstanceTrend>(),
-        std::mem::size_of::<Point>()
-    );
     let mut g = c.benchmark_group("trend");
     g.throughput(Throughput::Elements(1));
     for (name, slope_per_min) in [("steady instance", 0.0), ("leaking instance", 0.6 * GIB / 360.0)] {
@@ -52,7 +46,16 @@ fn bench(c: &mut Criterion) {
             i += 1;
         }
         let fired = out.iter().filter(|c| matches!(c, LeakChange::Fire { .. })).count();
-        println!("{name}: {fired} leak alert(s) raised while its window filled");
+        let w = &trend.window;
+        println!(
+            "{name}: {fired} leak alert(s) raised while its window filled; trend state {} bytes ({} B struct + {} points coded in {} B, {} B raw; buffer {} B)",
+            std::mem::size_of::<InstanceTrend>() + w.coded_capacity(),
+            std::mem::size_of::<InstanceTrend>(),
+            w.len(),
+            w.coded_bytes(),
+            w.len() * POINT_BYTES,
+            w.coded_capacity()
+        );
         g.bench_function(format!("one minute of beats, closed and judged: {name}"), |b| {
             b.iter(|| {
                 for _ in 0..12 {
