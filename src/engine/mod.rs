@@ -542,7 +542,7 @@ impl Engine {
         let values = figures_for_rules(&beat, error_rate);
         for (i, &(kind, th)) in profile.rules.iter().enumerate() {
             let Some(value) = values[i] else { continue };
-            if let Some(tr) = instance.rules[i].observe(t, value, &th) {
+            if let Some(tr) = instance.rules.observe(i, t, value, &th) {
                 let inst = Some(instance_id.as_str());
                 let (change, shown_threshold) = match tr {
                     Transition::Fire { severity, started_at } => {

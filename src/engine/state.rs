@@ -9,7 +9,7 @@ use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
-use crate::rules::RuleState;
+use crate::rules::RuleStates;
 use crate::trend::InstanceTrend;
 
 /// Where an instance stands on liveness.
@@ -59,7 +59,7 @@ pub struct InstanceState {
     pub down_since: Option<i64>,
     /// The liveness deadline the timer heap holds for this instance.
     pub scheduled: Option<i64>,
-    pub rules: [RuleState; 8],
+    pub rules: RuleStates,
     /// (started_at, last restart) of an open INSTANCE_RESTARTED alert.
     pub restarted: Option<(i64, i64)>,
     /// Event times of recent UP/DOWN transitions.
@@ -113,7 +113,7 @@ impl InstanceState {
             late_since: None,
             down_since: None,
             scheduled: None,
-            rules: [RuleState::default(); 8],
+            rules: RuleStates::default(),
             restarted: None,
             transitions: VecDeque::new(),
             rate_window: VecDeque::new(),
@@ -207,7 +207,7 @@ impl InstanceState {
         if let Some(s) = self.flapping_since {
             open.push((AlertKind::Flapping, Severity::Warning, s));
         }
-        for (kind, rule) in RULE_KINDS.iter().zip(&self.rules) {
+        for (kind, rule) in RULE_KINDS.iter().zip(self.rules.iter()) {
             if let (Some(sev), Some(s)) = (rule.firing, rule.started_at()) {
                 open.push((*kind, sev, s));
             }
