@@ -140,6 +140,9 @@ fn main() {
         latencies.last().copied().unwrap_or(-1)
     );
     assert!(!latencies.is_empty(), "the live faults raised alerts");
+    // The topics are this run's alone: they would only fill the broker's disk and slow its start.
+    rt.block_on(topology::remove(&config.kafka, &Topology::builtin()))
+        .expect("the bench's topics are deleted");
 }
 
 /// Reads `topic` from the beginning to its end, doing nothing with the records.

@@ -198,6 +198,8 @@ fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rul
         restore::restore_partitions(&pw.kafka, &topic, &partitions, config, rules, timeout).unwrap();
         println!("  again, into memory the first restore freed: {:.2} s", started.elapsed().as_secs_f64());
     }
+    // The topic is this run's alone: it would only fill the broker's disk and slow its start.
+    rt.block_on(topology::remove(&pw.kafka, &Topology::builtin())).expect("the bench's topics are deleted");
 }
 
 /// Time to write one byte into every page of `bytes` of freshly allocated memory, split

@@ -37,6 +37,8 @@ pub enum TopologyError {
     Create { topic: String, code: RDKafkaErrorCode },
     #[error("describing topic {topic} failed: {problem}")]
     Describe { topic: String, problem: String },
+    #[error("deleting topic {topic} failed: {code}")]
+    Delete { topic: String, code: RDKafkaErrorCode },
 }
 
 /// One declared topic.
@@ -169,6 +171,24 @@ pub async fn apply(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, T
         }
     }
     Ok(report)
+}
+
+/// Deletes the topology's topics under the configured prefix (those that exist); returns
+/// the names deleted. For the throwaway topics of benchmarks, whose prefix is their own.
+pub async fn remove(kafka: &KafkaConfig, topology: &Topology) -> Result<Vec<String>, TopologyError> {
+    let admin = admin_client(kafka)?;
+    let names: Vec<String> = topology.topics.iter().map(|t| kafka.name(&t.name)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let mut deleted = Vec::new();
+    for result in admin.delete_topics(&names, &opts).await? {
+        match result {
+            Ok(topic) => deleted.push(topic),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(TopologyError::Delete { topic, code }),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Reports drift (missing topics included) without changing anything.

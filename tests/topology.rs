@@ -1,4 +1,4 @@
-//! `topology apply` and `check` against the real broker.
+//! `topology apply`, `check` and `remove` against the real broker.
 
 mod common;
 
@@ -8,7 +8,7 @@ use pulsewatch::topology::{self, Drift, Topology};
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 
 #[test]
-fn apply_creates_what_is_missing_and_twice_changes_nothing() {
+fn apply_creates_what_is_missing_twice_changes_nothing_and_remove_deletes_it() {
     let config = common::isolated_config("topology_apply");
     let declared = Topology::builtin();
     common::runtime().block_on(async {
@@ -36,6 +36,21 @@ fn apply_creates_what_is_missing_and_twice_changes_nothing() {
 
         let check = topology::check(&config.kafka, &declared).await.unwrap();
         assert!(check.drift.is_empty(), "{:?}", check.drift);
+
+        // Removed: every topic of the prefix goes (deletion completes in the background).
+        let mut removed = topology::remove(&config.kafka, &declared).await.unwrap();
+        removed.sort();
+        assert_eq!(removed, expected);
+        let mut missing = 0;
+        for _ in 0..50 {
+            let drift = topology::check(&config.kafka, &declared).await.unwrap().drift;
+            missing = drift.iter().filter(|d| matches!(d, Drift::Missing { .. })).count();
+            if missing == declared.topics.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(missing, declared.topics.len(), "every topic is gone");
     });
 }
 
