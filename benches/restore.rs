@@ -10,8 +10,9 @@
 //!    PULSEWATCH_BENCH_RESTORE_APPS applications (default 100,000), are written to a fresh
 //!    `app-state` topic of 12 partitions, and all of them restored as a processor does after a
 //!    restart: read to the end (read_committed), decoded on every core, engines rebuilt. The
-//!    ceiling is a read of the same records that does nothing with them; the figure is
-//!    extrapolated to a million.
+//!    ceilings are a read of the same records that does nothing with them, and touching as
+//!    much fresh memory as the restore kept (on every core); the figure is extrapolated to a
+//!    million. The topic is deleted at the end.
 //!
 //! Run: `cargo bench --bench restore` (PULSEWATCH_BENCH_APPS, default 2000; with
 //! PULSEWATCH_BENCH_RESTORE_TWICE=1 it restores through Kafka a second time, into the memory
