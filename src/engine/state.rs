@@ -325,7 +325,7 @@ pub struct AppSnapshot {
 /// watermark and the [`AppState`] (about two thirds of version 2's JSON, and read back about
 /// three times faster); 4: as 3, with each trend window's points coded against the points
 /// before them ([`crate::trend::Window`]), as the engine keeps them in memory (the header of
-/// an application of two instances with full windows: ≈ 3.5 KB instead of ≈ 4.9). Records of
+/// an application of two instances with full windows: ≈ 3.4 KB instead of ≈ 4.9). Records of
 /// versions 1 to 3 still restore.
 pub const STATE_VERSION: u32 = 4;
 
