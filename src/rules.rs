@@ -499,8 +499,9 @@ impl RuleStates {
         let idle = RuleState::default();
         match &mut self.0 {
             Some(states) => {
+                let was_idle = states[i] == idle;
                 let transition = states[i].observe(t, value, th);
-                if states[i] == idle && states.iter().all(|s| *s == idle) {
+                if !was_idle && states[i] == idle && states.iter().all(|s| *s == idle) {
                     self.0 = None;
                 }
                 transition
