@@ -54,11 +54,12 @@ struct Coder {
     bits: [u32; COLUMNS],
 }
 
-/// What a later point adds to the statistics of an earlier one, `q`.
-fn add_signs(s: &mut [i64; COLUMNS], q: &Point, p: &Point) {
-    for ((s, old), v) in s.iter_mut().zip(q.values).zip(p.values) {
+/// Adds `weight` times what the pair of an earlier point and a later one contributes to the
+/// statistics (1 when the later one comes, -1 when the earlier one goes).
+fn add_signs(s: &mut [i64; COLUMNS], earlier: &Point, later: &Point, weight: i64) {
+    for ((s, old), v) in s.iter_mut().zip(earlier.values).zip(later.values) {
         if !old.is_nan() && !v.is_nan() {
-            *s += sign(f64::from(old), f64::from(v));
+            *s += weight * sign(f64::from(old), f64::from(v));
         }
     }
 }
@@ -247,7 +248,7 @@ impl Window {
         } else {
             let mut points = Points::of(&self.coded, self.len);
             for q in &mut points {
-                add_signs(&mut self.s, &q, &p);
+                add_signs(&mut self.s, &q, &p, 1);
             }
             let coder = points.coder;
             self.append(coder, &p);
@@ -259,16 +260,13 @@ impl Window {
     fn drop_oldest(&mut self, next: Option<&Point>) {
         let mut points = Points::of(&self.coded, self.len);
         let Some(oldest) = points.next() else { return };
-        let second_at = points.at;
-        for q in &mut points {
-            for c in 0..COLUMNS {
-                let (v, later) = (oldest.values[c], q.values[c]);
-                if !v.is_nan() && !later.is_nan() {
-                    self.s[c] -= sign(f64::from(v), f64::from(later));
-                }
-            }
+        // The second point, and where the points after it begin.
+        let mut second = None;
+        while let Some(q) = points.next() {
+            second.get_or_insert((q, points.at));
+            add_signs(&mut self.s, &oldest, &q, -1);
             if let Some(p) = next {
-                add_signs(&mut self.s, &q, p);
+                add_signs(&mut self.s, &q, p, 1);
             }
         }
         let mut coder = points.coder;
@@ -278,16 +276,17 @@ impl Window {
             }
         }
         self.len -= 1;
-        if self.len == 0 {
-            self.coded.clear();
-            coder = Coder::default();
-        } else {
-            let mut second_coder = Coder { minute: oldest.minute, bits: oldest.values.map(f32::to_bits) };
-            let mut rest_at = second_at;
-            let second = second_coder.decode(&self.coded, &mut rest_at).expect("a window's points are whole");
-            let mut first = [0u8; MAX_CODED_POINT];
-            let n = Coder::default().encode_into(&second, &mut first);
-            self.coded.splice(..rest_at, first[..n].iter().copied());
+        match second {
+            None => {
+                debug_assert_eq!(self.len, 0, "a window's points are whole");
+                self.coded.clear();
+                coder = Coder::default();
+            }
+            Some((second, rest_at)) => {
+                let mut first = [0u8; MAX_CODED_POINT];
+                let n = Coder::default().encode_into(&second, &mut first);
+                self.coded.splice(..rest_at, first[..n].iter().copied());
+            }
         }
         if let Some(p) = next {
             self.append(coder, p);
