@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench --bench restore` (PULSEWATCH_BENCH_APPS, default 2000; with
 //! PULSEWATCH_BENCH_RESTORE_TWICE=1 it restores through Kafka a second time, into the memory
-//! the first restore freed).
+//! the first restore freed). The bench applies `processor.transparent_huge_pages` as the
+//! processor does: PULSEWATCH_PROCESSOR_TRANSPARENT_HUGE_PAGES=true measures with them.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ const T0: i64 = 1_800_000_000_000;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    let pw = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
+    // The processor's memory setting, as `pulsewatch run` applies it, for the whole bench.
+    let huge_pages = pw.processor.transparent_huge_pages;
+    pulsewatch::huge_pages::allow(huge_pages).expect("the transparent huge pages setting applies");
     let apps: usize = std::env::var("PULSEWATCH_BENCH_APPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -78,9 +83,10 @@ fn main() {
     let (_, decode_again, rebuild_again) = read_back();
     let per_app = |d: std::time::Duration| d.as_secs_f64() * 1e6 / apps as f64;
     println!(
-        "restore: {apps} apps x 2 instances; per app-state record {} bytes of JSON snapshot, {} of binary state",
+        "restore: {apps} apps x 2 instances; per app-state record {} bytes of JSON snapshot, {} of binary state; transparent huge pages {}",
         value / apps,
-        header / apps
+        header / apps,
+        if huge_pages { "allowed" } else { "off" }
     );
     println!("  writing the records: {:.1} us per app", per_app(write));
     println!(
@@ -103,14 +109,19 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 100_000 } else { 2_000 });
-    through_kafka(&templates, restore_apps, &config, &rules);
+    through_kafka(pw, &templates, restore_apps, &config, &rules);
 }
 
 /// Writes `apps` application states (copies of `templates`) to a fresh app-state topic and
 /// times restoring every partition from it.
-fn through_kafka(templates: &[AppState], apps: usize, config: &EngineConfig, rules: &CompiledRules) {
+fn through_kafka(
+    mut pw: Config,
+    templates: &[AppState],
+    apps: usize,
+    config: &EngineConfig,
+    rules: &CompiledRules,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let mut pw = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
     pw.kafka.topic_prefix = format!("bench-{:08x}-", rand::random::<u32>());
     rt.block_on(topology::apply(&pw.kafka, &Topology::builtin()))
         .expect("Kafka reachable: start the local stack with scripts/stack up");

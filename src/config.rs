@@ -66,6 +66,9 @@ pub struct ProcessorConfig {
     /// pod name); a second process started with the same id fences the first. Empty:
     /// `<prefix>processor-<hostname>-<pid>`.
     pub transactional_id: String,
+    /// Whether the kernel may back this process's memory with transparent huge pages
+    /// (see [`crate::huge_pages`]); the whole process, the sink stage too when it runs here.
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for ProcessorConfig {
@@ -74,6 +77,7 @@ impl Default for ProcessorConfig {
             commit_interval_ms: 100,
             max_batch_records: 20_000,
             transactional_id: String::new(),
+            transparent_huge_pages: false,
         }
     }
 }

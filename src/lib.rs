@@ -22,6 +22,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod heartbeat;
 pub mod http;
+pub mod huge_pages;
 pub mod kafka;
 pub mod labels;
 pub mod loadgen;

@@ -47,6 +47,11 @@ pub const STOP_WITHIN: Duration = Duration::from_secs(30);
 
 /// Runs the chosen stages until a signal or a stage failure.
 pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
+    let huge_pages = config.processor.transparent_huge_pages;
+    match crate::huge_pages::allow(huge_pages) {
+        Ok(()) => tracing::info!(allowed = huge_pages, "transparent huge pages for this process"),
+        Err(e) => tracing::warn!(error = %e, "transparent huge pages: the setting could not be applied"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let shutdown = Shutdown::new();
     let config = Arc::new(config);
