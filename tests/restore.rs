@@ -1,6 +1,8 @@
 //! A restart with a large fleet: the state of 100,000 applications comes back from the
 //! compacted `app-state` topic, and `/readyz` stays false while it is rebuilt. And the
-//! restore on its own, against records written by hand.
+//! restore on its own, against records written by hand. And the memory setting that makes
+//! a restore's fresh memory cheap here (`processor.transparent_huge_pages`) reaches the
+//! process.
 
 mod common;
 
@@ -193,4 +195,24 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
     assert_eq!(restored.records, 1);
     let (_, engine) = &restored.engines[0];
     assert_eq!(engine.app("app-pending").map(|a| a.last_seen), Some(5), "the committed state is restored");
+}
+
+/// What the kernel reports for a process: whether transparent huge pages may back its memory
+/// (`THP_enabled` in /proc/<pid>/status, the flag `prctl(PR_SET_THP_DISABLE)` sets).
+fn huge_pages_allowed(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("Linux 5.0 on reports it");
+    line.split_whitespace().nth(1) == Some("1")
+}
+
+#[test]
+fn the_processor_runs_without_transparent_huge_pages_unless_configured() {
+    let config = common::prepare("huge_pages");
+    let default = Pipeline::start(&config, "processor", &[]);
+    assert!(!huge_pages_allowed(default.pid()), "off by default");
+    default.stop();
+    let allowed =
+        Pipeline::start(&config, "processor", &[("PULSEWATCH_PROCESSOR_TRANSPARENT_HUGE_PAGES", "true")]);
+    assert!(huge_pages_allowed(allowed.pid()), "on when processor.transparent_huge_pages = true");
+    allowed.stop();
 }
