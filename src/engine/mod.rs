@@ -9,6 +9,7 @@
 pub mod explain;
 pub mod rollup;
 pub mod state;
+pub mod vec_map;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -421,8 +422,7 @@ impl Engine {
         let mut new_minute = false;
         if minute + rollup::MINUTE_MS > wm || app.rollups.contains_key(&minute) {
             app.rollups
-                .entry(minute)
-                .or_insert_with(|| {
+                .get_or_insert_with(&minute, || {
                     new_minute = true;
                     Box::new(MinuteAcc::new(minute))
                 })
@@ -463,7 +463,7 @@ impl Engine {
             );
         }
 
-        let instance = app.instances.entry(instance_id.clone()).or_insert_with(|| {
+        let instance = app.instances.get_or_insert_with(&instance_id, || {
             schedule_liveness = true;
             Box::new(InstanceState::new(beat.clone()))
         });

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
+use super::vec_map::VecMap;
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
@@ -220,15 +221,14 @@ impl InstanceState {
 /// One application: its instances and what is open about it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppState {
-    /// Boxed, so that a B-tree node (room for 11 entries) holds pointers, not 11 whole
-    /// instance states: an application of two instances takes a few KB, not 14.
-    pub instances: BTreeMap<String, Box<InstanceState>>,
+    /// Boxed, so that moving an entry (an instance coming or going) moves a pointer.
+    pub instances: VecMap<String, Box<InstanceState>>,
     /// Instances that left with STOPPING.
     pub stopped: BTreeSet<String>,
     /// Deadline at which APP_DOWN fired, while it is open.
     pub app_down: Option<i64>,
     /// Rollup minutes not yet closed, by minute start.
-    pub rollups: BTreeMap<i64, Box<MinuteAcc>>,
+    pub rollups: VecMap<i64, Box<MinuteAcc>>,
     pub last_seen: i64,
     pub labels: Labels,
     /// The rules and liveness settings this app is judged by (from its overrides); derived
