@@ -11,7 +11,7 @@ use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
 use pulsewatch::tally::{self, Tally};
 use pulsewatch::topology::{self, Topology, names};
 
-fn prepare(test: &str) -> Config {
+fn prepare(test: &str) -> common::TestConfig {
     let config = common::isolated_config(test);
     common::runtime().block_on(topology::apply(&config.kafka, &Topology::builtin())).unwrap();
     config

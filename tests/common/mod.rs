@@ -16,8 +16,49 @@ pub fn stack(action: &str) {
     assert!(status.success(), "scripts/stack {action}: {status}");
 }
 
+/// A test's own config. Its topics and schema are removed when it is dropped after the test
+/// passed, and kept after a failure, to be looked at: so the broker does not gather every
+/// run's topics (each takes a directory per partition, and a broker with many thousands of
+/// them starts slowly).
+pub struct TestConfig(Config);
+
+impl std::ops::Deref for TestConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl Drop for TestConfig {
+    fn drop(&mut self) {
+        let config = &self.0;
+        if std::thread::panicking() {
+            eprintln!(
+                "kept for a look: topics {}* and schema {}",
+                config.kafka.topic_prefix, config.postgres.schema
+            );
+            return;
+        }
+        let rt = runtime();
+        if let Err(e) = rt
+            .block_on(pulsewatch::topology::remove(&config.kafka, &pulsewatch::topology::Topology::builtin()))
+        {
+            eprintln!("topics {}* not removed: {e}", config.kafka.topic_prefix);
+        }
+        let drop_schema = format!("DROP SCHEMA IF EXISTS {} CASCADE", config.postgres.schema);
+        let dropped = rt.block_on(async {
+            let client = pulsewatch::store::connect(&config.postgres).await.map_err(|e| e.to_string())?;
+            client.batch_execute(&drop_schema).await.map_err(|e| e.to_string())
+        });
+        if let Err(e) = dropped {
+            eprintln!("schema {} not removed: {e}", config.postgres.schema);
+        }
+    }
+}
+
 /// A config pointing at the local stack, with a topic prefix and schema of this test's own.
-pub fn isolated_config(test: &str) -> Config {
+pub fn isolated_config(test: &str) -> TestConfig {
     let mut config = Config::load(
         None,
         std::env::vars().filter(|(k, _)| {
@@ -32,7 +73,7 @@ pub fn isolated_config(test: &str) -> Config {
     config.kafka.topic_prefix = format!("it-{}-", tag.replace('_', "-"));
     config.postgres.schema = format!("it_{tag}").to_lowercase();
     require_stack(&config);
-    config
+    TestConfig(config)
 }
 
 /// Fails, saying how to start the stack, when Kafka or PostgreSQL cannot be reached.
@@ -286,7 +327,7 @@ pub fn committed_to_end(config: &Config, group: &str, topic: &str) -> bool {
 }
 
 /// Creates the topics and the schema of an isolated test.
-pub fn prepare(test: &str) -> Config {
+pub fn prepare(test: &str) -> TestConfig {
     let config = isolated_config(test);
     let rt = runtime();
     rt.block_on(pulsewatch::topology::apply(&config.kafka, &pulsewatch::topology::Topology::builtin()))
@@ -459,7 +500,7 @@ pub fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewa
 
 /// One run of the load on topics of its own.
 pub struct Run {
-    pub config: pulsewatch::config::Config,
+    pub config: TestConfig,
     pub file: std::path::PathBuf,
     pub group: String,
     pub heartbeats: String,
