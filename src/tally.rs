@@ -158,6 +158,7 @@ pub fn read_partitions_each(
         }
     }
     if remaining.is_empty() {
+        close_in_background((consumer, log));
         return Ok(());
     }
     let mut read = 0u64;
