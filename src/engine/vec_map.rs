@@ -29,10 +29,6 @@ impl<K, V> Default for VecMap<K, V> {
 }
 
 impl<K: Ord, V> VecMap<K, V> {
-    pub fn new() -> Self {
-        VecMap::default()
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -127,10 +123,6 @@ impl<K, V> VecMap<K, V> {
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
     }
-
-    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
-        self.entries.iter_mut().map(|(_, v)| v)
-    }
 }
 
 impl<K: Ord, V> FromIterator<(K, V)> for VecMap<K, V> {
@@ -224,7 +216,7 @@ mod tests {
     #[test]
     fn it_answers_as_a_btree_map_does_for_any_sequence_of_inserts_and_removals() {
         // A fixed pseudo-random walk over a small key space, so keys come and go often.
-        let mut ours: VecMap<u8, u32> = VecMap::new();
+        let mut ours: VecMap<u8, u32> = VecMap::default();
         let mut reference: BTreeMap<u8, u32> = BTreeMap::new();
         let mut x: u32 = 12345;
         for step in 0..5_000u32 {
