@@ -174,7 +174,8 @@ pub async fn apply(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, T
 }
 
 /// Deletes the topology's topics under the configured prefix (those that exist); returns
-/// the names deleted. For the throwaway topics of benchmarks, whose prefix is their own.
+/// the names deleted. For throwaway topics under a prefix of their own: a benchmark's, or a
+/// test's once it passed.
 pub async fn remove(kafka: &KafkaConfig, topology: &Topology) -> Result<Vec<String>, TopologyError> {
     let admin = admin_client(kafka)?;
     let names: Vec<String> = topology.topics.iter().map(|t| kafka.name(&t.name)).collect();
