@@ -217,8 +217,34 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            self.print_log_tail(exited);
+        }
+    }
+}
+
+impl Pipeline {
+    /// After a failed test: whether the process had exited, and the end of its log.
+    fn print_log_tail(&self, exited: Option<std::process::ExitStatus>) {
+        const LINES: usize = 80;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(LINES);
+        let state =
+            exited.map_or("still running when the test failed".to_owned(), |s| format!("had exited: {s}"));
+        eprintln!(
+            "pulsewatch (pid {}) {state}; the last {} of {} lines of {}:",
+            self.child.id(),
+            lines.len() - from,
+            lines.len(),
+            self.log.display()
+        );
+        for line in &lines[from..] {
+            eprintln!("  | {line}");
+        }
     }
 }
 
