@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -159,5 +159,92 @@ pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
                 .with_label_values(&[stage, e.topic(), &e.partition().to_string()])
                 .set((high - at).max(0));
         }
+    }
+}
+
+/// Errors that say "not yet" rather than "no": a topic created a moment ago whose
+/// partitions have no leader yet, a broker restarting or out of reach for a while.
+pub fn is_transient(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownLeaderEpoch
+                | Code::FencedLeaderEpoch
+                | Code::BrokerNotAvailable
+                | Code::NotCoordinator
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+        )
+    )
+}
+
+/// How long the stages retry a call that keeps failing with a transient error before the
+/// error is theirs to report.
+pub const TRANSIENT_RETRY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Calls `call` until it succeeds, fails for good, or `deadline` is near, backing off from
+/// 100 ms to 2 s between attempts that failed with a transient error.
+pub fn retrying<T>(
+    deadline: Instant,
+    mut call: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call() {
+            Err(e) if is_transient(&e) && Instant::now() + delay < deadline => {
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka: not ready yet; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_what_is_not_ready_yet_and_nothing_else() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut calls = 0;
+        let ok = retrying(far, || {
+            calls += 1;
+            if calls < 3 {
+                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(ok.unwrap(), 3, "a leaderless partition is waited for");
+
+        assert_eq!(
+            attempts_failing_with(RDKafkaErrorCode::TopicAuthorizationFailed, far),
+            1,
+            "a refusal is not retried"
+        );
+        let near = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            attempts_failing_with(RDKafkaErrorCode::LeaderNotAvailable, near),
+            1,
+            "no attempt past the deadline"
+        );
+    }
+
+    /// How many times `retrying` calls a fetch that always fails with `code`.
+    fn attempts_failing_with(code: RDKafkaErrorCode, deadline: Instant) -> usize {
+        let mut calls = 0;
+        let result = retrying(deadline, || -> Result<(), KafkaError> {
+            calls += 1;
+            Err(KafkaError::MetadataFetch(code))
+        });
+        assert!(result.is_err());
+        calls
     }
 }

@@ -570,7 +570,9 @@ fn restore_engines(
 /// Refuses an app-state topic with fewer partitions than heartbeats.
 fn check_partitions(consumer: &BaseConsumer<RebalanceLog>, topics: &Topics) -> Result<(), ProcessorError> {
     let count = |topic: &str| -> Result<usize, KafkaError> {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        let deadline = Instant::now() + kafka::TRANSIENT_RETRY_TIMEOUT;
+        let metadata =
+            kafka::retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
         Ok(metadata.topics().iter().map(|t| t.partitions().len()).sum())
     };
     let (need, has) = (count(&topics.heartbeats)?, count(&topics.app_state)?);

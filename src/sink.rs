@@ -310,7 +310,11 @@ fn seek_to_stored(
         })?;
         let offset = match stored {
             Some(o) => o,
-            None => consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))?.0,
+            // A partition created a moment ago may have no leader yet; a broker may be away.
+            None => {
+                let deadline = Instant::now() + kafka::TRANSIENT_RETRY_TIMEOUT;
+                kafka::retrying(deadline, || consumer.fetch_watermarks(topic, *p, Duration::from_secs(30)))?.0
+            }
         };
         expected.insert((topic.clone(), *p), offset);
         // The assignment may not be active yet; retry the seek briefly.

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::codec;
 use crate::config::KafkaConfig;
+use crate::kafka;
 
 #[derive(Debug, Error)]
 pub enum TallyError {
@@ -128,7 +129,8 @@ pub fn read_partitions_each(
         End::Settled => Some(kafka.client_config().set("isolation.level", "read_uncommitted").create()?),
     };
     let deadline = Instant::now() + timeout;
-    let metadata = retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
+    let metadata =
+        kafka::retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -144,11 +146,13 @@ pub fn read_partitions_each(
     // knows none, it looks them up on its own schedule (a wait growing by 100 ms a try), which
     // held a restore up for 0.5 to 0.8 s in about half the runs of the restore bench.
     if let Some(log) = &log {
-        retrying(deadline, || log.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
+        kafka::retrying(deadline, || log.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
     }
     for p in partitions {
         let (low, high) = match &log {
-            None => retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?,
+            None => {
+                kafka::retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?
+            }
             Some(log) => settled_watermarks(&consumer, log, topic, p, deadline, timeout)?,
         };
         if high > low {
@@ -213,10 +217,11 @@ fn settled_watermarks(
     let started = Instant::now();
     let mut delay = Duration::from_millis(10);
     loop {
-        let (low, committed_end) =
-            retrying(deadline, || consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)))?;
+        let (low, committed_end) = kafka::retrying(deadline, || {
+            consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))
+        })?;
         let (_, log_end) =
-            retrying(deadline, || log.fetch_watermarks(topic, partition, Duration::from_secs(30)))?;
+            kafka::retrying(deadline, || log.fetch_watermarks(topic, partition, Duration::from_secs(30)))?;
         if committed_end >= log_end {
             if delay > Duration::from_millis(10) {
                 tracing::info!(
@@ -239,43 +244,6 @@ fn settled_watermarks(
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(500));
-    }
-}
-
-/// Errors that say "not yet" rather than "no": a topic created a moment ago whose
-/// partitions have no leader yet, a broker restarting or out of reach for a while.
-fn is_transient(e: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            Code::NotLeaderForPartition
-                | Code::LeaderNotAvailable
-                | Code::UnknownLeaderEpoch
-                | Code::FencedLeaderEpoch
-                | Code::BrokerNotAvailable
-                | Code::NotCoordinator
-                | Code::RequestTimedOut
-                | Code::OperationTimedOut
-                | Code::BrokerTransportFailure
-                | Code::AllBrokersDown
-        )
-    )
-}
-
-/// Calls `call` until it succeeds, fails for good, or `deadline` is near, backing off from
-/// 100 ms to 2 s between attempts that failed with a transient error.
-fn retrying<T>(deadline: Instant, mut call: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match call() {
-            Err(e) if is_transient(&e) && Instant::now() + delay < deadline => {
-                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka: not ready yet; retrying");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            other => return other,
-        }
     }
 }
 
@@ -309,49 +277,4 @@ pub fn tally_topic(
         }
     }
     Ok(tally)
-}
-
-#[cfg(test)]
-mod tests {
-    use rdkafka::types::RDKafkaErrorCode;
-
-    use super::*;
-
-    #[test]
-    fn retries_what_is_not_ready_yet_and_nothing_else() {
-        let far = Instant::now() + Duration::from_secs(60);
-        let mut calls = 0;
-        let ok = retrying(far, || {
-            calls += 1;
-            if calls < 3 {
-                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::NotLeaderForPartition))
-            } else {
-                Ok(calls)
-            }
-        });
-        assert_eq!(ok.unwrap(), 3, "a leaderless partition is waited for");
-
-        assert_eq!(
-            attempts_failing_with(RDKafkaErrorCode::TopicAuthorizationFailed, far),
-            1,
-            "a refusal is not retried"
-        );
-        let near = Instant::now() + Duration::from_millis(50);
-        assert_eq!(
-            attempts_failing_with(RDKafkaErrorCode::LeaderNotAvailable, near),
-            1,
-            "no attempt past the deadline"
-        );
-    }
-
-    /// How many times `retrying` calls a fetch that always fails with `code`.
-    fn attempts_failing_with(code: RDKafkaErrorCode, deadline: Instant) -> usize {
-        let mut calls = 0;
-        let result = retrying(deadline, || -> Result<(), KafkaError> {
-            calls += 1;
-            Err(KafkaError::MetadataFetch(code))
-        });
-        assert!(result.is_err());
-        calls
-    }
 }

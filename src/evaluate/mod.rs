@@ -26,7 +26,7 @@ use crate::loadgen::{self, LoadgenError, LoadgenOptions};
 use crate::shutdown::Shutdown;
 use crate::tally::{self, TallyError};
 use crate::topology::{self, Topology, TopologyError, names};
-use crate::{codec, processor};
+use crate::{codec, kafka, processor};
 use baseline::PredictLinear;
 use score::{CaseVerdict, Detection, Scores, judge_case};
 use suite::Case;
@@ -262,14 +262,18 @@ fn wait_until_committed(
 ) -> Result<(), EvaluateError> {
     let consumer: BaseConsumer =
         kafka.client_config().set("group.id", group).set("enable.auto.commit", "false").create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let deadline = Instant::now() + timeout;
+    let metadata =
+        kafka::retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
     let partitions: Vec<i32> =
         metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut ends = Vec::new();
     for &p in &partitions {
-        ends.push((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?.1));
+        ends.push((
+            p,
+            kafka::retrying(deadline, || consumer.fetch_watermarks(topic, p, Duration::from_secs(30)))?.1,
+        ));
     }
-    let deadline = Instant::now() + timeout;
     loop {
         let mut list = TopicPartitionList::new();
         for &p in &partitions {
