@@ -39,6 +39,8 @@ pub enum TopologyError {
     Describe { topic: String, problem: String },
     #[error("deleting topic {topic} failed: {code}")]
     Delete { topic: String, code: RDKafkaErrorCode },
+    #[error("topic {topic} was created but {leaderless} of its partitions have no leader after {secs} s")]
+    NoLeader { topic: String, leaderless: usize, secs: u64 },
 }
 
 /// One declared topic.
@@ -169,8 +171,39 @@ pub async fn apply(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, T
                 Err((topic, code)) => return Err(TopologyError::Create { topic, code }),
             }
         }
+        wait_for_leaders(&admin, &specs).await?;
     }
     Ok(report)
+}
+
+/// Waits until every partition of the topics just created has a leader. The broker answers
+/// a create before that; a client that comes at once would be told "not leader for
+/// partition", so `apply` returns only once the topics can be used.
+async fn wait_for_leaders(
+    admin: &AdminClient<DefaultClientContext>,
+    created: &[(&String, &TopicSpec)],
+) -> Result<(), TopologyError> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, TIMEOUT))?;
+        let leaderless = |(full, spec): &(&String, &TopicSpec)| {
+            let led = metadata.topics().iter().find(|t| t.name() == full.as_str()).map_or(0, |t| {
+                t.partitions().iter().filter(|p| p.leader() >= 0 && p.error().is_none()).count()
+            });
+            (spec.partitions as usize).saturating_sub(led)
+        };
+        let Some((full, spec)) = created.iter().find(|c| leaderless(c) > 0) else {
+            return Ok(());
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(TopologyError::NoLeader {
+                topic: (*full).clone(),
+                leaderless: leaderless(&(full, spec)),
+                secs: TIMEOUT.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Deletes the topology's topics under the configured prefix (those that exist); returns

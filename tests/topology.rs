@@ -28,6 +28,17 @@ fn apply_creates_what_is_missing_twice_changes_nothing_and_remove_deletes_it() {
         expected.sort();
         assert_eq!(created, expected);
         assert!(first.drift.is_empty(), "{:?}", first.drift);
+        // Created topics are usable once apply returns: every partition has its leader.
+        let admin = topology::admin_client(&config.kafka).unwrap();
+        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(30)).unwrap();
+        for spec in &declared.topics {
+            let name = config.kafka.name(&spec.name);
+            let topic = metadata.topics().iter().find(|t| t.name() == name).expect("created");
+            assert_eq!(topic.partitions().len(), spec.partitions as usize, "{name}");
+            for p in topic.partitions() {
+                assert!(p.leader() >= 0 && p.error().is_none(), "{name} partition {} has no leader", p.id());
+            }
+        }
 
         let second = topology::apply(&config.kafka, &declared).await.unwrap();
         assert!(second.created.is_empty(), "second apply created {:?}", second.created);
