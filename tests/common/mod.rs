@@ -168,12 +168,27 @@ impl Pipeline {
     }
 
     /// The value of a metric line starting with `prefix` (summed over matching lines).
+    /// Fails at once if the process has exited, rather than leaving the caller waiting.
     pub fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) = http_get(&self.http, "/metrics").unwrap_or_default();
+        let Some((_, body)) = http_get(&self.http, "/metrics") else {
+            assert!(
+                !self.has_exited(),
+                "pulsewatch (pid {}) exited while its metrics were wanted",
+                self.pid()
+            );
+            return 0.0;
+        };
         body.lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Whether the process has ended (a zombie until it is waited for), without reaping it.
+    fn has_exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
     }
 
     pub fn pid(&self) -> u32 {
