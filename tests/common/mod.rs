@@ -112,7 +112,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub struct Pipeline {
     child: std::process::Child,
     pub http: String,
-    /// Its stdout and stderr.
+    /// Its stdout and stderr; removed when the test passes.
     pub log: std::path::PathBuf,
 }
 
@@ -237,6 +237,8 @@ impl Drop for Pipeline {
         let _ = self.child.wait();
         if std::thread::panicking() {
             self.print_log_tail(exited);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
