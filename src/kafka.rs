@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the stages and the load generator: producers (plain and
-//! transactional) whose context counts deliveries, and sending that waits when librdkafka's
-//! queue is full.
+//! transactional) whose context counts deliveries, sending that waits when librdkafka's
+//! queue is full, and retrying the calls that fail only for now (a partition without its
+//! leader yet, a broker away).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
