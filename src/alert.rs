@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
-use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter, Schema};
+use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -14,10 +13,13 @@ pub const ALERT_SCHEMA: &str = include_str!("../schemas/alert.avsc");
 
 static SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(ALERT_SCHEMA).expect("schemas/alert.avsc is a valid Avro schema"));
-static READER: LazyLock<GenericSingleObjectReader> =
-    LazyLock::new(|| GenericSingleObjectReader::new(SCHEMA.clone()).expect("the alert schema resolves"));
-static HEADER: LazyLock<Vec<u8>> =
-    LazyLock::new(|| RabinFingerprintHeader::from_schema(&SCHEMA).build_header());
+/// `C3 01` and the fingerprint of the schema's Parsing Canonical Form per the specification.
+pub static HEADER: LazyLock<[u8; 10]> = LazyLock::new(|| {
+    crate::codec::fingerprint::header(ALERT_SCHEMA).expect("schemas/alert.avsc has a canonical form")
+});
+/// The header apache-avro's fingerprint gave the schema, on alerts written before: read only.
+pub static LEGACY_HEADER: LazyLock<[u8; 10]> =
+    LazyLock::new(|| crate::codec::fingerprint::legacy_header(&SCHEMA));
 
 /// What an alert is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -144,21 +146,35 @@ pub fn alert_id(app_id: &str, instance_id: Option<&str>, kind: AlertKind) -> Str
 }
 
 impl Alert {
-    /// Avro single-object encoding.
+    /// Avro single-object encoding, with the specification's fingerprint.
     pub fn encode(&self) -> Vec<u8> {
         let value = apache_avro::to_value(self)
             .and_then(|v| v.resolve(&SCHEMA))
             .expect("an alert always fits its schema");
-        let mut out = Vec::with_capacity(256);
-        let mut writer = GenericSingleObjectWriter::new_with_capacity(&SCHEMA, 256).expect("schema resolves");
-        writer.write_value(value, &mut out).expect("writing to a Vec cannot fail");
-        debug_assert!(out.starts_with(&HEADER));
+        let datum = apache_avro::to_avro_datum(&SCHEMA, value).expect("an alert always fits its schema");
+        let mut out = Vec::with_capacity(HEADER.len() + datum.len());
+        out.extend_from_slice(&HEADER[..]);
+        out.extend_from_slice(&datum);
         out
     }
 
+    /// Reads an alert with either fingerprint (the specification's, or apache-avro's).
     pub fn decode(bytes: &[u8]) -> Result<Alert, AlertCodecError> {
-        let mut reader = bytes;
-        let value = READER.read_value(&mut reader).map_err(|e| AlertCodecError::Decode(e.to_string()))?;
+        let header = bytes
+            .get(..HEADER.len())
+            .ok_or_else(|| AlertCodecError::Decode("shorter than its header".into()))?;
+        if header != &HEADER[..] {
+            if header != &LEGACY_HEADER[..] {
+                return Err(AlertCodecError::Decode(format!("unknown single-object header {header:02x?}")));
+            }
+            crate::metrics::METRICS.legacy_fingerprint.with_label_values(&["alert"]).inc();
+        }
+        let mut datum = &bytes[HEADER.len()..];
+        let value = apache_avro::from_avro_datum(&SCHEMA, &mut datum, None)
+            .map_err(|e| AlertCodecError::Decode(e.to_string()))?;
+        if !datum.is_empty() {
+            return Err(AlertCodecError::Decode(format!("{} trailing bytes", datum.len())));
+        }
         apache_avro::from_value(&value).map_err(|e| AlertCodecError::Decode(e.to_string()))
     }
 }
@@ -206,6 +222,17 @@ mod tests {
             alert_id("ab", Some("c"), AlertKind::AppDown),
             alert_id("a", Some("bc"), AlertKind::AppDown)
         );
+    }
+
+    #[test]
+    fn reads_alerts_written_with_the_legacy_fingerprint() {
+        let a = sample();
+        let mut old = a.encode();
+        old[..10].copy_from_slice(&LEGACY_HEADER[..]);
+        assert_ne!(*LEGACY_HEADER, *HEADER, "the alert schema has timestamps, so the two differ");
+        assert_eq!(Alert::decode(&old).unwrap(), a);
+        old[5] ^= 1;
+        assert!(Alert::decode(&old).is_err());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     pub records_out: IntCounterVec,
     pub decode_errors: IntCounterVec,
+    /// Avro records read whose header carries apache-avro's fingerprint, by schema.
+    pub legacy_fingerprint: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub alerts: IntCounterVec,
     pub batch_seconds: HistogramVec,
@@ -104,6 +106,12 @@ impl Metrics {
                 "decode_errors_total",
                 "Heartbeats rejected, by error code",
                 &["code"],
+            ),
+            legacy_fingerprint: counter(
+                &registry,
+                "legacy_fingerprint_records_total",
+                "Avro records read with the fingerprint apache-avro 0.21 computed instead of the specification's, by schema",
+                &["schema"],
             ),
             dlq_records: counter(
                 &registry,

@@ -315,11 +315,12 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     batch.offsets.insert(p, msg.offset() + 1);
                     let broker_ms = msg.timestamp().to_millis();
                     arrivals.push(broker_ms.unwrap_or(wall));
-                    match codec::decode(
-                        msg.payload().unwrap_or_default(),
-                        broker_ms.unwrap_or(wall),
-                        config.input.max_sent_at_drift_ms,
-                    ) {
+                    let payload = msg.payload().unwrap_or_default();
+                    if codec::avro::has_legacy_header(payload) {
+                        METRICS.legacy_fingerprint.with_label_values(&["heartbeat"]).inc();
+                    }
+                    match codec::decode(payload, broker_ms.unwrap_or(wall), config.input.max_sent_at_drift_ms)
+                    {
                         Ok(beat) => engine.on_beat(beat, msg.offset(), wall, batch.effects_of(p)),
                         Err(e) => batch.dead_letters.push(DeadLetter::of(&msg, &e)),
                     }

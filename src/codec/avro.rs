@@ -1,7 +1,9 @@
 //! Avro single-object encoding of heartbeats, read and written field by field.
 //!
-//! The schema is `schemas/heartbeat.avsc`, parsed by apache-avro once to compute its
-//! CRC-64-AVRO (Rabin) fingerprint. The datum itself is decoded here straight into a
+//! The schema is `schemas/heartbeat.avsc`; its header carries the CRC-64-AVRO fingerprint of
+//! the schema's Parsing Canonical Form per the specification ([`super::fingerprint`]).
+//! Records with the fingerprint apache-avro 0.21 computes (written by pulsewatch before it
+//! followed the specification) are still read, and counted. The datum itself is decoded here straight into a
 //! [`Heartbeat`], without apache-avro's intermediate `Value` tree, so that the hot path does
 //! one pass and no schema resolution; tests check both directions against apache-avro's own
 //! reader and writer.
@@ -9,7 +11,6 @@
 use std::sync::LazyLock;
 
 use apache_avro::Schema;
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 
 use super::DecodeError;
 use crate::heartbeat::{Heartbeat, InstanceStatus};
@@ -23,13 +24,20 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     Schema::parse_str(HEARTBEAT_SCHEMA).expect("schemas/heartbeat.avsc is a valid Avro schema")
 });
 
-/// `C3 01` followed by the schema's fingerprint: the first ten bytes of every record.
+/// `C3 01` followed by the schema's fingerprint: the first ten bytes of every record written.
 pub static HEADER: LazyLock<[u8; 10]> = LazyLock::new(|| {
-    let header = RabinFingerprintHeader::from_schema(&SCHEMA).build_header();
-    header.try_into().expect("a single-object header has ten bytes")
+    super::fingerprint::header(HEARTBEAT_SCHEMA).expect("schemas/heartbeat.avsc has a canonical form")
 });
 
+/// The header apache-avro's fingerprint gives the same schema: read, never written.
+pub static LEGACY_HEADER: LazyLock<[u8; 10]> = LazyLock::new(|| super::fingerprint::legacy_header(&SCHEMA));
+
 const HEADER_LEN: usize = 10;
+
+/// Whether a record carries the header apache-avro's fingerprint gives the schema.
+pub fn has_legacy_header(bytes: &[u8]) -> bool {
+    bytes.get(..HEADER_LEN) == Some(&LEGACY_HEADER[..])
+}
 
 /// Decodes one single-object encoded heartbeat (no validation: see [`super::decode`]).
 pub fn decode(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
@@ -45,7 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
             bytes[0], bytes[1]
         )));
     }
-    if bytes[..HEADER_LEN] != HEADER[..] {
+    if bytes[..HEADER_LEN] != HEADER[..] && !has_legacy_header(bytes) {
         return Err(DecodeError::UnknownFingerprint(hex(&bytes[2..HEADER_LEN])));
     }
     let mut r = DatumReader { buf: &bytes[HEADER_LEN..], pos: 0, field: "" };

@@ -2,7 +2,8 @@
 //!
 //! A record on `heartbeats` is one of:
 //! - Avro single-object encoding: `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint
-//!   of `schemas/heartbeat.avsc`, then the Avro binary datum ([`avro`]);
+//!   of the Parsing Canonical Form of `schemas/heartbeat.avsc` as the specification defines
+//!   it ([`fingerprint`]), then the Avro binary datum ([`avro`]);
 //! - JSON with the contract's field names ([`json`]), told apart by its first non-blank
 //!   byte `{`;
 //! - the Confluent Schema Registry wire format (magic byte `0`), recognised and refused
@@ -12,6 +13,7 @@
 //! same records. Every failure is a [`DecodeError`]: the input's fault, to be dead-lettered.
 
 pub mod avro;
+pub mod fingerprint;
 pub mod json;
 
 use thiserror::Error;
