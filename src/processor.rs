@@ -321,7 +321,9 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     }
                     match codec::decode(payload, broker_ms.unwrap_or(wall), config.input.max_sent_at_drift_ms)
                     {
-                        Ok(beat) => engine.on_beat(beat, msg.offset(), wall, batch.effects_of(p)),
+                        Ok(beat) => {
+                            engine.on_record(beat, msg.offset(), broker_ms, wall, batch.effects_of(p))
+                        }
                         Err(e) => batch.dead_letters.push(DeadLetter::of(&msg, &e)),
                     }
                 }

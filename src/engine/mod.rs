@@ -20,7 +20,7 @@ use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::rules::{CompiledRules, Profile, Transition};
 use crate::trend::LeakChange;
-use crate::watermark::{Watermark, WatermarkConfig};
+use crate::watermark::{Observation, Watermark, WatermarkConfig};
 use explain::Explanation;
 use rollup::{MinuteAcc, Rollup, minute_of};
 pub use state::{
@@ -34,7 +34,8 @@ pub use state::{
 pub struct EngineConfig {
     /// Event time a beat may arrive after newer ones and still count, ms.
     pub allowed_lateness_ms: i64,
-    /// A beat stamped further than this ahead of the watermark is clamped for watermark purposes, ms.
+    /// A beat stamped further than this ahead of its broker timestamp, or of the partition's
+    /// frontier carried by the broker's clock, is kept out of the watermark (and counted), ms.
     pub max_skew_ms: i64,
     /// LATE once no beat for late_factor × interval.
     pub late_factor: f64,
@@ -285,11 +286,26 @@ impl Engine {
         self.apps.get(app_id)
     }
 
-    /// Processes one valid beat read at `offset`, at wall time `wall_ms`.
+    /// Processes one valid beat read at `offset`, at wall time `wall_ms`, without a broker
+    /// timestamp to bound its clock by (see [`Engine::on_record`]).
     pub fn on_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.on_record(beat, offset, None, wall_ms, out);
+    }
+
+    /// Processes one valid beat read at `offset` whose record the broker stamped `broker_ms`
+    /// (its append time on a `LogAppendTime` topic), at wall time `wall_ms`.
+    pub fn on_record(
+        &mut self,
+        beat: Heartbeat,
+        offset: i64,
+        broker_ms: Option<i64>,
+        wall_ms: i64,
+        out: &mut Vec<Effect>,
+    ) {
         self.stats.beats += 1;
         self.last_offset = offset;
-        self.watermark.observe(beat.sent_at, wall_ms);
+        let source = source_hash(&beat.app_id, &beat.instance_id);
+        self.watermark.observe(Observation { event_ms: beat.sent_at, broker_ms, source }, wall_ms);
         self.apply_beat(beat, offset, wall_ms, out);
         self.fire_due(wall_ms, out);
     }
@@ -946,6 +962,16 @@ fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; 8]
         error_rate,
         b.db_query_p95_ms.map(f64::from),
     ]
+}
+
+/// A stable hash of an instance's identity, for the watermark to tell its sources apart.
+fn source_hash(app_id: &str, instance_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in app_id.as_bytes().iter().chain(&[0xff]).chain(instance_id.as_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]
