@@ -10,6 +10,16 @@ use crate::labels::Labels;
 
 /// Longest accepted `app_id` and `instance_id`, in characters.
 pub const MAX_ID_CHARS: usize = 200;
+/// Most labels a beat may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, in characters.
+pub const MAX_LABEL_KEY_CHARS: usize = 128;
+/// Longest label value, in characters.
+pub const MAX_LABEL_VALUE_CHARS: usize = 1_024;
+/// Largest encoded record accepted, in bytes: above any beat within the limits above (the
+/// labels take at most ≈ 295 KB of UTF-8), and half the topics' 1 MB, so that whatever
+/// carries a beat on (a dead letter, an application's state) stays within the producer's limit.
+pub const MAX_RECORD_BYTES: usize = 512 * 1024;
 /// Shortest promised interval: one second.
 pub const MIN_INTERVAL_MS: i32 = 1_000;
 /// Longest promised interval: one day.
@@ -119,6 +129,14 @@ pub enum ValidationError {
     Negative { field: &'static str, value: f64 },
     #[error("{field} is not a number")]
     NotANumber { field: &'static str },
+    #[error("{field} is infinite")]
+    NotFinite { field: &'static str },
+    #[error("{field} holds a NUL character, which the stores cannot keep")]
+    NulCharacter { field: String },
+    #[error("{0} labels, more than the {MAX_LABELS} allowed")]
+    TooManyLabels(usize),
+    #[error("label {key:?} has a {what} of {chars} characters, more than the {max} allowed")]
+    LabelTooLong { key: String, what: &'static str, chars: usize, max: usize },
     #[error(
         "sent_at {sent_at} is {drift_ms} ms away from the reference time {reference_ms}, more than the {max_drift_ms} ms allowed"
     )]
@@ -137,6 +155,10 @@ impl ValidationError {
             ValidationError::RatioOutOfRange { .. } => "ratio_out_of_range",
             ValidationError::Negative { .. } => "negative_value",
             ValidationError::NotANumber { .. } => "not_a_number",
+            ValidationError::NotFinite { .. } => "not_finite",
+            ValidationError::NulCharacter { .. } => "nul_character",
+            ValidationError::TooManyLabels(_) => "too_many_labels",
+            ValidationError::LabelTooLong { .. } => "label_too_long",
             ValidationError::SentAtTooFar { .. } => "sent_at_too_far",
         }
     }
@@ -162,6 +184,7 @@ impl Heartbeat {
         if instance_chars > MAX_ID_CHARS {
             return Err(ValidationError::InstanceIdTooLong(instance_chars));
         }
+        self.validate_strings()?;
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
             return Err(ValidationError::IntervalOutOfRange(self.interval_ms));
         }
@@ -170,6 +193,9 @@ impl Heartbeat {
             if let Some(v) = value {
                 if v.is_nan() {
                     return Err(ValidationError::NotANumber { field });
+                }
+                if v.is_infinite() {
+                    return Err(ValidationError::NotFinite { field });
                 }
                 if !(0.0..=1.0).contains(&v) {
                     return Err(ValidationError::RatioOutOfRange { field, value: v });
@@ -187,6 +213,35 @@ impl Heartbeat {
                 drift_ms,
                 max_drift_ms,
             });
+        }
+        Ok(())
+    }
+
+    /// No NUL in any string (PostgreSQL's text and jsonb refuse it), labels within bounds.
+    fn validate_strings(&self) -> Result<(), ValidationError> {
+        let nul = |field: &str| ValidationError::NulCharacter { field: field.to_owned() };
+        if self.app_id.contains('\0') {
+            return Err(nul("app_id"));
+        }
+        if self.instance_id.contains('\0') {
+            return Err(nul("instance_id"));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(ValidationError::TooManyLabels(self.labels.len()));
+        }
+        for (key, value) in self.labels.iter() {
+            if key.contains('\0') || value.contains('\0') {
+                return Err(nul(&format!("labels[{:?}]", key.replace('\0', "\\0"))));
+            }
+            for (what, text, max) in
+                [("key", key, MAX_LABEL_KEY_CHARS), ("value", value, MAX_LABEL_VALUE_CHARS)]
+            {
+                let chars = text.chars().count();
+                if chars > max {
+                    let key = key.chars().take(64).collect();
+                    return Err(ValidationError::LabelTooLong { key, what, chars, max });
+                }
+            }
         }
         Ok(())
     }
@@ -282,6 +337,7 @@ impl Heartbeat {
 fn non_negative(field: &'static str, value: Option<f64>) -> Result<(), ValidationError> {
     match value {
         Some(v) if v.is_nan() => Err(ValidationError::NotANumber { field }),
+        Some(v) if v.is_infinite() => Err(ValidationError::NotFinite { field }),
         Some(v) if v < 0.0 => Err(ValidationError::Negative { field, value: v }),
         _ => Ok(()),
     }
@@ -314,6 +370,53 @@ mod tests {
         assert_eq!(b.validate(NOW, DAY), Ok(()));
         b.instance_id.clear();
         assert_eq!(b.validate(NOW, DAY), Err(ValidationError::EmptyInstanceId));
+    }
+
+    #[test]
+    fn rejects_nul_in_every_string() {
+        let nul = |field: &str| Err(ValidationError::NulCharacter { field: field.into() });
+        let mut b = beat();
+        b.app_id = "sh\0op".into();
+        assert_eq!(b.validate(NOW, DAY), nul("app_id"));
+        let mut b = beat();
+        b.instance_id = "\0".into();
+        assert_eq!(b.validate(NOW, DAY), nul("instance_id"));
+        let mut b = beat();
+        b.labels.insert("env".into(), "pr\0d".into());
+        assert_eq!(b.validate(NOW, DAY), nul("labels[\"env\"]"));
+        let mut b = beat();
+        b.labels.insert("e\0".into(), "prod".into());
+        assert_eq!(b.validate(NOW, DAY).unwrap_err().code(), "nul_character");
+        let mut b = beat();
+        b.app_id = "line\nbreak \u{1b}[31m".into();
+        assert_eq!(b.validate(NOW, DAY), Ok(()), "other control characters are kept verbatim");
+    }
+
+    #[test]
+    fn bounds_the_labels() {
+        let mut b = beat();
+        for i in 0..MAX_LABELS {
+            b.labels.insert(format!("k{i}"), "v".repeat(MAX_LABEL_VALUE_CHARS));
+        }
+        assert_eq!(b.validate(NOW, DAY), Ok(()));
+        b.labels.insert("one-more".into(), String::new());
+        assert_eq!(b.validate(NOW, DAY), Err(ValidationError::TooManyLabels(MAX_LABELS + 1)));
+        let mut b = beat();
+        b.labels.insert("k".repeat(MAX_LABEL_KEY_CHARS + 1), String::new());
+        assert_eq!(b.validate(NOW, DAY).unwrap_err().code(), "label_too_long");
+        let mut b = beat();
+        b.labels.insert("k".into(), "é".repeat(MAX_LABEL_VALUE_CHARS + 1));
+        assert_eq!(b.validate(NOW, DAY).unwrap_err().code(), "label_too_long");
+    }
+
+    #[test]
+    fn rejects_infinite_figures() {
+        let mut b = beat();
+        b.latency_p95_ms = Some(f32::INFINITY);
+        assert_eq!(b.validate(NOW, DAY), Err(ValidationError::NotFinite { field: "latency_p95_ms" }));
+        let mut b = beat();
+        b.cpu_ratio = Some(f32::NEG_INFINITY);
+        assert_eq!(b.validate(NOW, DAY), Err(ValidationError::NotFinite { field: "cpu_ratio" }));
     }
 
     #[test]

@@ -115,13 +115,33 @@ pub fn send_to(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
 ) -> Result<(), KafkaError> {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
     if let Some(p) = partition {
         record = record.partition(p);
     }
     if let Some(h) = headers {
         record = record.headers(h);
     }
+    enqueue(producer, record)
+}
+
+/// As [`send`], with the key as the bytes it was (or none), as a dead letter keeps it.
+pub fn send_raw(
+    producer: &TrackedProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    enqueue(producer, record)
+}
+
+/// Enqueues a record, serving delivery callbacks while librdkafka's queue is full.
+fn enqueue(producer: &TrackedProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -618,28 +618,48 @@ fn publish(producer: &TrackedProducer, topics: &Topics, effects: Vec<Effect>) ->
     Ok(())
 }
 
-/// An undecodable or invalid record on its way to the dead-letter topic, as it was, with
-/// what headers will say: the error and where the record came from. Sent with its batch.
+/// An undecodable or invalid record on its way to the dead-letter topic, as it was (its
+/// payload cut to [`DLQ_PAYLOAD_MAX`] bytes if longer), with what headers will say: the
+/// error and where the record came from. Sent with its batch.
 struct DeadLetter {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: String,
+    /// The record's key as it was: any bytes, or none.
+    key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// Size and SHA-256 of the whole payload, when `payload` holds only its start.
+    truncated: Option<(usize, String)>,
     code: &'static str,
     message: String,
 }
 
+/// Most payload bytes a dead letter carries: as much as a valid record may have, so that a
+/// dead letter always fits the producer's limit whatever arrived.
+pub const DLQ_PAYLOAD_MAX: usize = crate::heartbeat::MAX_RECORD_BYTES;
+
+/// Most bytes of an error message in a header.
+const DLQ_MESSAGE_MAX: usize = 1_024;
+
 impl DeadLetter {
     fn of(msg: &BorrowedMessage<'_>, error: &codec::DecodeError) -> DeadLetter {
+        let payload = msg.payload().unwrap_or_default();
+        let truncated = (payload.len() > DLQ_PAYLOAD_MAX).then(|| (payload.len(), sha256_hex(payload)));
+        let mut message = error.to_string();
+        if message.len() > DLQ_MESSAGE_MAX {
+            let cut = (0..=DLQ_MESSAGE_MAX).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
         DeadLetter {
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
-            payload: msg.payload().unwrap_or_default().to_vec(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: payload[..payload.len().min(DLQ_PAYLOAD_MAX)].to_vec(),
+            truncated,
             code: error.code(),
-            message: error.to_string(),
+            message,
         }
     }
 
@@ -647,14 +667,19 @@ impl DeadLetter {
         let partition = self.partition.to_string();
         let offset = self.offset.to_string();
         let timestamp = self.timestamp.map(|t| t.to_string()).unwrap_or_default();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: "pulsewatch.error.code", value: Some(self.code) })
             .insert(Header { key: "pulsewatch.error.message", value: Some(&self.message) })
             .insert(Header { key: "pulsewatch.source.topic", value: Some(&topics.heartbeats) })
             .insert(Header { key: "pulsewatch.source.partition", value: Some(&partition) })
             .insert(Header { key: "pulsewatch.source.offset", value: Some(&offset) })
             .insert(Header { key: "pulsewatch.source.timestamp", value: Some(&timestamp) });
-        kafka::send(producer, &topics.dlq, &self.key, &self.payload, Some(headers))?;
+        if let Some((size, digest)) = &self.truncated {
+            headers = headers
+                .insert(Header { key: "pulsewatch.payload.truncated_from", value: Some(&size.to_string()) })
+                .insert(Header { key: "pulsewatch.payload.sha256", value: Some(digest) });
+        }
+        kafka::send_raw(producer, &topics.dlq, self.key.as_deref(), &self.payload, headers)?;
         METRICS.decode_errors.with_label_values(&[self.code]).inc();
         METRICS.dlq_records.with_label_values(&[self.code]).inc();
         tracing::debug!(
@@ -666,6 +691,12 @@ impl DeadLetter {
         );
         Ok(())
     }
+}
+
+/// The SHA-256 of `bytes` in lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -686,8 +717,9 @@ mod tests {
             partition,
             offset: 7,
             timestamp: None,
-            key: String::new(),
+            key: None,
             payload: Vec::new(),
+            truncated: None,
             code: "empty",
             message: String::new(),
         }

@@ -16,6 +16,14 @@
 //! nothing; live, it moves the frontier at the broker's pace. Both inputs are stored in the
 //! log, so a replay decides alike.
 //!
+//! Liveness deadlines are judged on a second, eager watermark ([`Watermark::liveness`]). The
+//! allowed lateness waits for beats that producers sent before others' newer ones; once the
+//! partition's data is live (its frontier within the allowed lateness of the broker's
+//! clock), the broker's append time tells instead which beats can still come: those
+//! appended within the append slack. So a missed beat is announced the slack after its
+//! deadline, not the lateness, and a replay, reading the same append times, decides alike.
+//! A backfill, appended all at once, is judged on the watermark itself.
+//!
 //! Event time may also jump for real: an instance that sets the frontier is never ahead of
 //! itself (an application alone on its partition coming back after a gap), and two other
 //! instances whose beats agree within the skew, with no beat within bounds between them,
@@ -26,11 +34,14 @@
 pub struct WatermarkConfig {
     pub allowed_lateness_ms: i64,
     pub max_skew_ms: i64,
+    /// How long a live beat may take from its producer to the broker's log: liveness
+    /// deadlines of live data are judged this long after the broker's clock passed them.
+    pub append_slack_ms: i64,
 }
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { allowed_lateness_ms: 5_000, max_skew_ms: 60_000 }
+        WatermarkConfig { allowed_lateness_ms: 5_000, max_skew_ms: 60_000, append_slack_ms: 500 }
     }
 }
 
@@ -78,6 +89,10 @@ pub struct Watermark {
     pub clamped: u64,
     /// Never moves backwards.
     current: Option<i64>,
+    /// The newest broker timestamp seen.
+    broker_max: Option<i64>,
+    /// The eager watermark for liveness deadlines: at least `current`, never moves backwards.
+    liveness: Option<i64>,
 }
 
 impl Watermark {
@@ -90,12 +105,15 @@ impl Watermark {
             caught_up: false,
             clamped: 0,
             current: None,
+            broker_max: None,
+            liveness: None,
         }
     }
 
     /// A beat arrived at wall time `wall_ms`.
     pub fn observe(&mut self, beat: Observation, wall_ms: i64) {
         self.advance_frontier(beat);
+        self.broker_max = self.broker_max.max(beat.broker_ms);
         self.last_arrival_wall_ms = wall_ms;
         self.caught_up = false;
         self.recompute(wall_ms);
@@ -175,6 +193,11 @@ impl Watermark {
         self.current
     }
 
+    /// The watermark liveness deadlines are judged on (see the module's doc).
+    pub fn liveness(&self) -> Option<i64> {
+        self.liveness
+    }
+
     pub fn is_caught_up(&self) -> bool {
         self.caught_up
     }
@@ -184,11 +207,17 @@ impl Watermark {
         let idle = if self.caught_up { (wall_ms - self.last_arrival_wall_ms).max(0) } else { 0 };
         let candidate = f.event_ms - self.config.allowed_lateness_ms + idle;
         self.current = Some(self.current.map_or(candidate, |c| c.max(candidate)));
+        let live = self
+            .broker_max
+            .filter(|&b| b - f.event_ms <= self.config.allowed_lateness_ms)
+            .map(|b| b.min(f.event_ms) - self.config.append_slack_ms + idle);
+        self.liveness = self.liveness.max(self.current).max(live);
     }
 
     /// Restores the watermark after a restart (the value is persisted with the state).
     pub fn restore(&mut self, watermark_ms: i64) {
         self.current = Some(self.current.map_or(watermark_ms, |c| c.max(watermark_ms)));
+        self.liveness = self.liveness.max(self.current);
         let event_ms = watermark_ms + self.config.allowed_lateness_ms;
         if self.frontier.is_none_or(|f| f.event_ms < event_ms) {
             self.frontier = Some(Frontier { event_ms, broker_ms: None, source: None });
@@ -343,6 +372,31 @@ mod tests {
         w.observe(record(2, 1_000_000 + 10 * MIN, 1_000_010 + 10 * MIN), 0);
         assert_eq!(w.current(), Some(1_000_000 + 10 * MIN - 5 * S), "the broker's clock moved as far");
         assert_eq!(w.clamped, 0);
+    }
+
+    #[test]
+    fn live_liveness_deadlines_wait_the_append_slack_not_the_lateness() {
+        let mut w = wm();
+        for step in 0..10 {
+            let t = 1_000_000 + step * S;
+            w.observe(record(1, t, t + 20), t + 30);
+        }
+        let newest = 1_000_000 + 9 * S;
+        assert_eq!(w.current(), Some(newest - 5 * S));
+        assert_eq!(w.liveness(), Some(newest - 500), "the broker's clock less the slack");
+        // The last record arrived at newest + 30; two seconds of silence after it.
+        w.reached_end(newest + 100);
+        assert_eq!(w.advance(newest + 30 + 2 * S), Some(newest - 5 * S + 2 * S));
+        assert_eq!(w.liveness(), Some(newest - 500 + 2 * S), "and the wall clock once caught up");
+    }
+
+    #[test]
+    fn a_backfill_judges_liveness_on_the_watermark() {
+        let mut w = wm();
+        for step in 0..10 {
+            w.observe(record(1, 1_000_000 + step * S, 9_000_000), 0);
+        }
+        assert_eq!(w.liveness(), w.current());
     }
 
     #[test]

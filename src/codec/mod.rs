@@ -46,6 +46,8 @@ impl std::str::FromStr for Encoding {
 pub enum DecodeError {
     #[error("empty record")]
     Empty,
+    #[error("record of {0} bytes, more than the {max} allowed", max = crate::heartbeat::MAX_RECORD_BYTES)]
+    TooLarge(usize),
     #[error("unknown encoding: first byte 0x{0:02x} is neither Avro single-object (C3 01) nor JSON ({{)")]
     UnknownEncoding(u8),
     #[error("Confluent Schema Registry wire format (magic byte 0) is not supported yet")]
@@ -71,6 +73,7 @@ impl DecodeError {
     pub fn code(&self) -> &'static str {
         match self {
             DecodeError::Empty => "empty",
+            DecodeError::TooLarge(_) => "record_too_large",
             DecodeError::UnknownEncoding(_) => "unknown_encoding",
             DecodeError::SchemaRegistryUnsupported => "schema_registry_unsupported",
             DecodeError::Truncated(_) => "truncated",
@@ -103,6 +106,9 @@ pub fn sniff(bytes: &[u8]) -> Result<Encoding, DecodeError> {
 /// `reference_ms` is the record's broker timestamp (or the wall clock when it has none);
 /// `sent_at` may differ from it by at most `max_drift_ms`.
 pub fn decode(bytes: &[u8], reference_ms: i64, max_drift_ms: i64) -> Result<Heartbeat, DecodeError> {
+    if bytes.len() > crate::heartbeat::MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
     let beat = match sniff(bytes)? {
         Encoding::Avro => avro::decode(bytes)?,
         Encoding::Json => json::decode(bytes)?,

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// A beat stamped further than this ahead of its broker timestamp, or of the partition's
     /// frontier carried by the broker's clock, is kept out of the watermark (and counted), ms.
     pub max_skew_ms: i64,
+    /// Live data (its newest event within the allowed lateness of the broker's clock) has
+    /// its liveness deadlines judged this long after the broker's clock passed them, ms.
+    pub append_slack_ms: i64,
     /// LATE once no beat for late_factor × interval.
     pub late_factor: f64,
     /// DOWN this long after LATE, ms; 0 means max(3 × interval, 30 s).
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
         EngineConfig {
             allowed_lateness_ms: 5_000,
             max_skew_ms: 60_000,
+            append_slack_ms: 500,
             late_factor: 2.0,
             down_grace_ms: 0,
             forget_after_ms: 24 * 3_600_000,
@@ -81,6 +85,9 @@ impl EngineConfig {
     /// The first problem with these settings: (key, problem).
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, p: &str| Err((format!("detection.{k}"), p.to_owned()));
+        if !(0..=self.allowed_lateness_ms).contains(&self.append_slack_ms) {
+            return bad("append_slack_ms", "must be between 0 and allowed_lateness_ms");
+        }
         if self.late_factor.is_nan() || self.late_factor < 1.0 {
             return bad("late_factor", "must be at least 1");
         }
@@ -103,7 +110,11 @@ impl EngineConfig {
     }
 
     pub fn watermark(&self) -> WatermarkConfig {
-        WatermarkConfig { allowed_lateness_ms: self.allowed_lateness_ms, max_skew_ms: self.max_skew_ms }
+        WatermarkConfig {
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            max_skew_ms: self.max_skew_ms,
+            append_slack_ms: self.append_slack_ms,
+        }
     }
 }
 
@@ -435,6 +446,7 @@ impl Engine {
         let minute = minute_of(t);
         let deltas = app.instances.get(&instance_id).map(|i| i.deltas_to(&beat)).unwrap_or_default();
         let wm = self.watermark.current().unwrap_or(i64::MIN);
+        let live_wm = self.watermark.liveness().unwrap_or(wm);
         let mut new_minute = false;
         if minute + rollup::MINUTE_MS > wm || app.rollups.contains_key(&minute) {
             app.rollups
@@ -609,7 +621,8 @@ impl Engine {
         }
 
         let stopping = beat.status == InstanceStatus::Stopping;
-        instance.anchor = beat.sent_at.max(wm);
+        // A beat behind the watermark its deadlines are judged on counts from there.
+        instance.anchor = beat.sent_at.max(live_wm);
         instance.set_last(beat);
         if stopping {
             // A clean shutdown: every open alert of the instance resolves, and it leaves.
@@ -654,12 +667,18 @@ impl Engine {
 
     /// Fires every timer the watermark has passed, in deadline order.
     fn fire_due(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
-        let Some(wm) = self.watermark.current() else { return };
+        let (Some(wm), Some(live)) = (self.watermark.current(), self.watermark.liveness()) else { return };
+        // Liveness deadlines fire on the eager watermark; the others wait for the watermark.
+        let mut held = Vec::new();
         while let Some(Reverse(top)) = self.timers.peek() {
-            if top.at > wm {
+            if top.at > live {
                 break;
             }
             let Some(Reverse(timer)) = self.timers.pop() else { break };
+            if timer.at > wm && timer.kind != TimerKind::Liveness {
+                held.push(Reverse(timer));
+                continue;
+            }
             match timer.kind {
                 TimerKind::Liveness => self.fire_liveness(&timer, wall_ms, out),
                 TimerKind::RestartQuiet => self.fire_restart_quiet(&timer, wall_ms, out),
@@ -678,6 +697,7 @@ impl Engine {
                 }
             }
         }
+        self.timers.extend(held);
     }
 
     fn fire_liveness(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
@@ -688,7 +708,7 @@ impl Engine {
         if inst.scheduled != Some(timer.at) {
             return; // superseded by a later schedule
         }
-        let wm = self.watermark.current().unwrap_or(timer.at);
+        let wm = self.watermark.liveness().unwrap_or(timer.at);
         let app = self.apps.get_mut(&timer.app_id).expect("checked above");
         let profile = app.profile.clone().expect("set when the app is created");
         let origin = Origin { partition: self.partition, offset: self.last_offset, wall_ms };

@@ -833,3 +833,59 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
     assert!(matches!(err, StateRecordError::MissingHeader(STATE_VERSION)), "{err}");
     assert!(matches!(StateRecord::decode(b"[1,2]", None), Err(StateRecordError::Value(_))));
 }
+
+#[test]
+fn live_a_missed_beat_is_late_the_append_slack_after_its_deadline() {
+    // "silent" beats every 5 s until T0, "busy" every 100 ms on; the broker appends each
+    // beat 20 ms after it was sent. LATE is due at T0 + 10 s.
+    let (mut e, mut out) = (engine(), Vec::new());
+    let mut offset = 0;
+    let mut feed = |e: &mut Engine, app: &str, seq: i64, t: i64, out: &mut Vec<Effect>| {
+        offset += 1;
+        e.on_record(beat(app, "i0", seq, t), offset, Some(t + 20), t + 30, out);
+    };
+    for (seq, t) in (T0 - 30 * S..=T0).step_by(5_000).enumerate() {
+        feed(&mut e, "silent", seq as i64 + 1, t, &mut out);
+    }
+    let late_at = |out: &[Effect]| {
+        into_alerts(out.to_vec())
+            .into_iter()
+            .find(|a| a.kind == AlertKind::InstanceLate && a.app_id == "silent")
+    };
+    let mut fired_by = None;
+    for (seq, t) in (T0..T0 + 20 * S).step_by(100).enumerate() {
+        feed(&mut e, "busy", seq as i64 + 1, t, &mut out);
+        if fired_by.is_none() && late_at(&out).is_some() {
+            fired_by = Some(t);
+        }
+    }
+    let alert = late_at(&out).expect("the silent instance is late");
+    assert_eq!(alert.event_at, T0 + 10 * S, "at its deadline");
+    let by = fired_by.unwrap();
+    assert!(
+        by + 20 >= T0 + 10 * S + 500,
+        "not before the broker's clock passed the deadline and the slack: {by}"
+    );
+    assert!(by < T0 + 10 * S + 700, "the slack after its deadline, not the allowed lateness: {by}");
+}
+
+#[test]
+fn in_a_backfill_a_missed_beat_waits_for_the_allowed_lateness() {
+    let (mut e, mut out) = (engine(), Vec::new());
+    let appended = T0 + 3_600 * S;
+    let mut offset = 0;
+    for (seq, t) in (T0 - 30 * S..=T0).step_by(5_000).enumerate() {
+        offset += 1;
+        e.on_record(beat("silent", "i0", seq as i64 + 1, t), offset, Some(appended), 0, &mut out);
+    }
+    let mut fired_by = None;
+    for (seq, t) in (T0..T0 + 20 * S).step_by(100).enumerate() {
+        offset += 1;
+        e.on_record(beat("busy", "i0", seq as i64 + 1, t), offset, Some(appended), 0, &mut out);
+        let late = alerts(&out).iter().any(|a| a.0 == AlertKind::InstanceLate);
+        if fired_by.is_none() && late {
+            fired_by = Some(t);
+        }
+    }
+    assert_eq!(fired_by, Some(T0 + 15 * S), "the deadline plus the allowed lateness of event time");
+}
