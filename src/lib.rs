@@ -10,8 +10,8 @@
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`shutdown`].
-//! - Plumbing: [`config`], [`kafka`], [`topology`], [`store`] (connection, migrations,
-//!   partitions).
+//! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
+//!   [`store`] (connection, migrations, partitions).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
@@ -28,6 +28,7 @@ pub mod labels;
 pub mod loadgen;
 pub mod metrics;
 pub mod processor;
+pub mod redact;
 pub mod restore;
 pub mod rules;
 pub mod service;
