@@ -11,7 +11,8 @@
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`shutdown`].
 //! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
-//!   [`store`] (connection, migrations, partitions).
+//!   [`store`] (connection, migrations, partitions), [`logging`] (one line per event,
+//!   whatever producers put in their ids).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
@@ -26,6 +27,7 @@ pub mod huge_pages;
 pub mod kafka;
 pub mod labels;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod processor;
 pub mod redact;
