@@ -9,7 +9,7 @@
 //!   snapshots, explanations).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
-//!   [`metrics`], [`shutdown`].
+//!   [`metrics`], [`health`] (what `/healthz` judges), [`shutdown`].
 //! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
 //!   [`store`] (connection, migrations, partitions), [`logging`] (one line per event,
 //!   whatever producers put in their ids).
@@ -21,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod evaluate;
+pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod huge_pages;
