@@ -44,6 +44,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub postgres: PostgresConfig,
     pub http: HttpConfig,
+    pub health: HealthConfig,
     pub input: InputConfig,
     pub retention: RetentionConfig,
     /// Event-time and liveness settings of the decision engine.
@@ -216,11 +217,38 @@ impl std::fmt::Debug for PostgresConfig {
 pub struct HttpConfig {
     /// Address `/metrics`, `/healthz` and `/readyz` listen on.
     pub listen: String,
+    /// A request's line and headers must arrive within this long, ms (also the longest a
+    /// kept-alive connection waits for its next request).
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Most connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into() }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 128,
+        }
+    }
+}
+
+/// What `/healthz` counts as unhealthy besides a stage that stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A partition with records to read whose position has not moved on for this long, or
+    /// a stage that has not reported its partitions for this long, is unhealthy, ms.
+    pub stall_after_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { stall_after_ms: 120_000 }
     }
 }
 
@@ -328,6 +356,16 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("http.listen", format!("is not an address like 127.0.0.1:9464: {e}")))?;
+        for (key, value) in [
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("health.stall_after_ms", self.health.stall_after_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
