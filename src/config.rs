@@ -242,7 +242,8 @@ impl Default for HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// A partition with records to read whose position has not moved on for this long, or
-    /// a stage that has not reported its partitions for this long, is unhealthy, ms.
+    /// a stage that has not reported its partitions for this long, is unhealthy, ms. The
+    /// stages report every 10 s.
     pub stall_after_ms: u64,
 }
 

@@ -52,6 +52,7 @@ struct StageFacts {
 
 struct Progress {
     observed: PartitionObservation,
+    observed_at: Instant,
     /// The furthest position seen: reading records again after a rewind is no progress.
     furthest: i64,
     /// When the position last passed `furthest`, or the partition was last seen caught up.
@@ -60,7 +61,7 @@ struct Progress {
 
 impl Progress {
     fn new(observed: PartitionObservation, now: Instant) -> Progress {
-        Progress { observed, furthest: observed.position, progressed_at: now }
+        Progress { observed, observed_at: now, furthest: observed.position, progressed_at: now }
     }
 
     fn update(&mut self, observed: PartitionObservation, now: Instant) {
@@ -70,6 +71,14 @@ impl Progress {
         }
         self.furthest = self.furthest.max(observed.position);
         self.observed = observed;
+        self.observed_at = now;
+    }
+
+    /// How long the partition had records to read without moving on, as of its last
+    /// observation: a stall is judged on what was seen, not on time since a report (a late
+    /// report is the stage's silence, judged on its own).
+    fn stalled_for(&self) -> Option<Duration> {
+        (self.pending() > 0).then(|| self.observed_at.saturating_duration_since(self.progressed_at))
     }
 
     fn pending(&self) -> i64 {
@@ -123,9 +132,17 @@ impl Health {
         }
     }
 
+    /// What was last observed of each partition of `stage`: (topic, partition, observation).
+    pub fn partitions(&self, stage: &str) -> Vec<(String, i32, PartitionObservation)> {
+        let facts = self.0.lock().expect("health registry poisoned");
+        let Some(s) = facts.stages.get(stage) else { return Vec::new() };
+        s.partitions.iter().map(|((topic, p), progress)| (topic.clone(), *p, progress.observed)).collect()
+    }
+
     /// The verdict now: a stage that stopped, a stage silent for `stall_after` since its
-    /// last report, a partition with records to read whose position has not moved on for
-    /// `stall_after`.
+    /// last report, a partition that had records to read and whose position had not moved
+    /// on for `stall_after` when last observed. `stall_after` must be well above the period
+    /// the stages report at.
     pub fn check(&self, stall_after: Duration) -> Verdict {
         self.check_at(stall_after, Instant::now())
     }
@@ -144,8 +161,7 @@ impl Health {
                 problems.push(format!("{stage}: no progress report for {} s", silent.as_secs()));
             }
             for ((topic, partition), progress) in &s.partitions {
-                let still = now.saturating_duration_since(progress.progressed_at);
-                if progress.pending() > 0 && still > stall_after {
+                if let Some(still) = progress.stalled_for().filter(|d| *d > stall_after) {
                     problems.push(format!(
                         "{stage}: partition {partition} of {topic} has not progressed for {} s with {} records to read (position {}, end {})",
                         still.as_secs(),
@@ -194,7 +210,12 @@ mod tests {
         h.observe_partitions_at("sink", &[("alerts", 0, at(10, 50)), ("alerts", 1, at(5, 5))], t0);
         h.observe_partitions_at("sink", &[("alerts", 0, at(10, 60)), ("alerts", 1, at(5, 5))], secs(t0, 100));
         assert!(h.check_at(STALL, secs(t0, 110)).is_healthy());
-        let v = h.check_at(STALL, secs(t0, 121));
+        assert!(
+            h.check_at(STALL, secs(t0, 121)).is_healthy(),
+            "not seen stalled yet: the stall is judged on reports"
+        );
+        h.observe_partitions_at("sink", &[("alerts", 0, at(10, 60)), ("alerts", 1, at(5, 5))], secs(t0, 121));
+        let v = h.check_at(STALL, secs(t0, 122));
         assert_eq!(v.problems.len(), 1, "{v:?}");
         assert!(
             v.problems[0].contains("partition 0 of alerts") && v.problems[0].contains("50 records"),
@@ -211,8 +232,8 @@ mod tests {
         h.stage_running("processor");
         h.observe_partitions_at("processor", &[("heartbeats", 3, at(100, 200))], t0);
         h.observe_partitions_at("processor", &[("heartbeats", 3, at(40, 200))], secs(t0, 60));
-        h.observe_partitions_at("processor", &[("heartbeats", 3, at(90, 200))], secs(t0, 120));
-        assert!(!h.check_at(STALL, secs(t0, 125)).is_healthy());
+        h.observe_partitions_at("processor", &[("heartbeats", 3, at(90, 200))], secs(t0, 125));
+        assert!(!h.check_at(STALL, secs(t0, 126)).is_healthy());
     }
 
     #[test]
