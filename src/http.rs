@@ -33,7 +33,7 @@ use crate::metrics::METRICS;
 
 #[derive(Debug, Error)]
 pub enum HttpError {
-    #[error("http.listen: cannot listen on {addr}: {source}")]
+    #[error("http.listen: cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
@@ -370,7 +370,9 @@ mod tests {
     async fn a_taken_address_is_named_with_the_key() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = bind(addr).await.unwrap_err().to_string();
-        assert!(err.contains("http.listen") && err.contains(&addr.to_string()), "{err}");
+        let err = bind(addr).await.unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(shown.contains("http.listen") && shown.contains(&addr.to_string()), "{shown}");
+        assert_eq!(shown.matches("in use").count(), 1, "the cause once: {shown}");
     }
 }
