@@ -12,6 +12,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::redact;
+
 /// Environment variable naming the config file (the `--config` flag wins over it).
 pub const CONFIG_ENV: &str = "PULSEWATCH_CONFIG";
 const ENV_PREFIX: &str = "PULSEWATCH_";
@@ -42,6 +44,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub postgres: PostgresConfig,
     pub http: HttpConfig,
+    pub health: HealthConfig,
     pub input: InputConfig,
     pub retention: RetentionConfig,
     /// Event-time and liveness settings of the decision engine.
@@ -118,7 +121,7 @@ impl Default for SinkConfig {
 }
 
 /// The Kafka cluster and how pulsewatch names its topics there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated `host:port`.
@@ -143,6 +146,20 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Shown with its credential properties masked.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, std::borrow::Cow<'_, str>> =
+            self.properties.iter().map(|(k, v)| (k.as_str(), redact::kafka_property(k, v))).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("client_id", &self.client_id)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
 impl KafkaConfig {
     /// The full name of a topic or group: the prefix, then the base name.
     pub fn name(&self, base: &str) -> String {
@@ -161,10 +178,11 @@ impl KafkaConfig {
 }
 
 /// The PostgreSQL database the sink writes and analysts read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
-    /// A libpq-style URL, `postgres://user:password@host:port/database`.
+    /// A libpq connection string: a URL, `postgres://user:password@host:port/database`, or
+    /// `key=value` pairs, `host=... user=... password=...`.
     pub url: String,
     /// The schema every table, view and partition lives in (created when missing).
     pub schema: String,
@@ -182,17 +200,56 @@ impl Default for PostgresConfig {
     }
 }
 
+/// Shown with its password masked.
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact::conninfo(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 /// The HTTP endpoint for metrics and health.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address `/metrics`, `/healthz` and `/readyz` listen on.
     pub listen: String,
+    /// A request's line and headers must arrive within this long, ms (also the longest a
+    /// kept-alive connection waits for its next request).
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Most connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into() }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 128,
+        }
+    }
+}
+
+/// What `/healthz` counts as unhealthy besides a stage that stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A partition with records to read whose position has not moved on for this long, or
+    /// a stage that has not reported its partitions for this long, is unhealthy, ms. The
+    /// stages report every 10 s.
+    pub stall_after_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { stall_after_ms: 120_000 }
     }
 }
 
@@ -300,6 +357,16 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("http.listen", format!("is not an address like 127.0.0.1:9464: {e}")))?;
+        for (key, value) in [
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("health.stall_after_ms", self.health.stall_after_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
@@ -324,14 +391,9 @@ impl Config {
     /// The effective config as TOML, with passwords and secrets replaced by `****`.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.postgres.url = mask_url_password(&shown.postgres.url);
+        shown.postgres.url = redact::conninfo(&shown.postgres.url);
         for (k, v) in shown.kafka.properties.iter_mut() {
-            let k = k.to_ascii_lowercase();
-            if ["password", "secret", "token", "key"].iter().any(|s| k.contains(s))
-                && !k.ends_with(".location")
-            {
-                *v = "****".into();
-            }
+            *v = redact::kafka_property(k, v).into_owned();
         }
         toml::to_string_pretty(&shown).expect("the config always serialises")
     }
@@ -343,17 +405,6 @@ pub fn is_sql_identifier(s: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63
-}
-
-fn mask_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return url.to_owned() };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}{}:****{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
-        None => url.to_owned(),
-    }
 }
 
 /// Applies `PULSEWATCH_<SECTION>_<KEY>` overrides; the value's type is the default's.
@@ -512,5 +563,33 @@ mod tests {
         assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
         assert!(shown.contains("postgres://app:****@db:5432/pw"), "{shown}");
         assert!(shown.contains("/etc/ca.pem"), "{shown}");
+    }
+
+    #[test]
+    fn show_masks_every_connection_string_form() {
+        let mut c = Config::default();
+        for url in [
+            "host=db user=app password='hun ter\\'2' sslpassword=k3y dbname=pw",
+            "postgres://db/pw?password=hunter2&sslpassword=k3y&sslmode=require",
+        ] {
+            c.postgres.url = url.into();
+            let shown = c.to_masked_toml();
+            assert!(!shown.contains("hun") && !shown.contains("k3y"), "{shown}");
+            assert!(shown.contains("dbname=pw") || shown.contains("sslmode=require"), "{shown}");
+        }
+        for key in ["ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"] {
+            c.kafka.properties.insert(key.into(), "hunter4".into());
+        }
+        assert!(!c.to_masked_toml().contains("hunter4"));
+    }
+
+    #[test]
+    fn debug_output_masks_secrets() {
+        let mut c = Config::default();
+        c.postgres.url = "host=db password=hunter2".into();
+        c.kafka.properties.insert("sasl.password".into(), "hunter3".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("host=db"), "{shown}");
     }
 }

@@ -164,23 +164,39 @@ pub fn log_client_error(error: &KafkaError, reason: &str) {
 }
 
 /// Publishes, per assigned partition, how many records the consumer is behind the
-/// partition's end. Asks the broker, so call it every few seconds, not per batch.
+/// partition's end, and reports the stage's partitions to [`crate::health::HEALTH`]. Asks the
+/// broker, so call it every few seconds, not per batch.
 pub fn record_lag<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     stage: &str,
 ) {
     use rdkafka::Offset;
     use rdkafka::consumer::Consumer;
+
+    use crate::health::{HEALTH, PartitionObservation};
     let Ok(position) = consumer.position() else { return };
-    for e in position.elements() {
-        let Offset::Offset(at) = e.offset() else { continue };
-        if let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)) {
-            crate::metrics::METRICS
-                .consumer_lag
-                .with_label_values(&[stage, e.topic(), &e.partition().to_string()])
-                .set((high - at).max(0));
-        }
+    let elements = position.elements();
+    let mut observed = Vec::with_capacity(elements.len());
+    for e in &elements {
+        let end = match e.offset() {
+            Offset::Offset(_) => {
+                consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)).ok()
+            }
+            _ => None,
+        };
+        let observation = match (e.offset(), end) {
+            (Offset::Offset(at), Some((_, high))) => {
+                crate::metrics::METRICS
+                    .consumer_lag
+                    .with_label_values(&[stage, e.topic(), &e.partition().to_string()])
+                    .set((high - at).max(0));
+                Some(PartitionObservation { position: at, end: high })
+            }
+            _ => None,
+        };
+        observed.push((e.topic(), e.partition(), observation));
     }
+    HEALTH.observe_partitions(stage, &observed);
 }
 
 /// Errors that say "not yet" rather than "no": a topic created a moment ago whose

@@ -9,9 +9,10 @@
 //!   snapshots, explanations).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
-//!   [`metrics`], [`shutdown`].
-//! - Plumbing: [`config`], [`kafka`], [`topology`], [`store`] (connection, migrations,
-//!   partitions).
+//!   [`metrics`], [`health`] (what `/healthz` judges), [`shutdown`].
+//! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
+//!   [`store`] (connection, migrations, partitions), [`logging`] (one line per event,
+//!   whatever producers put in their ids).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
@@ -20,14 +21,17 @@ pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod evaluate;
+pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod huge_pages;
 pub mod kafka;
 pub mod labels;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod processor;
+pub mod redact;
 pub mod restore;
 pub mod rules;
 pub mod service;

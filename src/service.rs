@@ -1,6 +1,8 @@
 //! `pulsewatch run`: the stages as threads of one process, the HTTP endpoint, and a clean
 //! stop on SIGTERM or SIGINT (stop fetching, finish and commit what is in flight, exit
-//! within 30 s).
+//! within 30 s). A stage that fails or panics, or an HTTP endpoint that ends, stops the
+//! process with an error; an address `http.listen` cannot take stops it before any stage
+//! starts.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::health::{HEALTH, Health};
 use crate::http::{self, Readiness};
 use crate::shutdown::Shutdown;
 use crate::{processor, sink};
@@ -38,6 +41,10 @@ impl std::str::FromStr for Stage {
 pub enum ServiceError {
     #[error("{stage} stage failed: {message}")]
     Stage { stage: &'static str, message: String },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error("http endpoint stopped: {0}")]
+    HttpStopped(String),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,7 +52,10 @@ pub enum ServiceError {
 /// Longest a clean stop may take.
 pub const STOP_WITHIN: Duration = Duration::from_secs(30);
 
-/// Runs the chosen stages until a signal or a stage failure.
+type StageHandle = JoinHandle<Result<(), String>>;
+
+/// Runs the chosen stages until a signal, a stage's end (an error or a panic) or the HTTP
+/// endpoint's end; any of the latter makes the result an error.
 pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
     let huge_pages = config.processor.transparent_huge_pages;
     match crate::huge_pages::allow(huge_pages) {
@@ -53,77 +63,158 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
         Err(e) => tracing::warn!(error = %e, "transparent huge pages: the setting could not be applied"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Bound before any stage starts: a taken address stops the process here.
+    let listen = config.http.listen.parse().expect("validated by Config::validate");
+    let listener = rt.block_on(http::bind(listen))?;
     let shutdown = Shutdown::new();
     let config = Arc::new(config);
+    let Started { flags, stages } = start_stages(&config, stage, &shutdown, &rt)?;
+    let endpoints = http::Endpoints {
+        readiness: Readiness(Arc::new(flags)),
+        health: HEALTH.clone(),
+        stall_after: Duration::from_millis(config.health.stall_after_ms),
+    };
+    let mut server = rt.spawn(http::serve(listener, http::router(endpoints), http::Limits::of(&config.http)));
+    let http_failure = rt.block_on(wait_for_stop(&shutdown, &mut server))?;
+    shutdown.trigger();
+    let failure = http_failure.or(join_stages(stages));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    failure.map_or(Ok(()), Err)
+}
+
+/// The stages' threads, and the readiness flag of each.
+struct Started {
+    flags: Vec<(String, Arc<AtomicBool>)>,
+    stages: Vec<(&'static str, StageHandle)>,
+}
+
+/// Starts the chosen stages' threads.
+fn start_stages(
+    config: &Arc<Config>,
+    stage: Stage,
+    shutdown: &Shutdown,
+    rt: &tokio::runtime::Runtime,
+) -> std::io::Result<Started> {
     let mut flags = Vec::new();
-    let mut stages: Vec<(&'static str, JoinHandle<Result<(), String>>)> = Vec::new();
+    let mut stages = Vec::new();
     if matches!(stage, Stage::All | Stage::Processor) {
         let ready = Arc::new(AtomicBool::new(false));
         flags.push(("processor".to_owned(), ready.clone()));
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        let handle = std::thread::Builder::new().name("processor".into()).spawn(move || {
-            let result = processor::run(&config, &shutdown, &ready).map_err(|e| e.to_string());
-            shutdown.trigger();
-            result
+        let (config, stop) = (config.clone(), shutdown.clone());
+        let handle = spawn_stage("processor", shutdown, &HEALTH, move || {
+            processor::run(&config, &stop, &ready).map_err(|e| e.to_string())
         })?;
         stages.push(("processor", handle));
     }
     if matches!(stage, Stage::All | Stage::Sink) {
         let ready = Arc::new(AtomicBool::new(false));
         flags.push(("sink".to_owned(), ready.clone()));
-        let (config, shutdown, handle) = (config.clone(), shutdown.clone(), rt.handle().clone());
-        let thread = std::thread::Builder::new().name("sink".into()).spawn(move || {
-            let result = sink::run(&config, &shutdown, &ready, &handle).map_err(|e| e.to_string());
-            shutdown.trigger();
-            result
+        let (config, stop, handle) = (config.clone(), shutdown.clone(), rt.handle().clone());
+        let thread = spawn_stage("sink", shutdown, &HEALTH, move || {
+            sink::run(&config, &stop, &ready, &handle).map_err(|e| e.to_string())
         })?;
         stages.push(("sink", thread));
     }
-    let listen = config.http.listen.parse().expect("validated by Config::validate");
-    let readiness = Readiness(Arc::new(flags));
-    rt.spawn(async move {
-        if let Err(e) = http::serve(listen, readiness).await {
-            tracing::error!(error = %e, "http: endpoint failed");
-        }
-    });
-    let waiter = shutdown.clone();
-    rt.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => if waiter.is_triggered() { break; },
+    Ok(Started { flags, stages })
+}
+
+/// Runs `body` on a thread of its own named `name`. However it ends, by returning or by
+/// panicking, `health` learns it and `shutdown` is triggered: one stage's end stops them all.
+pub fn spawn_stage(
+    name: &'static str,
+    shutdown: &Shutdown,
+    health: &Health,
+    body: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<StageHandle> {
+    health.stage_running(name);
+    let (shutdown, health) = (shutdown.clone(), health.clone());
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        // The stage's state is abandoned after a panic: the process stops.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+            Err(format!("panicked: {}", crate::logging::panic_message(payload.as_ref())))
+        });
+        let why = match &result {
+            Ok(()) => "stopped".to_owned(),
+            Err(message) => message.clone(),
+        };
+        health.stage_stopped(name, &why);
+        shutdown.trigger();
+        result
+    })
+}
+
+/// Waits for SIGTERM, SIGINT, `shutdown` (a stage ended) or the end of the HTTP server;
+/// the latter is returned as a failure.
+async fn wait_for_stop(
+    shutdown: &Shutdown,
+    server: &mut tokio::task::JoinHandle<()>,
+) -> std::io::Result<Option<ServiceError>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(None); }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(None); }
+            ended = &mut *server => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => {
+                        format!("panicked: {}", crate::logging::panic_message(e.into_panic().as_ref()))
+                    }
+                    Err(e) => e.to_string(),
+                    Ok(()) => "ended".to_owned(),
+                };
+                tracing::error!(error = %why, "http: endpoint stopped; stopping");
+                return Ok(Some(ServiceError::HttpStopped(why)));
             }
+            _ = tick.tick() => if shutdown.is_triggered() { return Ok(None); },
         }
-        std::io::Result::Ok(())
-    })?;
-    shutdown.trigger();
+    }
+}
+
+/// Waits (within [`STOP_WITHIN`]) for every stage to end; the first failure.
+fn join_stages(stages: Vec<(&'static str, StageHandle)>) -> Option<ServiceError> {
     let deadline = Instant::now() + STOP_WITHIN;
     let mut failure = None;
     for (name, handle) in stages {
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if !handle.is_finished() {
-            tracing::error!(stage = name, "did not stop within 30 s; exiting anyway");
-            failure.get_or_insert(ServiceError::Stage {
-                stage: name,
-                message: "did not stop within 30 s".into(),
-            });
-            continue;
-        }
-        match handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                tracing::error!(stage = name, error = %message, "stage failed");
-                failure.get_or_insert(ServiceError::Stage { stage: name, message });
+        let message = if !handle.is_finished() {
+            "did not stop within 30 s; exiting anyway".to_owned()
+        } else {
+            match handle.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(message)) => message,
+                Err(payload) => format!("panicked: {}", crate::logging::panic_message(payload.as_ref())),
             }
-            Err(_) => {
-                failure.get_or_insert(ServiceError::Stage { stage: name, message: "panicked".into() });
-            }
-        }
+        };
+        tracing::error!(stage = name, error = %message, "stage failed");
+        failure.get_or_insert(ServiceError::Stage { stage: name, message });
     }
-    rt.shutdown_timeout(Duration::from_secs(1));
-    failure.map_or(Ok(()), Err)
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_that_panics_stops_the_others_and_is_reported() {
+        let (shutdown, health) = (Shutdown::new(), Health::default());
+        let handle = spawn_stage("doomed", &shutdown, &health, || panic!("record 42 broke it")).unwrap();
+        let failure = join_stages(vec![("doomed", handle)]).expect("a panic is a failure");
+        assert!(shutdown.is_triggered());
+        assert!(failure.to_string().contains("panicked: record 42 broke it"), "{failure}");
+        let verdict = health.check(Duration::from_secs(120));
+        assert_eq!(verdict.problems, vec!["doomed: stage stopped: panicked: record 42 broke it".to_owned()]);
+    }
+
+    #[test]
+    fn a_stage_that_fails_stops_the_others() {
+        let (shutdown, health) = (Shutdown::new(), Health::default());
+        let handle = spawn_stage("failing", &shutdown, &health, || Err("fenced".into())).unwrap();
+        let failure = join_stages(vec![("failing", handle)]).expect("an error is a failure");
+        assert!(shutdown.is_triggered());
+        assert_eq!(failure.to_string(), "failing stage failed: fenced");
+    }
 }
