@@ -11,13 +11,14 @@
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`shutdown`].
 //! - Plumbing: [`config`], [`kafka`], [`topology`], [`store`] (connection, migrations,
-//!   partitions).
+//!   partitions, what a failed statement means), [`dead_letter`] (records set aside).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
 pub mod codec;
 pub mod config;
+pub mod dead_letter;
 pub mod engine;
 pub mod evaluate;
 pub mod heartbeat;
