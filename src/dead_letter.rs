@@ -152,3 +152,38 @@ impl Publisher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+
+    use super::*;
+
+    #[test]
+    fn headers_say_why_and_where_from() {
+        let letter = DeadLetter {
+            topic: "metrics-1m".into(),
+            partition: 3,
+            offset: 17,
+            timestamp: Some(1_800_000_000_000),
+            key: "app".into(),
+            payload: b"{}".to_vec(),
+            code: "store_rejected",
+            message: "metric_rollup_1m: invalid byte sequence (SQLSTATE 22021)".into(),
+        };
+        let headers = letter.headers();
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|h| (h.key, h.value.unwrap())).collect();
+        assert_eq!(
+            pairs,
+            [
+                (headers::CODE, &b"store_rejected"[..]),
+                (headers::MESSAGE, letter.message.as_bytes()),
+                (headers::SOURCE_TOPIC, b"metrics-1m"),
+                (headers::SOURCE_PARTITION, b"3"),
+                (headers::SOURCE_OFFSET, b"17"),
+                (headers::SOURCE_TIMESTAMP, b"1800000000000"),
+            ]
+        );
+        assert_eq!(letter.source(), ("metrics-1m", 3, 17));
+    }
+}

@@ -9,10 +9,10 @@
 //! jitter, and keeps the batch it holds: nothing is lost and memory stays bounded.
 //!
 //! One record must never stop the sink. A row whose content PostgreSQL refuses (a NUL in a
-//! string, say) is found by [`isolate`] and set aside, and a raw beat or rollup of a day
-//! outside its table's retention window is set aside before it is written (so it creates no
-//! partition): both go to `heartbeats-dlq` (codes `store_rejected`, `outside_retention`),
-//! and the offsets move past them with the rest of the batch ([`write`]).
+//! string, say) is found by bisection (`isolate`) and set aside, and a raw beat or rollup of
+//! a day outside its table's retention window is set aside before it is written (so it
+//! creates no partition): both go to `heartbeats-dlq` (codes `store_rejected`,
+//! `outside_retention`), and the offsets move past them with the rest of the batch (`write`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
