@@ -4,6 +4,10 @@
 //! healthy rows are stored exactly once, the others are on the dead-letter topic with their
 //! codes (once each, also after a restart), no partition is made for 1970, the sink stays up
 //! and its `sink_offset` reaches the end of every partition.
+//!
+//! The test's `heartbeats` topic keeps its producers' timestamps (CreateTime), as one made
+//! before the topic took the broker's append time still does: there a beat stamped in 1970
+//! with a record timestamp of 1970 is valid input, and reaches the sink.
 
 mod common;
 
@@ -15,7 +19,7 @@ use pulsewatch::alert::{Alert, AlertKind, AlertState, Severity};
 use pulsewatch::config::Config;
 use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::kafka::TrackedProducer;
-use pulsewatch::topology::names;
+use pulsewatch::topology::{self, Topology, names};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 
@@ -74,6 +78,21 @@ fn alert(app: &str, summary: &str, now: i64) -> Vec<u8> {
     .encode()
 }
 
+/// The test's topics, its heartbeats stamped by their producers, and its schema.
+fn prepare() -> common::TestConfig {
+    let config = common::isolated_config("sink_poison");
+    let mut topics = Topology::builtin();
+    let heartbeats = topics.topics.iter_mut().find(|t| t.name == names::HEARTBEATS).unwrap();
+    heartbeats.config.insert("message.timestamp.type".into(), "CreateTime".into());
+    let rt = common::runtime();
+    rt.block_on(topology::apply(&config.kafka, &topics)).unwrap();
+    rt.block_on(async {
+        let mut client = pulsewatch::store::connect(&config.postgres).await.unwrap();
+        pulsewatch::store::migrate::migrate(&mut client, &config.postgres.schema).await.unwrap();
+    });
+    config
+}
+
 /// A dead letter as the test compares it: (source topic, source offset, code).
 type Letter = (String, i64, String);
 
@@ -104,7 +123,7 @@ fn dead_letters(config: &Config) -> Vec<(Letter, String)> {
 
 #[test]
 fn records_the_database_refuses_and_days_outside_the_retention_are_set_aside_and_the_rest_is_stored_once() {
-    let config = common::prepare("sink_poison");
+    let config = prepare();
     let s = config.postgres.schema.clone();
     let producer = pulsewatch::kafka::producer(&config.kafka).unwrap();
     let now = chrono::Utc::now().timestamp_millis();
