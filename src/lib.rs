@@ -11,14 +11,16 @@
 //!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`health`] (what `/healthz` judges), [`shutdown`].
 //! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
-//!   [`store`] (connection, migrations, partitions), [`logging`] (one line per event,
-//!   whatever producers put in their ids).
+//!   [`store`] (connection, migrations, partitions, what a failed statement means),
+//!   [`dead_letter`] (records set aside), [`logging`] (one line per event, whatever
+//!   producers put in their ids).
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
 pub mod codec;
 pub mod config;
+pub mod dead_letter;
 pub mod engine;
 pub mod evaluate;
 pub mod health;

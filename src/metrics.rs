@@ -30,6 +30,8 @@ pub struct Metrics {
     pub sink_held_rows: IntGauge,
     pub sink_retries: IntCounterVec,
     pub sink_skipped: IntCounterVec,
+    /// Records the sink set aside on the dead-letter topic instead of storing them.
+    pub sink_rejected: IntCounterVec,
     pub db_pool: IntGaugeVec,
     pub transactions: IntCounterVec,
 }
@@ -136,6 +138,12 @@ impl Metrics {
                 "sink_skipped_total",
                 "Records the sink could not decode and did not store (invalid heartbeats are the processor's to dead-letter), by topic",
                 &["topic"],
+            ),
+            sink_rejected: counter(
+                &registry,
+                "sink_rejected_records_total",
+                "Records the sink set aside on the dead-letter topic instead of storing them, by topic and code (store_rejected: PostgreSQL refused the row's content; outside_retention: a day outside its table's retention window)",
+                &["topic", "code"],
             ),
             tracked_apps: gauge(&registry, "tracked_apps", "Applications in the processor's state"),
             restoring_partitions: gauge(

@@ -7,6 +7,12 @@
 //! written twice. On assignment the sink seeks to the offsets in `sink_offset`. When the
 //! database fails, the sink pauses its partitions, retries with exponential backoff and
 //! jitter, and keeps the batch it holds: nothing is lost and memory stays bounded.
+//!
+//! One record must never stop the sink. A row whose content PostgreSQL refuses (a NUL in a
+//! string, say) is found by bisection (`isolate`) and set aside, and a raw beat or rollup of
+//! a day outside its table's retention window is set aside before it is written (so it
+//! creates no partition): both go to `heartbeats-dlq` (codes `store_rejected`,
+//! `outside_retention`), and the offsets move past them with the rest of the batch (`write`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -22,21 +28,31 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 use tokio::runtime::Handle;
-use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 
 use crate::alert::Alert;
 use crate::codec;
-use crate::config::Config;
+use crate::config::{Config, RetentionConfig};
+use crate::dead_letter::{DeadLetter, DeadLetterError, Publisher};
 use crate::engine::AppSnapshot;
 use crate::engine::rollup::Rollup;
 use crate::heartbeat::Heartbeat;
 use crate::kafka;
 use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
-use crate::store::{self, QueryContext, StoreError, partitions, quoted_schema};
+use crate::store::partitions::{self, Window};
+use crate::store::{self, QueryContext, StoreError, quoted_schema};
 use crate::topology::names;
+
+mod isolate;
+mod tables;
+mod write;
+
+use write::Writer;
+
+/// The dead-letter code of a row PostgreSQL refused for its content.
+pub const STORE_REJECTED: &str = "store_rejected";
+/// The dead-letter code of a raw beat or rollup of a day outside its table's retention.
+pub const OUTSIDE_RETENTION: &str = "outside_retention";
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -44,6 +60,8 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("dead letters: {0}")]
+    DeadLetters(#[from] DeadLetterError),
     /// Another sink instance moved the offsets of a partition this batch covers.
     #[error("sink_offset of {topic}[{partition}] is no longer {expected}: another instance wrote it")]
     Conflict { topic: String, partition: i32, expected: i64 },
@@ -82,13 +100,77 @@ impl ConsumerContext for Assignments {
 /// (topic, partition) → (offset a batch starts from, next offset after it).
 type OffsetRanges = BTreeMap<(String, i32), (i64, i64)>;
 
-/// The rows of one transaction and the offsets they cover.
+/// Where a row's record came from, and the record as it was: should the database refuse the
+/// row, the record goes to the dead-letter topic.
+struct Source {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: String,
+    payload: Vec<u8>,
+}
+
+impl Source {
+    fn of(msg: &BorrowedMessage<'_>) -> Source {
+        Source {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key: msg.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+        }
+    }
+
+    fn dead_letter(&self, topic: &str, code: &'static str, message: String) -> DeadLetter {
+        DeadLetter {
+            topic: topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            code,
+            message,
+        }
+    }
+}
+
+/// A decoded record on its way to its table.
+struct Row<T> {
+    value: T,
+    source: Source,
+}
+
+/// The retention windows of the daily tables, as of a batch's first record.
+#[derive(Debug, Clone, Copy)]
+struct Windows {
+    beats: Window,
+    rollups: Window,
+}
+
+impl Windows {
+    fn on(today: NaiveDate, retention: &RetentionConfig) -> Windows {
+        let [raw, rollup, _] = partitions::plans(retention);
+        Windows {
+            beats: Window::of(&raw, today, retention.days_ahead),
+            rollups: Window::of(&rollup, today, retention.days_ahead),
+        }
+    }
+}
+
+/// The rows of one transaction, the records set aside, and the offsets they cover.
 #[derive(Default)]
 struct Batch {
-    beats: Vec<(Heartbeat, i32, i64)>,
-    alerts: Vec<(Alert, i32, i64)>,
-    rollups: BTreeMap<(String, i64), Rollup>,
-    apps: BTreeMap<String, AppSnapshot>,
+    beats: Vec<Row<Heartbeat>>,
+    alerts: Vec<Row<Alert>>,
+    rollups: BTreeMap<(String, i64), Row<Rollup>>,
+    apps: BTreeMap<String, Row<AppSnapshot>>,
+    /// Records set aside before writing (outside the retention window).
+    dead_letters: Vec<DeadLetter>,
+    /// The dead letters of this batch the broker has acknowledged, by (topic, partition,
+    /// offset): a write retried after a failed commit does not send them again.
+    sent: BTreeSet<(String, i32, i64)>,
+    windows: Option<Windows>,
     ranges: OffsetRanges,
     first_at: Option<Instant>,
 }
@@ -96,6 +178,11 @@ struct Batch {
 impl Batch {
     fn rows(&self) -> usize {
         self.beats.len() + self.alerts.len() + self.rollups.len() + self.apps.len()
+    }
+
+    /// Rows and records set aside: what the batch holds in memory.
+    fn records(&self) -> usize {
+        self.rows() + self.dead_letters.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -140,7 +227,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
     wait_for_database(&pool, config, shutdown, rt)?;
     // Next offset expected per assigned partition, as sink_offset says.
     let mut expected: HashMap<(String, i32), i64> = HashMap::new();
-    let mut known_partitions: BTreeSet<String> = BTreeSet::new();
+    let mut writer = Writer::new(&topics, &group, Publisher::new(k, k.name(names::HEARTBEATS_DLQ)));
     let mut batch = Batch::default();
     let batch_ms = Duration::from_millis(config.sink.batch_ms);
     tracing::info!(group = %group, schema = %schema, "sink started");
@@ -180,21 +267,11 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
             kafka::record_lag(&consumer, "sink");
             lag_checked = Instant::now();
         }
-        let due =
-            batch.first_at.is_some_and(|t| t.elapsed() >= batch_ms) || batch.rows() >= config.sink.batch_rows;
+        let due = batch.first_at.is_some_and(|t| t.elapsed() >= batch_ms)
+            || batch.records() >= config.sink.batch_rows;
         if !batch.is_empty() && (due || stopping) {
             let taken = std::mem::take(&mut batch);
-            match write_with_retry(
-                &consumer,
-                &pool,
-                config,
-                &group,
-                taken,
-                &expected,
-                &mut known_partitions,
-                shutdown,
-                rt,
-            ) {
+            match write_with_retry(&consumer, &pool, config, &mut writer, taken, &expected, shutdown, rt) {
                 Ok(written) => {
                     let mut tpl = TopicPartitionList::new();
                     for ((topic, p), (_, next)) in &written {
@@ -221,6 +298,14 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
     Ok(())
 }
 
+/// A record decoded, before it is placed in the batch.
+enum Decoded {
+    Beat(Heartbeat),
+    Alert(Alert),
+    Rollup(Rollup),
+    App(AppSnapshot),
+}
+
 /// Adds one consumed record to the batch (or skips it, if `sink_offset` says it is written).
 fn accept(
     msg: &BorrowedMessage<'_>,
@@ -243,42 +328,76 @@ fn accept(
     batch.first_at.get_or_insert_with(Instant::now);
     let range = batch.ranges.entry(tp).or_insert((next, next));
     range.1 = msg.offset() + 1;
+    match decode(msg, topics, config) {
+        Ok(decoded) => place(msg, decoded, batch, &config.retention),
+        Err(reason) => {
+            if let Some(reason) = reason {
+                tracing::warn!(%topic, partition = msg.partition(), offset = msg.offset(), "sink: {reason}; skipped");
+            }
+            METRICS.sink_skipped.with_label_values(&[topic]).inc();
+        }
+    }
+}
+
+/// Decodes a record by its topic; `Err` says why not, if worth a warning.
+fn decode(msg: &BorrowedMessage<'_>, topics: &Topics, config: &Config) -> Result<Decoded, Option<String>> {
+    let topic = msg.topic();
     let payload = msg.payload().unwrap_or_default();
-    let (p, o) = (msg.partition(), msg.offset());
     if topic == topics.heartbeats {
         let reference = msg.timestamp().to_millis().unwrap_or_else(|| Utc::now().timestamp_millis());
-        match codec::decode(payload, reference, config.input.max_sent_at_drift_ms) {
-            Ok(beat) => batch.beats.push((beat, p, o)),
-            // Invalid input is the processor's to dead-letter; the sink stores valid beats only.
-            Err(_) => METRICS.sink_skipped.with_label_values(&[topic]).inc(),
-        }
+        // Invalid input is the processor's to dead-letter; the sink stores valid beats only.
+        codec::decode(payload, reference, config.input.max_sent_at_drift_ms)
+            .map(Decoded::Beat)
+            .map_err(|_| None)
     } else if topic == topics.alerts {
-        match Alert::decode(payload) {
-            Ok(a) => batch.alerts.push((a, p, o)),
-            Err(e) => {
-                tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable alert skipped");
-                METRICS.sink_skipped.with_label_values(&[topic]).inc();
-            }
-        }
+        Alert::decode(payload).map(Decoded::Alert).map_err(|e| Some(format!("undecodable alert: {e}")))
     } else if topic == topics.metrics {
-        match serde_json::from_slice::<Rollup>(payload) {
-            Ok(r) => {
-                batch.rollups.insert((r.app_id.clone(), r.minute), r);
-            }
-            Err(e) => {
-                tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable rollup skipped");
-                METRICS.sink_skipped.with_label_values(&[topic]).inc();
+        serde_json::from_slice(payload)
+            .map(Decoded::Rollup)
+            .map_err(|e| Some(format!("undecodable rollup: {e}")))
+    } else if topic == topics.app_state {
+        serde_json::from_slice(payload)
+            .map(Decoded::App)
+            .map_err(|e| Some(format!("undecodable snapshot: {e}")))
+    } else {
+        Err(Some("a record of a topic the sink does not read".into()))
+    }
+}
+
+/// Puts a decoded record in the batch, or among its dead letters if its day is outside its
+/// table's retention window: such a row would create a partition nothing ever drops.
+fn place(msg: &BorrowedMessage<'_>, decoded: Decoded, batch: &mut Batch, retention: &RetentionConfig) {
+    let windows = *batch.windows.get_or_insert_with(|| Windows::on(Utc::now().date_naive(), retention));
+    let outside = |table: &str, day: NaiveDate, window: &Window, setting: (&str, u32)| {
+        let message = format!(
+            "{table} takes the days {window} (retention.{} = {}, retention.days_ahead = {}): the row's day {day} is outside them",
+            setting.0, setting.1, retention.days_ahead
+        );
+        DeadLetter::of(msg, OUTSIDE_RETENTION, message)
+    };
+    match decoded {
+        Decoded::Beat(beat) => {
+            let day = millis(beat.sent_at).date_naive();
+            if windows.beats.contains(day) {
+                batch.beats.push(Row { value: beat, source: Source::of(msg) });
+            } else {
+                let setting = ("raw_days", retention.raw_days);
+                batch.dead_letters.push(outside("heartbeat_event", day, &windows.beats, setting));
             }
         }
-    } else if topic == topics.app_state {
-        match serde_json::from_slice::<AppSnapshot>(payload) {
-            Ok(s) => {
-                batch.apps.insert(s.app_id.clone(), s);
+        Decoded::Rollup(rollup) => {
+            let day = millis(rollup.minute).date_naive();
+            if windows.rollups.contains(day) {
+                let key = (rollup.app_id.clone(), rollup.minute);
+                batch.rollups.insert(key, Row { value: rollup, source: Source::of(msg) });
+            } else {
+                let setting = ("rollup_days", retention.rollup_days);
+                batch.dead_letters.push(outside("metric_rollup_1m", day, &windows.rollups, setting));
             }
-            Err(e) => {
-                tracing::warn!(partition = p, offset = o, error = %e, "sink: undecodable snapshot skipped");
-                METRICS.sink_skipped.with_label_values(&[topic]).inc();
-            }
+        }
+        Decoded::Alert(alert) => batch.alerts.push(Row { value: alert, source: Source::of(msg) }),
+        Decoded::App(app) => {
+            batch.apps.insert(app.app_id.clone(), Row { value: app, source: Source::of(msg) });
         }
     }
 }
@@ -393,17 +512,26 @@ fn next_delay(delay: Duration, config: &Config) -> Duration {
     doubled.mul_f64(jitter)
 }
 
-/// Writes the batch, retrying transient database errors with backoff while the partitions
-/// are paused. Returns the ranges written.
+/// What a failed write waits for before it is tried again (`None`: it is not).
+fn retry_reason(e: &SinkError) -> Option<&'static str> {
+    match e {
+        SinkError::Store(e) if e.is_transient() => Some("database"),
+        // The batch is held until the dead-letter topic takes its records: none is lost.
+        SinkError::DeadLetters(_) => Some("dead_letter"),
+        _ => None,
+    }
+}
+
+/// Writes the batch, retrying transient database errors (and dead letters the broker did
+/// not take) with backoff while the partitions are paused. Returns the ranges written.
 #[allow(clippy::too_many_arguments)]
 fn write_with_retry(
     consumer: &BaseConsumer<Assignments>,
     pool: &Pool,
     config: &Config,
-    group: &str,
-    batch: Batch,
+    writer: &mut Writer<'_>,
+    mut batch: Batch,
     expected: &HashMap<(String, i32), i64>,
-    known_partitions: &mut BTreeSet<String>,
     shutdown: &Shutdown,
     rt: &Handle,
 ) -> Result<OffsetRanges, SinkError> {
@@ -413,16 +541,16 @@ fn write_with_retry(
     let result = loop {
         let written = rt.block_on(async {
             let mut client = store::checkout(pool).await?;
-            write_batch(&mut client, &config.postgres.schema, group, &batch, known_partitions).await
+            writer.write(&mut client, &config.postgres.schema, &mut batch).await
         });
         record_pool_status(pool);
         match written {
             Ok(()) => break Ok(()),
-            Err(SinkError::Store(e)) if e.is_transient() => {
+            Err(e) if let Some(reason) = retry_reason(&e) => {
                 // A new connection may come after a restart that dropped our partitions' DDL cache.
-                known_partitions.clear();
-                METRICS.sink_retries.with_label_values(&["database"]).inc();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: database write failed, retrying");
+                writer.forget_partitions();
+                METRICS.sink_retries.with_label_values(&[reason]).inc();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: write failed, retrying");
                 METRICS.sink_held_rows.set(batch.rows() as i64);
                 if paused.is_none() {
                     let assignment = consumer.assignment()?;
@@ -438,7 +566,7 @@ fn write_with_retry(
                 }
                 delay = next_delay(delay, config);
                 if shutdown.is_triggered() && started.elapsed() > Duration::from_secs(20) {
-                    break Err(SinkError::Store(e));
+                    break Err(e);
                 }
             }
             Err(e) => break Err(e),
@@ -466,42 +594,6 @@ fn write_with_retry(
     Ok(batch.ranges)
 }
 
-const HEARTBEAT_COLUMNS: &str = "app_id, instance_id, seq, sent_at, interval_ms, status, memory_used_bytes, \
-    memory_limit_bytes, cpu_ratio, disk_used_ratio, db_pool_size, db_pool_in_use, db_pool_waiting, threads, open_fds, \
-    request_queue_depth, sessions_active, requests_total, errors_total, slow_requests_total, cache_hits_total, \
-    cache_misses_total, latency_p95_ms, latency_p99_ms, db_query_p95_ms, labels, kafka_partition, kafka_offset";
-
-const HEARTBEAT_TYPES: [Type; 28] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::JSONB,
-    Type::INT4,
-    Type::INT8,
-];
-
 /// Publishes the pool's size, available and waiting connections.
 fn record_pool_status(pool: &Pool) {
     let status = pool.status();
@@ -509,247 +601,4 @@ fn record_pool_status(pool: &Pool) {
     METRICS.db_pool.with_label_values(&["size"]).set(status.size as i64);
     METRICS.db_pool.with_label_values(&["available"]).set(status.available as i64);
     METRICS.db_pool.with_label_values(&["waiting"]).set(status.waiting as i64);
-}
-
-/// One transaction: partitions, rows, then the offsets, checked against what they were.
-async fn write_batch(
-    client: &mut Client,
-    schema: &str,
-    group: &str,
-    batch: &Batch,
-    known_partitions: &mut BTreeSet<String>,
-) -> Result<(), SinkError> {
-    let q = quoted_schema(schema)?;
-    // Only the tables and their periods matter here, not the retention.
-    let plans = partitions::plans(&crate::config::RetentionConfig::default());
-    let mut days: BTreeSet<(usize, NaiveDate)> = BTreeSet::new();
-    for (b, _, _) in &batch.beats {
-        days.insert((0, millis(b.sent_at).date_naive()));
-    }
-    for r in batch.rollups.values() {
-        days.insert((1, millis(r.minute).date_naive()));
-    }
-    for (a, _, _) in &batch.alerts {
-        days.insert((2, millis(a.event_at).date_naive()));
-    }
-    for (plan, day) in days {
-        let key = format!("{}:{}", plans[plan].table, partitions::partition_for(&plans[plan], day).0);
-        if !known_partitions.contains(&key) {
-            partitions::ensure(client, schema, &plans[plan], day).await?;
-            known_partitions.insert(key);
-        }
-    }
-
-    let tx = client.transaction().await.doing("beginning a sink transaction")?;
-    if !batch.beats.is_empty() {
-        let sink = tx
-            .copy_in(&format!("COPY {q}.heartbeat_event ({HEARTBEAT_COLUMNS}) FROM STDIN BINARY"))
-            .await
-            .doing("starting COPY into heartbeat_event")?;
-        let writer = BinaryCopyInWriter::new(sink, &HEARTBEAT_TYPES);
-        futures::pin_mut!(writer);
-        for (b, p, o) in &batch.beats {
-            let labels = serde_json::to_value(&b.labels).expect("labels serialise");
-            let sent_at = millis(b.sent_at);
-            let row: [&(dyn ToSql + Sync); 28] = [
-                &b.app_id,
-                &b.instance_id,
-                &b.seq,
-                &sent_at,
-                &b.interval_ms,
-                &b.status.as_str(),
-                &b.memory_used_bytes,
-                &b.memory_limit_bytes,
-                &b.cpu_ratio,
-                &b.disk_used_ratio,
-                &b.db_pool_size,
-                &b.db_pool_in_use,
-                &b.db_pool_waiting,
-                &b.threads,
-                &b.open_fds,
-                &b.request_queue_depth,
-                &b.sessions_active,
-                &b.requests_total,
-                &b.errors_total,
-                &b.slow_requests_total,
-                &b.cache_hits_total,
-                &b.cache_misses_total,
-                &b.latency_p95_ms,
-                &b.latency_p99_ms,
-                &b.db_query_p95_ms,
-                &labels,
-                p,
-                o,
-            ];
-            writer.as_mut().write(&row).await.doing("writing a heartbeat row")?;
-        }
-        writer.finish().await.doing("finishing COPY into heartbeat_event")?;
-        METRICS.records_out.with_label_values(&["sink", "heartbeat_event"]).inc_by(batch.beats.len() as u64);
-    }
-    if !batch.alerts.is_empty() {
-        let stmt = tx
-            .prepare(&format!(
-                "INSERT INTO {q}.alert_event (alert_id, app_id, instance_id, kind, severity, state, started_at, event_at,
-                 emitted_at, value, threshold, summary, evidence, recommendations, source_partition, source_offset,
-                 kafka_partition, kafka_offset) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
-            ))
-            .await
-            .doing("preparing the alert insert")?;
-        for (a, p, o) in &batch.alerts {
-            let evidence = serde_json::to_value(&a.evidence).expect("evidence serialises");
-            tx.execute(
-                &stmt,
-                &[
-                    &a.alert_id,
-                    &a.app_id,
-                    &a.instance_id,
-                    &a.kind.as_str(),
-                    &a.severity.as_str(),
-                    &a.state.as_str(),
-                    &millis(a.started_at),
-                    &millis(a.event_at),
-                    &millis(a.emitted_at),
-                    &a.value,
-                    &a.threshold,
-                    &a.summary,
-                    &evidence,
-                    &a.recommendations,
-                    &a.source_partition,
-                    &a.source_offset,
-                    p,
-                    o,
-                ],
-            )
-            .await
-            .doing("inserting an alert")?;
-        }
-        METRICS.records_out.with_label_values(&["sink", "alert_event"]).inc_by(batch.alerts.len() as u64);
-    }
-    if !batch.rollups.is_empty() {
-        let stmt = tx
-            .prepare(&format!(
-                "INSERT INTO {q}.metric_rollup_1m (app_id, minute, beats, instances, memory_used_bytes_mean,
-                 memory_used_bytes_max, memory_used_ratio_max, cpu_ratio_mean, cpu_ratio_max, disk_used_ratio_max,
-                 db_pool_in_use_mean, db_pool_in_use_max, db_pool_waiting_max, threads_mean, threads_max, open_fds_mean,
-                 open_fds_max, request_queue_depth_max, sessions_active_mean, sessions_active_max, latency_p95_ms_mean,
-                 latency_p95_ms_max, latency_p99_ms_max, db_query_p95_ms_max, requests_per_s, errors_per_s,
-                 slow_requests_per_s, error_ratio, cache_hit_ratio)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29)
-                 ON CONFLICT (app_id, minute) DO UPDATE SET beats = EXCLUDED.beats, instances = EXCLUDED.instances,
-                 memory_used_bytes_mean = EXCLUDED.memory_used_bytes_mean, memory_used_bytes_max = EXCLUDED.memory_used_bytes_max,
-                 memory_used_ratio_max = EXCLUDED.memory_used_ratio_max, cpu_ratio_mean = EXCLUDED.cpu_ratio_mean,
-                 cpu_ratio_max = EXCLUDED.cpu_ratio_max, disk_used_ratio_max = EXCLUDED.disk_used_ratio_max,
-                 db_pool_in_use_mean = EXCLUDED.db_pool_in_use_mean, db_pool_in_use_max = EXCLUDED.db_pool_in_use_max,
-                 db_pool_waiting_max = EXCLUDED.db_pool_waiting_max, threads_mean = EXCLUDED.threads_mean,
-                 threads_max = EXCLUDED.threads_max, open_fds_mean = EXCLUDED.open_fds_mean, open_fds_max = EXCLUDED.open_fds_max,
-                 request_queue_depth_max = EXCLUDED.request_queue_depth_max, sessions_active_mean = EXCLUDED.sessions_active_mean,
-                 sessions_active_max = EXCLUDED.sessions_active_max, latency_p95_ms_mean = EXCLUDED.latency_p95_ms_mean,
-                 latency_p95_ms_max = EXCLUDED.latency_p95_ms_max, latency_p99_ms_max = EXCLUDED.latency_p99_ms_max,
-                 db_query_p95_ms_max = EXCLUDED.db_query_p95_ms_max, requests_per_s = EXCLUDED.requests_per_s,
-                 errors_per_s = EXCLUDED.errors_per_s, slow_requests_per_s = EXCLUDED.slow_requests_per_s,
-                 error_ratio = EXCLUDED.error_ratio, cache_hit_ratio = EXCLUDED.cache_hit_ratio"
-            ))
-            .await
-            .doing("preparing the rollup upsert")?;
-        for r in batch.rollups.values() {
-            let beats = r.beats as i32;
-            let instances = r.instances as i32;
-            tx.execute(
-                &stmt,
-                &[
-                    &r.app_id,
-                    &millis(r.minute),
-                    &beats,
-                    &instances,
-                    &r.memory_used_bytes_mean,
-                    &r.memory_used_bytes_max,
-                    &r.memory_used_ratio_max,
-                    &r.cpu_ratio_mean,
-                    &r.cpu_ratio_max,
-                    &r.disk_used_ratio_max,
-                    &r.db_pool_in_use_mean,
-                    &r.db_pool_in_use_max,
-                    &r.db_pool_waiting_max,
-                    &r.threads_mean,
-                    &r.threads_max,
-                    &r.open_fds_mean,
-                    &r.open_fds_max,
-                    &r.request_queue_depth_max,
-                    &r.sessions_active_mean,
-                    &r.sessions_active_max,
-                    &r.latency_p95_ms_mean,
-                    &r.latency_p95_ms_max,
-                    &r.latency_p99_ms_max,
-                    &r.db_query_p95_ms_max,
-                    &r.requests_per_s,
-                    &r.errors_per_s,
-                    &r.slow_requests_per_s,
-                    &r.error_ratio,
-                    &r.cache_hit_ratio,
-                ],
-            )
-            .await
-            .doing("upserting a rollup")?;
-        }
-        METRICS
-            .records_out
-            .with_label_values(&["sink", "metric_rollup_1m"])
-            .inc_by(batch.rollups.len() as u64);
-    }
-    if !batch.apps.is_empty() {
-        let stmt = tx
-            .prepare(&format!(
-                "INSERT INTO {q}.application (app_id, status, health, instances_up, instances_total, last_seen,
-                 last_figures, open_alerts, labels, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
-                 ON CONFLICT (app_id) DO UPDATE SET status = EXCLUDED.status, health = EXCLUDED.health,
-                 instances_up = EXCLUDED.instances_up, instances_total = EXCLUDED.instances_total,
-                 last_seen = EXCLUDED.last_seen, last_figures = EXCLUDED.last_figures,
-                 open_alerts = EXCLUDED.open_alerts, labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at"
-            ))
-            .await
-            .doing("preparing the application upsert")?;
-        for s in batch.apps.values() {
-            let figures = serde_json::to_value(&s.last_figures).expect("figures serialise");
-            let labels = serde_json::to_value(&s.labels).expect("labels serialise");
-            let (up, total, open) = (s.instances_up as i32, s.instances_total as i32, s.open_alerts as i32);
-            tx.execute(
-                &stmt,
-                &[
-                    &s.app_id,
-                    &s.status,
-                    &s.health,
-                    &up,
-                    &total,
-                    &s.last_seen_ms.map(millis),
-                    &figures,
-                    &open,
-                    &labels,
-                    &millis(s.updated_at_ms),
-                ],
-            )
-            .await
-            .doing("upserting an application")?;
-        }
-        METRICS.records_out.with_label_values(&["sink", "application"]).inc_by(batch.apps.len() as u64);
-    }
-    let offsets = tx
-        .prepare(&format!(
-            "INSERT INTO {q}.sink_offset AS s (consumer_group, topic, partition, next_offset, updated_at)
-             VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (consumer_group, topic, partition)
-             DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now() WHERE s.next_offset = $5
-             RETURNING 1"
-        ))
-        .await
-        .doing("preparing the offset update")?;
-    for ((topic, p), (from, next)) in &batch.ranges {
-        let updated =
-            tx.query_opt(&offsets, &[&group, topic, p, next, from]).await.doing("updating sink_offset")?;
-        if updated.is_none() {
-            tx.rollback().await.doing("rolling back a refused batch")?;
-            return Err(SinkError::Conflict { topic: topic.clone(), partition: *p, expected: *from });
-        }
-    }
-    tx.commit().await.doing("committing a sink transaction")?;
-    Ok(())
 }

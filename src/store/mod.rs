@@ -1,6 +1,7 @@
-//! PostgreSQL: connecting, the schema's migrations ([`migrate`]) and its time partitions
-//! ([`partitions`]).
+//! PostgreSQL: connecting, the schema's migrations ([`migrate`]), its time partitions
+//! ([`partitions`]) and what a failed statement means ([`failure`]).
 
+pub mod failure;
 pub mod migrate;
 pub mod partitions;
 
@@ -8,6 +9,7 @@ use thiserror::Error;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{PostgresConfig, is_sql_identifier};
+pub use failure::{Diagnosis, Failure};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -30,20 +32,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying later may succeed (the database is down or overloaded), as opposed
-    /// to a problem that needs a person.
-    pub fn is_transient(&self) -> bool {
+    /// Whether to retry, set the row aside, or stop (see [`failure::classify`]).
+    pub fn failure(&self) -> Failure {
         match self {
-            StoreError::Connect(_) | StoreError::Pool(_) => true,
-            StoreError::Query { source, .. } => {
-                source.is_closed()
-                    || source.code().is_none_or(|code| {
-                        // Connection exceptions, operator intervention (shutdown, restart),
-                        // insufficient resources, and serialization failures or deadlocks.
-                        ["08", "57", "53", "40"].iter().any(|class| code.code().starts_with(class))
-                    })
-            }
-            _ => false,
+            StoreError::Connect(_) | StoreError::Pool(_) => Failure::Transient,
+            StoreError::Query { source, .. } => failure::classify(&Diagnosis {
+                sqlstate: source.code().map(|c| c.code()),
+                constraint: source.as_db_error().and_then(|d| d.constraint()),
+                connection_closed: source.is_closed(),
+            }),
+            _ => Failure::Fatal,
+        }
+    }
+
+    /// Whether retrying later may succeed (the database is down or overloaded), as opposed
+    /// to a problem that needs a person or a row the database refuses.
+    pub fn is_transient(&self) -> bool {
+        self.failure() == Failure::Transient
+    }
+
+    /// Whether the database refused a row's content: retrying it fails the same way.
+    pub fn is_content(&self) -> bool {
+        self.failure() == Failure::Content
+    }
+
+    /// The server's own words, for a dead letter: its message, detail and SQLSTATE.
+    pub fn server_message(&self) -> String {
+        let StoreError::Query { source, .. } = self else { return self.to_string() };
+        match source.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(detail) => format!("{}: {detail} (SQLSTATE {})", db.message(), db.code().code()),
+                None => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            },
+            None => self.to_string(),
         }
     }
 }

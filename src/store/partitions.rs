@@ -95,6 +95,41 @@ pub fn expired(plan: &Plan, start: NaiveDate, today: NaiveDate) -> bool {
     end <= oldest_kept
 }
 
+/// The days whose rows a table takes on a given day: none that `maintain` would drop as
+/// past its retention, none further ahead than the partitions it creates. The sink creates
+/// partitions only inside it, so a beat stamped in 1970 does not leave a partition behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The oldest day kept (`None`: kept forever).
+    pub first: Option<NaiveDate>,
+    /// The furthest day ahead.
+    pub last: NaiveDate,
+}
+
+impl Window {
+    /// The window of `plan` on `today`, `days_ahead` days ahead.
+    pub fn of(plan: &Plan, today: NaiveDate, days_ahead: u32) -> Window {
+        let first = plan.keep.map(|keep| match plan.period {
+            Period::Day => today - Days::new(u64::from(keep)),
+            Period::Month => today.with_day(1).expect("day 1 exists") - Months::new(keep),
+        });
+        Window { first, last: today + Days::new(u64::from(days_ahead)) }
+    }
+
+    pub fn contains(&self, day: NaiveDate) -> bool {
+        self.first.is_none_or(|first| first <= day) && day <= self.last
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.first {
+            Some(first) => write!(f, "{first} ..= {}", self.last),
+            None => write!(f, "..= {}", self.last),
+        }
+    }
+}
+
 /// Creates the partitions wanted on `today` and drops the expired ones.
 pub async fn maintain(
     client: &mut Client,
@@ -207,6 +242,24 @@ mod tests {
         assert_eq!(parse_partition(&ALERTS, &name), Some(day("2026-12-01")));
         assert_eq!(parse_partition(&RAW, "heartbeat_event_default"), None);
         assert_eq!(parse_partition(&RAW, "metric_rollup_1m_p20260101"), None);
+    }
+
+    #[test]
+    fn the_window_holds_what_is_kept_and_created_ahead() {
+        let today = day("2026-11-25");
+        let w = Window::of(&RAW, today, 3);
+        assert_eq!(w, Window { first: Some(day("2026-11-18")), last: day("2026-11-28") });
+        assert_eq!(w.to_string(), "2026-11-18 ..= 2026-11-28");
+        for start in day("2026-11-01").iter_days().take(40) {
+            let ahead = start <= today + Days::new(3);
+            assert_eq!(w.contains(start), !expired(&RAW, start, today) && ahead, "{start}");
+        }
+        assert!(!w.contains(day("1970-01-01")));
+        let months = Window::of(&ALERTS, today, 3);
+        assert_eq!(months.first, Some(day("2026-09-01")));
+        assert!(months.contains(day("2026-09-01")) && !months.contains(day("2026-08-31")));
+        let forever = Window::of(&Plan { keep: None, ..ALERTS }, today, 3);
+        assert!(forever.contains(day("1970-01-01")) && !forever.contains(day("2026-11-29")));
     }
 
     #[test]
