@@ -20,7 +20,18 @@ pub mod headers {
     pub const SOURCE_PARTITION: &str = "pulsewatch.source.partition";
     pub const SOURCE_OFFSET: &str = "pulsewatch.source.offset";
     pub const SOURCE_TIMESTAMP: &str = "pulsewatch.source.timestamp";
+    /// The size of the whole payload, when the dead letter carries only its start.
+    pub const TRUNCATED_FROM: &str = "pulsewatch.payload.truncated_from";
+    /// The SHA-256 of the whole payload, in hex, when the dead letter carries only its start.
+    pub const SHA256: &str = "pulsewatch.payload.sha256";
 }
+
+/// Most payload bytes a dead letter carries: as much as a valid record may have, so that a
+/// dead letter always fits the producer's limit whatever arrived.
+pub const PAYLOAD_MAX: usize = crate::heartbeat::MAX_RECORD_BYTES;
+
+/// Most bytes of the error message in a header.
+const MESSAGE_MAX: usize = 1_024;
 
 /// A record on its way to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,27 +41,68 @@ pub struct DeadLetter {
     pub offset: i64,
     /// The record's timestamp, ms since the epoch.
     pub timestamp: Option<i64>,
-    pub key: String,
+    /// The record's key as it was: any bytes, or none.
+    pub key: Option<Vec<u8>>,
+    /// The record's payload, cut to [`PAYLOAD_MAX`] bytes if longer.
     pub payload: Vec<u8>,
+    /// Size and SHA-256 of the whole payload, when `payload` holds only its start.
+    pub truncated: Option<(usize, String)>,
     /// Why, in a word (`store_rejected`, `outside_retention`, ...).
     pub code: &'static str,
-    /// Why, in a sentence.
+    /// Why, in a sentence (at most 1 KiB).
     pub message: String,
 }
 
-impl DeadLetter {
-    /// The dead letter of `msg`, as it was.
-    pub fn of(msg: &BorrowedMessage<'_>, code: &'static str, message: String) -> DeadLetter {
-        DeadLetter {
-            topic: msg.topic().to_owned(),
+/// Where a record came from and what it held: what a dead letter is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    pub fn of(msg: &'a BorrowedMessage<'_>) -> Record<'a> {
+        Record {
+            topic: msg.topic(),
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
-            payload: msg.payload().unwrap_or_default().to_vec(),
+            key: msg.key(),
+            payload: msg.payload().unwrap_or_default(),
+        }
+    }
+}
+
+impl DeadLetter {
+    /// The dead letter of `record`: its key as it was, its payload cut to [`PAYLOAD_MAX`].
+    pub fn new(record: Record<'_>, code: &'static str, mut message: String) -> DeadLetter {
+        let payload = record.payload;
+        let truncated = (payload.len() > PAYLOAD_MAX).then(|| (payload.len(), sha256_hex(payload)));
+        if message.len() > MESSAGE_MAX {
+            let cut = (0..=MESSAGE_MAX).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        DeadLetter {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key: record.key.map(<[u8]>::to_vec),
+            payload: payload[..payload.len().min(PAYLOAD_MAX)].to_vec(),
+            truncated,
             code,
             message,
         }
+    }
+
+    /// The dead letter of `msg`.
+    pub fn of(msg: &BorrowedMessage<'_>, code: &'static str, message: String) -> DeadLetter {
+        DeadLetter::new(Record::of(msg), code, message)
     }
 
     /// Where the record came from: (topic, partition, offset).
@@ -62,14 +114,31 @@ impl DeadLetter {
         let partition = self.partition.to_string();
         let offset = self.offset.to_string();
         let timestamp = self.timestamp.map(|t| t.to_string()).unwrap_or_default();
-        OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: headers::CODE, value: Some(self.code) })
             .insert(Header { key: headers::MESSAGE, value: Some(&self.message) })
             .insert(Header { key: headers::SOURCE_TOPIC, value: Some(&self.topic) })
             .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&partition) })
             .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&offset) })
-            .insert(Header { key: headers::SOURCE_TIMESTAMP, value: Some(&timestamp) })
+            .insert(Header { key: headers::SOURCE_TIMESTAMP, value: Some(&timestamp) });
+        if let Some((size, digest)) = &self.truncated {
+            headers = headers
+                .insert(Header { key: headers::TRUNCATED_FROM, value: Some(&size.to_string()) })
+                .insert(Header { key: headers::SHA256, value: Some(digest) });
+        }
+        headers
     }
+
+    /// Enqueues the letter on `dlq` with `producer` (delivery is the caller's to wait for).
+    pub fn send(&self, producer: &TrackedProducer, dlq: &str) -> Result<(), KafkaError> {
+        kafka::send_raw(producer, dlq, self.key.as_deref(), &self.payload, self.headers())
+    }
+}
+
+/// The SHA-256 of `bytes` in lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Error)]
@@ -130,8 +199,7 @@ impl Publisher {
         let producer = self.producer.as_ref().expect("created above");
         let mut codes = Vec::new();
         for letter in letters {
-            kafka::send(producer, &self.topic, &letter.key, &letter.payload, Some(letter.headers()))
-                .map_err(send_error)?;
+            letter.send(producer, &self.topic).map_err(send_error)?;
             codes.push(letter.code);
         }
         if codes.is_empty() {
@@ -166,8 +234,9 @@ mod tests {
             partition: 3,
             offset: 17,
             timestamp: Some(1_800_000_000_000),
-            key: "app".into(),
+            key: Some(b"app".to_vec()),
             payload: b"{}".to_vec(),
+            truncated: None,
             code: "store_rejected",
             message: "metric_rollup_1m: invalid byte sequence (SQLSTATE 22021)".into(),
         };
@@ -185,5 +254,21 @@ mod tests {
             ]
         );
         assert_eq!(letter.source(), ("metrics-1m", 3, 17));
+    }
+
+    #[test]
+    fn a_payload_too_large_is_cut_and_named_by_size_and_digest() {
+        let payload = vec![b'x'; PAYLOAD_MAX + 10];
+        let record =
+            Record { topic: "t", partition: 0, offset: 1, timestamp: None, key: None, payload: &payload };
+        let letter = DeadLetter::new(record, "record_too_large", "é".repeat(MESSAGE_MAX));
+        assert_eq!(letter.payload.len(), PAYLOAD_MAX);
+        let (size, digest) = letter.truncated.clone().unwrap();
+        assert_eq!((size, digest.len()), (PAYLOAD_MAX + 10, 64));
+        assert!(letter.message.len() <= MESSAGE_MAX + '…'.len_utf8());
+        let headers = letter.headers();
+        let size_header = headers.iter().find(|h| h.key == headers::TRUNCATED_FROM).unwrap();
+        assert_eq!(size_header.value, Some((PAYLOAD_MAX + 10).to_string().as_bytes()));
+        assert_eq!(letter.key, None, "no key stays no key");
     }
 }

@@ -29,13 +29,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::codec;
 use crate::config::Config;
+use crate::dead_letter::DeadLetter;
 use crate::engine::{Effect, Engine, STATE_HEADER};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
@@ -324,7 +325,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                         Ok(beat) => {
                             engine.on_record(beat, msg.offset(), broker_ms, wall, batch.effects_of(p))
                         }
-                        Err(e) => batch.dead_letters.push(DeadLetter::of(&msg, &e)),
+                        Err(e) => batch.dead_letters.push(DeadLetter::of(&msg, e.code(), e.to_string())),
                     }
                 }
             }
@@ -443,7 +444,7 @@ fn finish_batch(
     }
     for letter in std::mem::take(&mut batch.dead_letters) {
         txn.begin(producer)?;
-        letter.send(producer, topics)?;
+        send_dead_letter(&letter, producer, topics)?;
     }
     for effects in std::mem::take(&mut batch.effects).into_values() {
         if !effects.is_empty() {
@@ -618,85 +619,23 @@ fn publish(producer: &TrackedProducer, topics: &Topics, effects: Vec<Effect>) ->
     Ok(())
 }
 
-/// An undecodable or invalid record on its way to the dead-letter topic, as it was (its
-/// payload cut to [`DLQ_PAYLOAD_MAX`] bytes if longer), with what headers will say: the
-/// error and where the record came from. Sent with its batch.
-struct DeadLetter {
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    /// The record's key as it was: any bytes, or none.
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    /// Size and SHA-256 of the whole payload, when `payload` holds only its start.
-    truncated: Option<(usize, String)>,
-    code: &'static str,
-    message: String,
-}
-
-/// Most payload bytes a dead letter carries: as much as a valid record may have, so that a
-/// dead letter always fits the producer's limit whatever arrived.
-pub const DLQ_PAYLOAD_MAX: usize = crate::heartbeat::MAX_RECORD_BYTES;
-
-/// Most bytes of an error message in a header.
-const DLQ_MESSAGE_MAX: usize = 1_024;
-
-impl DeadLetter {
-    fn of(msg: &BorrowedMessage<'_>, error: &codec::DecodeError) -> DeadLetter {
-        let payload = msg.payload().unwrap_or_default();
-        let truncated = (payload.len() > DLQ_PAYLOAD_MAX).then(|| (payload.len(), sha256_hex(payload)));
-        let mut message = error.to_string();
-        if message.len() > DLQ_MESSAGE_MAX {
-            let cut = (0..=DLQ_MESSAGE_MAX).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
-            message.truncate(cut);
-            message.push('…');
-        }
-        DeadLetter {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: payload[..payload.len().min(DLQ_PAYLOAD_MAX)].to_vec(),
-            truncated,
-            code: error.code(),
-            message,
-        }
-    }
-
-    fn send(&self, producer: &TrackedProducer, topics: &Topics) -> Result<(), KafkaError> {
-        let partition = self.partition.to_string();
-        let offset = self.offset.to_string();
-        let timestamp = self.timestamp.map(|t| t.to_string()).unwrap_or_default();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "pulsewatch.error.code", value: Some(self.code) })
-            .insert(Header { key: "pulsewatch.error.message", value: Some(&self.message) })
-            .insert(Header { key: "pulsewatch.source.topic", value: Some(&topics.heartbeats) })
-            .insert(Header { key: "pulsewatch.source.partition", value: Some(&partition) })
-            .insert(Header { key: "pulsewatch.source.offset", value: Some(&offset) })
-            .insert(Header { key: "pulsewatch.source.timestamp", value: Some(&timestamp) });
-        if let Some((size, digest)) = &self.truncated {
-            headers = headers
-                .insert(Header { key: "pulsewatch.payload.truncated_from", value: Some(&size.to_string()) })
-                .insert(Header { key: "pulsewatch.payload.sha256", value: Some(digest) });
-        }
-        kafka::send_raw(producer, &topics.dlq, self.key.as_deref(), &self.payload, headers)?;
-        METRICS.decode_errors.with_label_values(&[self.code]).inc();
-        METRICS.dlq_records.with_label_values(&[self.code]).inc();
-        tracing::debug!(
-            partition = self.partition,
-            offset = self.offset,
-            code = self.code,
-            "processor: dead-lettered: {}",
-            self.message
-        );
-        Ok(())
-    }
-}
-
-/// The SHA-256 of `bytes` in lowercase hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+/// Sends an undecodable or invalid heartbeat's dead letter with its batch.
+fn send_dead_letter(
+    letter: &DeadLetter,
+    producer: &TrackedProducer,
+    topics: &Topics,
+) -> Result<(), KafkaError> {
+    letter.send(producer, &topics.dlq)?;
+    METRICS.decode_errors.with_label_values(&[letter.code]).inc();
+    METRICS.dlq_records.with_label_values(&[letter.code]).inc();
+    tracing::debug!(
+        partition = letter.partition,
+        offset = letter.offset,
+        code = letter.code,
+        "processor: dead-lettered: {}",
+        letter.message
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -714,6 +653,7 @@ mod tests {
 
     fn letter(partition: i32) -> DeadLetter {
         DeadLetter {
+            topic: "heartbeats".into(),
             partition,
             offset: 7,
             timestamp: None,

@@ -32,7 +32,7 @@ use tokio::runtime::Handle;
 use crate::alert::Alert;
 use crate::codec;
 use crate::config::{Config, RetentionConfig};
-use crate::dead_letter::{DeadLetter, DeadLetterError, Publisher};
+use crate::dead_letter::{DeadLetter, DeadLetterError, Publisher, Record};
 use crate::engine::AppSnapshot;
 use crate::engine::rollup::Rollup;
 use crate::heartbeat::Heartbeat;
@@ -106,7 +106,7 @@ struct Source {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: String,
+    key: Option<Vec<u8>>,
     payload: Vec<u8>,
 }
 
@@ -116,22 +116,21 @@ impl Source {
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
-            key: msg.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned(),
+            key: msg.key().map(<[u8]>::to_vec),
             payload: msg.payload().unwrap_or_default().to_vec(),
         }
     }
 
     fn dead_letter(&self, topic: &str, code: &'static str, message: String) -> DeadLetter {
-        DeadLetter {
-            topic: topic.to_owned(),
+        let record = Record {
+            topic,
             partition: self.partition,
             offset: self.offset,
             timestamp: self.timestamp,
-            key: self.key.clone(),
-            payload: self.payload.clone(),
-            code,
-            message,
-        }
+            key: self.key.as_deref(),
+            payload: &self.payload,
+        };
+        DeadLetter::new(record, code, message)
     }
 }
 
