@@ -252,6 +252,8 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     // Rebuilds the engines of every pending partition, in one pass over app-state.
     let restore = |pending: &mut BTreeSet<i32>, engines: &mut HashMap<i32, Engine>| {
         let partitions: Vec<i32> = pending.iter().copied().collect();
+        // No partition was read while the restore ran: its time is not silence.
+        engines.values_mut().for_each(Engine::reading_paused);
         engines.extend(restore_engines(config, &rules, &topics, &partitions, ready)?);
         pending.clear();
         // What /metrics says agrees with the restore before /readyz does.

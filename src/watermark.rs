@@ -183,6 +183,13 @@ impl Watermark {
         self.recompute(wall_ms);
     }
 
+    /// The partition was not read for a while (the processor restored another one): the
+    /// wall time that passed says nothing of its producers, so it counts again only from the
+    /// next time the partition is read to its end.
+    pub fn reading_paused(&mut self) {
+        self.caught_up = false;
+    }
+
     /// Re-evaluates with the wall clock at `wall_ms` and returns the watermark.
     pub fn advance(&mut self, wall_ms: i64) -> Option<i64> {
         self.recompute(wall_ms);
@@ -275,6 +282,18 @@ mod tests {
         assert_eq!(w.current(), Some(125_000), "never moves back");
         w.reached_end(31_600);
         assert_eq!(w.advance(41_500), Some(131_000));
+    }
+
+    #[test]
+    fn a_pause_in_reading_does_not_count_as_silence() {
+        let mut w = wm();
+        w.observe(beat(1, 100_000), 1_000);
+        w.reached_end(1_000);
+        w.reading_paused();
+        assert_eq!(w.advance(61_000), Some(95_000), "a minute without reading: no move");
+        w.reached_end(61_000);
+        // Counted from a second before that end, as after any backlog.
+        assert_eq!(w.advance(63_000), Some(98_000), "from the next end on, it counts");
     }
 
     #[test]

@@ -327,6 +327,11 @@ impl Engine {
         self.fire_due(wall_ms, out);
     }
 
+    /// The partition was not read for a while: see [`Watermark::reading_paused`].
+    pub fn reading_paused(&mut self) {
+        self.watermark.reading_paused();
+    }
+
     /// A clock tick: once caught up, the watermark moves with the wall clock.
     pub fn on_tick(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
         self.watermark.advance(wall_ms);
