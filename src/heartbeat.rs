@@ -165,7 +165,7 @@ impl ValidationError {
 }
 
 impl Heartbeat {
-    /// Checks every rule of the contract (see the README's "Validation" section).
+    /// Checks every rule of the contract (see "Validation" in `docs/contracts.md`).
     ///
     /// `reference_ms` is the time `sent_at` is compared with: the record's broker timestamp
     /// when there is one, otherwise the wall clock; `max_drift_ms` is how far apart they may be.
