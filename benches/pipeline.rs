@@ -109,8 +109,8 @@ fn main() {
         apps: live_apps,
         instances: 2,
         interval: Duration::from_secs(1),
-        // DOWN comes 30 s after LATE: the run outlasts it.
-        duration: Some(Duration::from_secs(if full { 60 } else { 40 })),
+        // DOWN comes 30 s after LATE: the full run outlasts it.
+        duration: Some(Duration::from_secs(if full { 60 } else { 8 })),
         faults,
         seed: 10,
         progress: false,
