@@ -20,7 +20,11 @@
 //! transaction fails it is aborted, every partition goes back to its committed offset, and
 //! its engine is rebuilt the same way. A producer fenced by another instance with the same
 //! transactional id stops the stage without writing. Undecodable or invalid records go to
-//! `heartbeats-dlq` with the reason in headers, and processing goes on.
+//! `heartbeats-dlq` with the reason in headers, and processing goes on. A record whose
+//! writer schema the Schema Registry cannot give right now (down, slow) is no such record:
+//! the batch ends before it, its partition is sought back to it, and it is read again after
+//! an exponential backoff. No transaction is open while records are read (it begins with
+//! the batch's first output), so the pause holds no transaction open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -40,6 +44,7 @@ use crate::dead_letter::DeadLetter;
 use crate::engine::{Effect, Engine, STATE_HEADER};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
+use crate::registry::{Backoff, Registry, Unavailable};
 use crate::restore;
 use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
@@ -261,7 +266,18 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         ready.store(true, Ordering::Relaxed);
         Ok::<(), ProcessorError>(())
     };
+    let registry = Registry::from_config(&config.schema_registry);
+    let mut registry_backoff = Backoff::default();
+    let mut registry_down: Option<Unavailable> = None;
+    let mut seek_failed: Option<KafkaError> = None;
     while !shutdown.is_triggered() {
+        if let Some(e) = registry_down.take() {
+            let delay = registry_backoff.failed();
+            tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; reading the record again after a pause");
+            METRICS.registry_unavailable.with_label_values(&["processor"]).inc();
+            sleep_unless_stopped(delay, shutdown);
+            continue;
+        }
         let started = Instant::now();
         apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
         if !pending.is_empty() {
@@ -314,16 +330,32 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                         );
                         continue;
                     };
+                    let broker_ms = msg.timestamp().to_millis();
+                    let payload = msg.payload().unwrap_or_default();
+                    let reference = broker_ms.unwrap_or(wall);
+                    let drift = config.input.max_sent_at_drift_ms;
+                    let decoded = match Registry::decode(registry.as_ref(), payload, reference, drift) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            // Not the record's fault: end the batch before it, and read it
+                            // again after a pause.
+                            registry_down = Some(e);
+                            let at = Offset::Offset(msg.offset());
+                            if let Err(e) = consumer.seek(&topics.heartbeats, p, at, TXN_TIMEOUT) {
+                                // Going on would skip the record: start over from the
+                                // committed offsets instead, as after a failed transaction.
+                                seek_failed = Some(e);
+                            }
+                            break;
+                        }
+                    };
                     records += 1;
                     batch.offsets.insert(p, msg.offset() + 1);
-                    let broker_ms = msg.timestamp().to_millis();
-                    arrivals.push(broker_ms.unwrap_or(wall));
-                    let payload = msg.payload().unwrap_or_default();
+                    arrivals.push(reference);
                     if codec::avro::has_legacy_header(payload) {
                         METRICS.legacy_fingerprint.with_label_values(&["heartbeat"]).inc();
                     }
-                    match codec::decode(payload, broker_ms.unwrap_or(wall), config.input.max_sent_at_drift_ms)
-                    {
+                    match decoded {
                         Ok(beat) => {
                             engine.on_record(beat, msg.offset(), broker_ms, wall, batch.effects_of(p))
                         }
@@ -338,8 +370,22 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             kafka::record_lag(&consumer, "processor");
             lag_checked = Instant::now();
         }
-        let outcome =
-            finish_batch(&producer, &consumer, &topics, &mut txn, &mut engines, &mut batch, wall, shutdown);
+        if records > 0 && registry_down.is_none() {
+            registry_backoff.succeeded();
+        }
+        let outcome = match seek_failed.take() {
+            Some(e) => Err(TxnFailure::Abort(e)),
+            None => finish_batch(
+                &producer,
+                &consumer,
+                &topics,
+                &mut txn,
+                &mut engines,
+                &mut batch,
+                wall,
+                shutdown,
+            ),
+        };
         match outcome {
             Ok(false) => {
                 update_gauges(&engines);
@@ -530,6 +576,14 @@ fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
         consumer.seek(e.topic(), e.partition(), to, TXN_TIMEOUT)?;
     }
     Ok(())
+}
+
+/// Sleeps `delay`, or less if the stage is told to stop meanwhile.
+fn sleep_unless_stopped(delay: Duration, shutdown: &Shutdown) {
+    let until = Instant::now() + delay;
+    while !shutdown.is_triggered() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
 }
 
 /// Longest a partition's state may take to read back.

@@ -6,13 +6,15 @@
 //!   it ([`fingerprint`]), then the Avro binary datum ([`avro`]);
 //! - JSON with the contract's field names ([`json`]), told apart by its first non-blank
 //!   byte `{`;
-//! - the Confluent Schema Registry wire format (magic byte `0`), recognised and refused
-//!   with its own error until the schema-registry integration exists.
+//! - the Confluent Schema Registry wire format (magic byte `0`, a schema id, the datum),
+//!   decoded once the writer schema is resolved ([`confluent`], [`crate::registry`]), and
+//!   refused with its own error where no registry is configured.
 //!
 //! Every decoded beat passes [`Heartbeat::validate`], so both encodings accept exactly the
 //! same records. Every failure is a [`DecodeError`]: the input's fault, to be dead-lettered.
 
 pub mod avro;
+pub mod confluent;
 pub mod fingerprint;
 pub mod json;
 
@@ -50,8 +52,12 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("unknown encoding: first byte 0x{0:02x} is neither Avro single-object (C3 01) nor JSON ({{)")]
     UnknownEncoding(u8),
-    #[error("Confluent Schema Registry wire format (magic byte 0) is not supported yet")]
+    #[error("Confluent Schema Registry wire format (magic byte 0), but no schema_registry.url is configured")]
     SchemaRegistryUnsupported,
+    #[error("schema id {0} is unknown to the schema registry")]
+    UnknownSchemaId(u32),
+    #[error("writer schema unresolvable: {0}")]
+    SchemaUnresolvable(String),
     #[error("truncated Avro record: {0}")]
     Truncated(String),
     #[error("unknown Avro schema fingerprint {0}: expected the io.pulsewatch.Heartbeat schema")]
@@ -76,6 +82,8 @@ impl DecodeError {
             DecodeError::TooLarge(_) => "record_too_large",
             DecodeError::UnknownEncoding(_) => "unknown_encoding",
             DecodeError::SchemaRegistryUnsupported => "schema_registry_unsupported",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::SchemaUnresolvable(_) => "schema_unresolvable",
             DecodeError::Truncated(_) => "truncated",
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
             DecodeError::MalformedAvro(_) => "malformed_avro",
@@ -106,12 +114,26 @@ pub fn sniff(bytes: &[u8]) -> Result<Encoding, DecodeError> {
 /// `reference_ms` is the record's broker timestamp (or the wall clock when it has none);
 /// `sent_at` may differ from it by at most `max_drift_ms`.
 pub fn decode(bytes: &[u8], reference_ms: i64, max_drift_ms: i64) -> Result<Heartbeat, DecodeError> {
+    decode_with(bytes, None, reference_ms, max_drift_ms)
+}
+
+/// [`decode`], with the writer schema a record in the Confluent wire format names, as the
+/// registry resolved it (see [`crate::registry::Registry::decode`]).
+pub fn decode_with(
+    bytes: &[u8],
+    writer: Option<&confluent::WriterSchema>,
+    reference_ms: i64,
+    max_drift_ms: i64,
+) -> Result<Heartbeat, DecodeError> {
     if bytes.len() > crate::heartbeat::MAX_RECORD_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    let beat = match sniff(bytes)? {
-        Encoding::Avro => avro::decode(bytes)?,
-        Encoding::Json => json::decode(bytes)?,
+    let beat = match (bytes.first(), writer) {
+        (Some(&confluent::MAGIC), Some(writer)) => confluent::decode(bytes, writer)?,
+        _ => match sniff(bytes)? {
+            Encoding::Avro => avro::decode(bytes)?,
+            Encoding::Json => json::decode(bytes)?,
+        },
     };
     beat.validate(reference_ms, max_drift_ms)?;
     Ok(beat)
