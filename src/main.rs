@@ -11,6 +11,7 @@ use pulsewatch::config::Config;
 use pulsewatch::evaluate::{self, EvaluateOptions};
 use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
 use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
+use pulsewatch::registry::Registry;
 use pulsewatch::service::{self, Stage};
 use pulsewatch::store;
 use pulsewatch::summary;
@@ -60,6 +61,11 @@ enum Command {
     /// Run the labelled leak suite through Kafka and the processor; score it beside a
     /// predict_linear baseline.
     Evaluate(EvaluateArgs),
+    /// Schemas in the Schema Registry (`schema_registry.url`).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// Read the heartbeats topic to its end and say what is there, beside a manifest.
     Summary {
         /// A loadgen manifest to compare with.
@@ -75,6 +81,13 @@ enum Command {
 enum ConfigAction {
     /// Print the effective config as TOML, secrets masked.
     Show,
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Register the heartbeat and alert schemas under `<prefix>heartbeats-value` and
+    /// `<prefix>alerts-value`; print their ids.
+    Register,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +206,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { .. } => unreachable!("handled above"),
         Command::Config { action: ConfigAction::Show } => print!("{}", config.to_masked_toml()),
+        Command::Schema { action: SchemaAction::Register } => {
+            let Some(registry) = Registry::from_config(&config.schema_registry) else {
+                bail!("schema_registry.url is not set (PULSEWATCH_SCHEMA_REGISTRY_URL)");
+            };
+            for (subject, id) in registry.register_contracts(&config.kafka)? {
+                println!("{subject}: id {id}");
+            }
+        }
         Command::Topology { action } => {
             let (file, check_only) = match action {
                 TopologyAction::Apply { file } => (file, false),

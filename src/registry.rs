@@ -18,8 +18,9 @@ use thiserror::Error;
 
 use crate::codec::confluent::{self, WriterSchema};
 use crate::codec::{self, DecodeError};
-use crate::config::SchemaRegistryConfig;
+use crate::config::{KafkaConfig, SchemaRegistryConfig};
 use crate::heartbeat::Heartbeat;
+use crate::topology::names;
 
 /// Longest wait for one HTTP exchange with the registry.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,6 +134,19 @@ impl Registry {
         }
         parse_id(&text)
             .ok_or_else(|| RegistryError::Unavailable(format!("unexpected answer to a registration: {text}")))
+    }
+
+    /// Registers `schemas/heartbeat.avsc` and `schemas/alert.avsc` under the subjects
+    /// `<prefix>heartbeats-value` and `<prefix>alerts-value` (the topic name strategy of
+    /// Confluent's serializers); each subject with its id.
+    pub fn register_contracts(&self, kafka: &KafkaConfig) -> Result<Vec<(String, u32)>, RegistryError> {
+        [(names::HEARTBEATS, codec::avro::HEARTBEAT_SCHEMA), (names::ALERTS, crate::alert::ALERT_SCHEMA)]
+            .into_iter()
+            .map(|(topic, schema)| {
+                let subject = format!("{}-value", kafka.name(topic));
+                self.register(&subject, schema).map(|id| (subject, id))
+            })
+            .collect()
     }
 
     /// Asks the registry for schema `id`, believing a 404 only after a few tries.
