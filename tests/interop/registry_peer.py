@@ -1,0 +1,93 @@
+"""An outside Schema Registry producer for pulsewatch's tests: confluent-kafka's own
+AvroSerializer (Confluent wire format, schema registered under <topic>-value) against the
+registry of the local stack.
+
+  registry_peer.py produce --brokers B --topic T --registry URL --variant V < beats.jsonl
+      the beats (JSON, the contract's field names) produced to Kafka, keyed by app_id, each
+      written with one schema; prints the schema id the serializer used. Variants:
+        ours     schemas/heartbeat.avsc as shipped
+        added    a field added, with a default (`build`, a string)
+        dropped  an optional field dropped (`threads`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.avsc").read_text())
+
+
+def variant(name: str) -> dict[str, Any]:
+    schema = copy.deepcopy(SCHEMA)
+    if name == "added":
+        schema["fields"].append({"name": "build", "type": "string", "default": "unknown"})
+    elif name == "dropped":
+        schema["fields"] = [f for f in schema["fields"] if f["name"] != "threads"]
+    elif name != "ours":
+        raise SystemExit(f"unknown variant {name}")
+    return schema
+
+
+def beat_for(name: str, beat: dict[str, Any]) -> dict[str, Any]:
+    beat = dict(beat)
+    beat["sent_at"] = datetime.fromtimestamp(beat["sent_at"] / 1000, tz=timezone.utc)
+    if name == "added":
+        beat["build"] = "2026.12"
+    elif name == "dropped":
+        beat.pop("threads", None)
+    return beat
+
+
+def produce(args: argparse.Namespace) -> None:
+    registry = SchemaRegistryClient({"url": args.registry})
+    schema = variant(args.variant)
+    serializer = AvroSerializer(registry, json.dumps(schema), conf={"auto.register.schemas": True})
+    producer = Producer(
+        {
+            "bootstrap.servers": args.brokers,
+            "enable.idempotence": True,
+            "transactional.id": f"registry-peer-{uuid.uuid4()}",
+        }
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    context = SerializationContext(args.topic, MessageField.VALUE)
+    first = None
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        beat = json.loads(line)
+        record = serializer(beat_for(args.variant, beat), context)
+        assert record is not None and record[0] == 0, "Confluent wire format"
+        first = first if first is not None else int.from_bytes(record[1:5], "big")
+        producer.produce(args.topic, key=beat["app_id"].encode(), value=record)
+    producer.commit_transaction()
+    print(first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("produce")
+    p.add_argument("--brokers", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--registry", required=True)
+    p.add_argument("--variant", default="ours")
+    args = parser.parse_args()
+    produce(args)
+
+
+if __name__ == "__main__":
+    main()
