@@ -56,6 +56,26 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub sink: SinkConfig,
     pub schema_registry: SchemaRegistryConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// How the processor writes alerts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub encoding: AlertEncoding,
+}
+
+/// The encoding of records on `alerts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertEncoding {
+    /// Avro single-object encoding.
+    #[default]
+    Avro,
+    /// The Confluent Schema Registry wire format, with the id registered for
+    /// `<prefix>alerts-value` (needs `schema_registry.url`).
+    Confluent,
 }
 
 /// How the processor stage batches its work.
@@ -396,6 +416,9 @@ impl Config {
         let is_http = registry.starts_with("http://") || registry.starts_with("https://");
         if !registry.is_empty() && !is_http {
             return Err(invalid("schema_registry.url", "must be an http:// or https:// URL, or empty"));
+        }
+        if self.alerts.encoding == AlertEncoding::Confluent && registry.is_empty() {
+            return Err(invalid("alerts.encoding", "\"confluent\" needs schema_registry.url"));
         }
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));

@@ -39,12 +39,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::codec;
-use crate::config::Config;
+use crate::config::{AlertEncoding, Config};
 use crate::dead_letter::DeadLetter;
 use crate::engine::{Effect, Engine, STATE_HEADER};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
-use crate::registry::{Backoff, Registry, Unavailable};
+use crate::registry::{Backoff, Registry, RegistryError, Unavailable};
 use crate::restore;
 use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
@@ -55,6 +55,8 @@ use crate::topology::names;
 pub enum ProcessorError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("registering the alert schema: {0}")]
+    Registry(RegistryError),
     #[error("config key rules: {0}")]
     Rules(String),
     #[error("restoring partition state from app-state: {0}")]
@@ -209,6 +211,9 @@ struct Topics {
     app_state: String,
     metrics: String,
     dlq: String,
+    /// The registry's id of the alert schema when alerts are written in the Confluent wire
+    /// format; `None`: single-object encoding.
+    alert_schema_id: Option<u32>,
 }
 
 /// Runs the processor until `shutdown`; blocking. `ready` turns true once it has joined
@@ -221,7 +226,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         app_state: k.name(names::APP_STATE),
         metrics: k.name(names::METRICS_1M),
         dlq: k.name(names::HEARTBEATS_DLQ),
+        alert_schema_id: None,
     };
+    let registry = Registry::from_config(&config.schema_registry);
+    let topics = Topics { alert_schema_id: alert_schema_id(config, registry.as_ref(), shutdown)?, ..topics };
     let consumer: BaseConsumer<RebalanceLog> = k
         .client_config()
         .set("group.id", k.name("processor"))
@@ -266,7 +274,6 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         ready.store(true, Ordering::Relaxed);
         Ok::<(), ProcessorError>(())
     };
-    let registry = Registry::from_config(&config.schema_registry);
     let mut registry_backoff = Backoff::default();
     let mut registry_down: Option<Unavailable> = None;
     let mut seek_failed: Option<KafkaError> = None;
@@ -578,6 +585,31 @@ fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// The id alerts are written with in the Confluent wire format: `schemas/alert.avsc`
+/// registered under `<prefix>alerts-value`, waiting for a registry that is unavailable.
+fn alert_schema_id(
+    config: &Config,
+    registry: Option<&Registry>,
+    shutdown: &Shutdown,
+) -> Result<Option<u32>, ProcessorError> {
+    let Some(registry) = registry.filter(|_| config.alerts.encoding == AlertEncoding::Confluent) else {
+        return Ok(None);
+    };
+    let subject = format!("{}-value", config.kafka.name(names::ALERTS));
+    let mut backoff = Backoff::default();
+    loop {
+        match registry.register(&subject, crate::alert::ALERT_SCHEMA) {
+            Ok(id) => return Ok(Some(id)),
+            Err(RegistryError::Unavailable(e)) if !shutdown.is_triggered() => {
+                let delay = backoff.failed();
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; registering the alert schema again after a pause");
+                sleep_unless_stopped(delay, shutdown);
+            }
+            Err(e) => return Err(ProcessorError::Registry(e)),
+        }
+    }
+}
+
 /// Sleeps `delay`, or less if the stage is told to stop meanwhile.
 fn sleep_unless_stopped(delay: Duration, shutdown: &Shutdown) {
     let until = Instant::now() + delay;
@@ -657,7 +689,11 @@ fn publish(producer: &TrackedProducer, topics: &Topics, effects: Vec<Effect>) ->
     for effect in effects {
         match effect {
             Effect::Alert(a) => {
-                kafka::send(producer, &topics.alerts, &a.app_id, &a.encode(), None)?;
+                let bytes = match topics.alert_schema_id {
+                    Some(id) => a.encode_confluent(id),
+                    None => a.encode(),
+                };
+                kafka::send(producer, &topics.alerts, &a.app_id, &bytes, None)?;
                 METRICS
                     .alerts
                     .with_label_values(&[a.kind.as_str(), a.severity.as_str(), a.state.as_str()])

@@ -38,15 +38,11 @@ fn registry_url(config: &Config) -> String {
     url
 }
 
-/// Produces `beats` with confluent-kafka's AvroSerializer and schema `variant`; the id it used.
-fn produce(config: &Config, variant: &str, beats: &[Heartbeat]) -> u32 {
-    let input: String =
-        beats.iter().map(|b| String::from_utf8(codec::json::encode(b)).unwrap() + "\n").collect();
-    let topic = config.kafka.name(names::HEARTBEATS);
+/// Runs `registry_peer.py ARGS` with `input` on its stdin; its stdout lines.
+fn peer(args: &[&str], input: &str) -> Vec<String> {
     let mut child = Command::new(python())
         .arg(root().join("tests/interop/registry_peer.py"))
-        .args(["produce", "--brokers", &config.kafka.brokers, "--topic", &topic])
-        .args(["--registry", &registry_url(config), "--variant", variant])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,8 +50,28 @@ fn produce(config: &Config, variant: &str, beats: &[Heartbeat]) -> u32 {
         .expect("python runs");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "registry_peer.py {variant}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().parse().expect("a schema id")
+    assert!(out.status.success(), "registry_peer.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Produces `beats` with confluent-kafka's AvroSerializer and schema `variant`; the id it used.
+fn produce(config: &Config, variant: &str, beats: &[Heartbeat]) -> u32 {
+    let input: String =
+        beats.iter().map(|b| String::from_utf8(codec::json::encode(b)).unwrap() + "\n").collect();
+    let topic = config.kafka.name(names::HEARTBEATS);
+    let url = registry_url(config);
+    let args = [
+        "produce",
+        "--brokers",
+        &config.kafka.brokers,
+        "--topic",
+        &topic,
+        "--registry",
+        &url,
+        "--variant",
+        variant,
+    ];
+    peer(&args, &input)[0].parse().expect("a schema id")
 }
 
 /// `count` beats of each of `apps` applications named `<prefix>-<n>`, 5 s apart, ending now.
@@ -217,5 +233,60 @@ fn a_registry_that_is_down_is_waited_for_not_blamed() {
     assert!(during > 0.0, "the stages paused for the registry");
     assert_eq!(stored(&config, "true"), total, "each beat exactly once");
     assert!(dead_letters(&config).is_empty(), "nothing dead-lettered: {:?}", dead_letters(&config));
+    p.stop();
+}
+
+#[test]
+fn alerts_in_the_confluent_format_are_read_by_the_confluent_deserializer() {
+    let _one = exclusive();
+    let config = common::prepare("registry-alerts");
+    let url = registry_url(&config);
+    let env = [("PULSEWATCH_SCHEMA_REGISTRY_URL", url.as_str()), ("PULSEWATCH_ALERTS_ENCODING", "confluent")];
+    let p = Pipeline::start(&config, "all", &env);
+    // Two and a half minutes at 95 % of the memory limit: MEMORY_HIGH.
+    let mut beats = beats("memory", 1, 30);
+    for b in &mut beats {
+        b.memory_used_bytes = Some(b.memory_limit_bytes.unwrap() / 100 * 95);
+    }
+    produce(&config, "ours", &beats);
+    let schema = &config.postgres.schema;
+    eventually(Duration::from_secs(120), "the sink stores an alert", || {
+        query_i64(&config, &format!("SELECT count(*) FROM \"{schema}\".alert_event")) > 0
+    });
+    let ours = common::alerts(&config);
+    assert!(ours.iter().any(|a| a.kind == pulsewatch::alert::AlertKind::MemoryHigh), "{ours:?}");
+    let alerts = config.kafka.name(names::ALERTS);
+    let count = ours.len().to_string();
+    let args = [
+        "read-alerts",
+        "--brokers",
+        &config.kafka.brokers,
+        "--topic",
+        &alerts,
+        "--registry",
+        &url,
+        "--count",
+        &count,
+    ];
+    let theirs = peer(&args, "");
+    let registry = pulsewatch::registry::Registry::from_config(&config.schema_registry).unwrap();
+    let id = registry.register(&format!("{alerts}-value"), pulsewatch::alert::ALERT_SCHEMA).unwrap();
+    let mut read: Vec<(String, String, i64)> = theirs
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["schema_id"], id, "{line}");
+            (
+                v["alert_id"].as_str().unwrap().into(),
+                v["kind"].as_str().unwrap().into(),
+                v["event_at"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut written: Vec<(String, String, i64)> =
+        ours.iter().map(|a| (a.alert_id.clone(), a.kind.as_str().into(), a.event_at)).collect();
+    read.sort();
+    written.sort();
+    assert_eq!(read, written, "the Confluent deserializer reads every alert");
     p.stop();
 }

@@ -8,6 +8,9 @@ registry of the local stack.
         ours     schemas/heartbeat.avsc as shipped
         added    a field added, with a default (`build`, a string)
         dropped  an optional field dropped (`threads`)
+  registry_peer.py read-alerts --brokers B --topic T --registry URL --count N > alerts.jsonl
+      N alerts read with read_committed and decoded by AvroDeserializer (the writer schema
+      fetched from the registry by the record's id)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.avsc").read_text())
@@ -77,6 +80,37 @@ def produce(args: argparse.Namespace) -> None:
     print(first)
 
 
+def read_alerts(args: argparse.Namespace) -> None:
+    import time
+
+    from confluent_kafka import Consumer
+
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.brokers,
+            "group.id": f"registry-peer-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([args.topic])
+    context = SerializationContext(args.topic, MessageField.VALUE)
+    read = 0
+    deadline = time.monotonic() + 60
+    while read < args.count and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error() is not None:
+            continue
+        alert = deserializer(msg.value(), context)
+        for field in ("started_at", "event_at", "emitted_at"):
+            alert[field] = int(alert[field].timestamp() * 1000)
+        print(json.dumps({"schema_id": int.from_bytes(msg.value()[1:5], "big"), **alert}))
+        read += 1
+    consumer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,8 +119,16 @@ def main() -> None:
     p.add_argument("--topic", required=True)
     p.add_argument("--registry", required=True)
     p.add_argument("--variant", default="ours")
+    r = sub.add_parser("read-alerts")
+    r.add_argument("--brokers", required=True)
+    r.add_argument("--topic", required=True)
+    r.add_argument("--registry", required=True)
+    r.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
-    produce(args)
+    if args.command == "produce":
+        produce(args)
+    else:
+        read_alerts(args)
 
 
 if __name__ == "__main__":
