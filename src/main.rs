@@ -115,6 +115,28 @@ enum PartitionsAction {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LoadEncoding {
+    Avro,
+    Json,
+    Confluent,
+}
+
+/// The encoding loadgen writes; for the Confluent format, the heartbeat schema registered.
+fn load_encoding(encoding: LoadEncoding, config: &Config) -> Result<Encoding> {
+    Ok(match encoding {
+        LoadEncoding::Avro => Encoding::Avro,
+        LoadEncoding::Json => Encoding::Json,
+        LoadEncoding::Confluent => {
+            let Some(registry) = Registry::from_config(&config.schema_registry) else {
+                bail!("--encoding confluent needs schema_registry.url (PULSEWATCH_SCHEMA_REGISTRY_URL)");
+            };
+            let subject = format!("{}-value", config.kafka.name(pulsewatch::topology::names::HEARTBEATS));
+            Encoding::Confluent(registry.register(&subject, pulsewatch::codec::avro::HEARTBEAT_SCHEMA)?)
+        }
+    })
+}
+
 #[derive(Args)]
 struct LoadgenArgs {
     /// Number of applications.
@@ -140,9 +162,10 @@ struct LoadgenArgs {
     backfill: Option<Duration>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// avro or json.
-    #[arg(long, default_value = "avro")]
-    encoding: Encoding,
+    /// avro, json, or confluent (the Confluent wire format: registers the heartbeat schema
+    /// under `<prefix>heartbeats-value` first; needs schema_registry.url).
+    #[arg(long, value_enum, default_value = "avro")]
+    encoding: LoadEncoding,
     /// A fault: KIND:APP[/INSTANCE]@START[+LENGTH], e.g. crash:3/0@10m+5m (repeatable).
     #[arg(long = "fault")]
     faults: Vec<FaultSpec>,
@@ -303,7 +326,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 duration: args.duration,
                 count: args.count,
                 seed: args.seed,
-                encoding: args.encoding,
+                encoding: load_encoding(args.encoding, &config)?,
                 faults: args.faults,
                 mix: args.mix,
                 backfill: args.backfill,

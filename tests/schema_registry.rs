@@ -290,3 +290,32 @@ fn alerts_in_the_confluent_format_are_read_by_the_confluent_deserializer() {
     assert_eq!(read, written, "the Confluent deserializer reads every alert");
     p.stop();
 }
+
+#[test]
+fn loadgen_writes_the_confluent_format_the_pipeline_reads() {
+    let _one = exclusive();
+    let config = common::prepare("registry-loadgen");
+    let url = registry_url(&config);
+    let manifest = std::env::temp_dir().join(format!("{}manifest.json", config.kafka.topic_prefix));
+    let out = Command::new(env!("CARGO_BIN_EXE_pulsewatch"))
+        .args(["loadgen", "--apps", "5", "--instances", "1", "--backfill", "5m", "--quiet"])
+        .args(["--encoding", "confluent", "--manifest", manifest.to_str().unwrap()])
+        .env("PULSEWATCH_SCHEMA_REGISTRY_URL", &url)
+        .env("PULSEWATCH_KAFKA_BROKERS", &config.kafka.brokers)
+        .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: pulsewatch::loadgen::Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    std::fs::remove_file(&manifest).ok();
+    assert_eq!(m.encoding, "confluent");
+    assert!(m.beats_total > 0);
+    let p = Pipeline::start(&config, "all", &[("PULSEWATCH_SCHEMA_REGISTRY_URL", &url)]);
+    let total = m.beats_total as i64;
+    eventually(Duration::from_secs(120), "the sink stores every beat", || stored(&config, "true") >= total);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stored(&config, "true"), total);
+    assert!(dead_letters(&config).is_empty());
+    p.stop();
+}

@@ -29,6 +29,17 @@ pub fn prefix(id: u32) -> [u8; PREFIX_LEN] {
     [MAGIC, b[0], b[1], b[2], b[3]]
 }
 
+/// Encodes a heartbeat in the Confluent wire format, `id` being the registry's id of
+/// `schemas/heartbeat.avsc`.
+pub fn encode(beat: &Heartbeat, id: u32) -> Vec<u8> {
+    let single = super::avro::encode(beat);
+    let mut out = Vec::with_capacity(single.len() - 5);
+    out.extend_from_slice(&prefix(id));
+    // The single-object header is 10 bytes; the datum after it is the same.
+    out.extend_from_slice(&single[10..]);
+    out
+}
+
 /// The schema id a record in the Confluent wire format names; `None` for any other record.
 pub fn schema_id(bytes: &[u8]) -> Option<Result<u32, DecodeError>> {
     if bytes.first() != Some(&MAGIC) {
@@ -132,10 +143,7 @@ mod tests {
         let writer = WriterSchema::resolve(7, HEARTBEAT_SCHEMA).unwrap();
         assert!(writer.same_as_ours());
         let beat = Heartbeat::example_full();
-        let single = super::super::avro::encode(&beat);
-        let mut record = prefix(7).to_vec();
-        record.extend_from_slice(&single[10..]);
-        assert_eq!(decode(&record, &writer).unwrap(), beat);
+        assert_eq!(decode(&encode(&beat, 7), &writer).unwrap(), beat);
     }
 
     #[test]

@@ -30,6 +30,19 @@ pub const DEFAULT_MAX_DRIFT_MS: i64 = 24 * 3_600_000;
 pub enum Encoding {
     Avro,
     Json,
+    /// The Confluent wire format, with the registry's id of `schemas/heartbeat.avsc`.
+    Confluent(u32),
+}
+
+impl Encoding {
+    /// The encoding's name, as the command line takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Avro => "avro",
+            Encoding::Json => "json",
+            Encoding::Confluent(_) => "confluent",
+        }
+    }
 }
 
 impl std::str::FromStr for Encoding {
@@ -38,6 +51,7 @@ impl std::str::FromStr for Encoding {
         match s {
             "avro" => Ok(Encoding::Avro),
             "json" => Ok(Encoding::Json),
+            "confluent" => Err("the confluent encoding needs a schema id from the registry".into()),
             other => Err(format!("unknown encoding {other:?}: expected avro or json")),
         }
     }
@@ -133,6 +147,8 @@ pub fn decode_with(
         _ => match sniff(bytes)? {
             Encoding::Avro => avro::decode(bytes)?,
             Encoding::Json => json::decode(bytes)?,
+            // (sniff refuses the Confluent format: it needs the writer schema.)
+            Encoding::Confluent(_) => return Err(DecodeError::SchemaRegistryUnsupported),
         },
     };
     beat.validate(reference_ms, max_drift_ms)?;
@@ -144,6 +160,7 @@ pub fn encode(beat: &Heartbeat, encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::Avro => avro::encode(beat),
         Encoding::Json => json::encode(beat),
+        Encoding::Confluent(id) => confluent::encode(beat, id),
     }
 }
 
