@@ -148,18 +148,35 @@ pub fn alert_id(app_id: &str, instance_id: Option<&str>, kind: AlertKind) -> Str
 impl Alert {
     /// Avro single-object encoding, with the specification's fingerprint.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_after(&HEADER[..])
+    }
+
+    /// The Confluent Schema Registry wire format, `id` being `schemas/alert.avsc`'s.
+    pub fn encode_confluent(&self, id: u32) -> Vec<u8> {
+        self.encode_after(&crate::codec::confluent::prefix(id))
+    }
+
+    fn encode_after(&self, header: &[u8]) -> Vec<u8> {
         let value = apache_avro::to_value(self)
             .and_then(|v| v.resolve(&SCHEMA))
             .expect("an alert always fits its schema");
         let datum = apache_avro::to_avro_datum(&SCHEMA, value).expect("an alert always fits its schema");
-        let mut out = Vec::with_capacity(HEADER.len() + datum.len());
-        out.extend_from_slice(&HEADER[..]);
+        let mut out = Vec::with_capacity(header.len() + datum.len());
+        out.extend_from_slice(header);
         out.extend_from_slice(&datum);
         out
     }
 
-    /// Reads an alert with either fingerprint (the specification's, or apache-avro's).
+    /// Reads an alert with either fingerprint (the specification's, or apache-avro's), or in
+    /// the Confluent wire format, whose writer is pulsewatch's processor and so its schema
+    /// `schemas/alert.avsc` whatever the id.
     pub fn decode(bytes: &[u8]) -> Result<Alert, AlertCodecError> {
+        if bytes.first() == Some(&crate::codec::confluent::MAGIC) {
+            let datum = bytes
+                .get(crate::codec::confluent::PREFIX_LEN..)
+                .ok_or_else(|| AlertCodecError::Decode("shorter than its Confluent prefix".into()))?;
+            return decode_datum(datum);
+        }
         let header = bytes
             .get(..HEADER.len())
             .ok_or_else(|| AlertCodecError::Decode("shorter than its header".into()))?;
@@ -169,19 +186,32 @@ impl Alert {
             }
             crate::metrics::METRICS.legacy_fingerprint.with_label_values(&["alert"]).inc();
         }
-        let mut datum = &bytes[HEADER.len()..];
-        let value = apache_avro::from_avro_datum(&SCHEMA, &mut datum, None)
-            .map_err(|e| AlertCodecError::Decode(e.to_string()))?;
-        if !datum.is_empty() {
-            return Err(AlertCodecError::Decode(format!("{} trailing bytes", datum.len())));
-        }
-        apache_avro::from_value(&value).map_err(|e| AlertCodecError::Decode(e.to_string()))
+        decode_datum(&bytes[HEADER.len()..])
     }
+}
+
+/// An alert's Avro datum, written with `schemas/alert.avsc`.
+fn decode_datum(mut datum: &[u8]) -> Result<Alert, AlertCodecError> {
+    let value = apache_avro::from_avro_datum(&SCHEMA, &mut datum, None)
+        .map_err(|e| AlertCodecError::Decode(e.to_string()))?;
+    if !datum.is_empty() {
+        return Err(AlertCodecError::Decode(format!("{} trailing bytes", datum.len())));
+    }
+    apache_avro::from_value(&value).map_err(|e| AlertCodecError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_in_the_confluent_wire_format() {
+        let alert = sample();
+        let bytes = alert.encode_confluent(258);
+        assert_eq!(bytes[..5], [0, 0, 0, 1, 2]);
+        assert_eq!(bytes[5..], alert.encode()[10..]);
+        assert_eq!(Alert::decode(&bytes).unwrap(), alert);
+    }
 
     fn sample() -> Alert {
         Alert {

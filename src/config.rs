@@ -55,6 +55,27 @@ pub struct Config {
     pub trend: crate::trend::TrendConfig,
     pub processor: ProcessorConfig,
     pub sink: SinkConfig,
+    pub schema_registry: SchemaRegistryConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// How the processor writes alerts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub encoding: AlertEncoding,
+}
+
+/// The encoding of records on `alerts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertEncoding {
+    /// Avro single-object encoding.
+    #[default]
+    Avro,
+    /// The Confluent Schema Registry wire format, with the id registered for
+    /// `<prefix>alerts-value` (needs `schema_registry.url`).
+    Confluent,
 }
 
 /// How the processor stage batches its work.
@@ -117,6 +138,30 @@ pub struct SinkConfig {
 impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig { batch_rows: 20_000, batch_ms: 500, retry_initial_ms: 200, retry_max_ms: 10_000 }
+    }
+}
+
+/// The Confluent-compatible Schema Registry that resolves the writer schemas of records in
+/// the Confluent wire format.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of the Confluent API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`; empty:
+    /// no registry, and records in that format are refused.
+    pub url: String,
+    /// HTTP basic authentication; no authentication when empty.
+    pub username: String,
+    pub password: String,
+}
+
+/// Shown with its password masked.
+impl std::fmt::Debug for SchemaRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistryConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &redact::secret(&self.password))
+            .finish()
     }
 }
 
@@ -367,6 +412,14 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        let registry = &self.schema_registry.url;
+        let is_http = registry.starts_with("http://") || registry.starts_with("https://");
+        if !registry.is_empty() && !is_http {
+            return Err(invalid("schema_registry.url", "must be an http:// or https:// URL, or empty"));
+        }
+        if self.alerts.encoding == AlertEncoding::Confluent && registry.is_empty() {
+            return Err(invalid("alerts.encoding", "\"confluent\" needs schema_registry.url"));
+        }
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
@@ -395,6 +448,7 @@ impl Config {
         for (k, v) in shown.kafka.properties.iter_mut() {
             *v = redact::kafka_property(k, v).into_owned();
         }
+        shown.schema_registry.password = redact::secret(&shown.schema_registry.password).into_owned();
         toml::to_string_pretty(&shown).expect("the config always serialises")
     }
 }
@@ -421,7 +475,7 @@ fn apply_env(
     for (var, value) in vars {
         let env_err = |problem: String| ConfigError::Env { var: var.clone(), problem };
         let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let Some((section, key)) = rest.split_once('_') else {
+        let Some((section, key)) = split_section(&rest, &defaults) else {
             return Err(env_err("is not of the form PULSEWATCH_<SECTION>_<KEY>".into()));
         };
         let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
@@ -455,9 +509,43 @@ fn apply_env(
     Ok(())
 }
 
+/// Splits `section_key` after the longest known section name (section names may hold an
+/// underscore: `schema_registry_url`); else at the first underscore.
+fn split_section<'a>(rest: &'a str, defaults: &toml::Table) -> Option<(&'a str, &'a str)> {
+    let known = defaults
+        .keys()
+        .filter(|s| {
+            rest.len() > s.len() + 1 && rest.starts_with(s.as_str()) && rest.as_bytes()[s.len()] == b'_'
+        })
+        .max_by_key(|s| s.len());
+    match known {
+        Some(s) => Some((&rest[..s.len()], &rest[s.len() + 1..])),
+        None => rest.split_once('_'),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_schema_registry_from_the_environment_and_masks_its_password() {
+        let url = "http://127.0.0.1:8081/apis/ccompat/v7";
+        let c = Config::load(
+            None,
+            env(&[
+                ("PULSEWATCH_SCHEMA_REGISTRY_URL", url),
+                ("PULSEWATCH_SCHEMA_REGISTRY_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.schema_registry.url, url);
+        assert!(!c.to_masked_toml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let err =
+            Config::load(None, env(&[("PULSEWATCH_SCHEMA_REGISTRY_URL", "localhost:8081")])).unwrap_err();
+        assert!(err.to_string().contains("schema_registry.url"), "{err}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod processor;
 pub mod redact;
+pub mod registry;
 pub mod restore;
 pub mod rules;
 pub mod service;

@@ -11,6 +11,7 @@ use pulsewatch::config::Config;
 use pulsewatch::evaluate::{self, EvaluateOptions};
 use pulsewatch::loadgen::scenario::{FaultSpec, parse_duration};
 use pulsewatch::loadgen::{self, LoadgenOptions, Manifest};
+use pulsewatch::registry::Registry;
 use pulsewatch::service::{self, Stage};
 use pulsewatch::store;
 use pulsewatch::summary;
@@ -60,6 +61,11 @@ enum Command {
     /// Run the labelled leak suite through Kafka and the processor; score it beside a
     /// predict_linear baseline.
     Evaluate(EvaluateArgs),
+    /// Schemas in the Schema Registry (`schema_registry.url`).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// Read the heartbeats topic to its end and say what is there, beside a manifest.
     Summary {
         /// A loadgen manifest to compare with.
@@ -75,6 +81,13 @@ enum Command {
 enum ConfigAction {
     /// Print the effective config as TOML, secrets masked.
     Show,
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Register the heartbeat and alert schemas under `<prefix>heartbeats-value` and
+    /// `<prefix>alerts-value`; print their ids.
+    Register,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +115,28 @@ enum PartitionsAction {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LoadEncoding {
+    Avro,
+    Json,
+    Confluent,
+}
+
+/// The encoding loadgen writes; for the Confluent format, the heartbeat schema registered.
+fn load_encoding(encoding: LoadEncoding, config: &Config) -> Result<Encoding> {
+    Ok(match encoding {
+        LoadEncoding::Avro => Encoding::Avro,
+        LoadEncoding::Json => Encoding::Json,
+        LoadEncoding::Confluent => {
+            let Some(registry) = Registry::from_config(&config.schema_registry) else {
+                bail!("--encoding confluent needs schema_registry.url (PULSEWATCH_SCHEMA_REGISTRY_URL)");
+            };
+            let subject = format!("{}-value", config.kafka.name(pulsewatch::topology::names::HEARTBEATS));
+            Encoding::Confluent(registry.register(&subject, pulsewatch::codec::avro::HEARTBEAT_SCHEMA)?)
+        }
+    })
+}
+
 #[derive(Args)]
 struct LoadgenArgs {
     /// Number of applications.
@@ -127,9 +162,10 @@ struct LoadgenArgs {
     backfill: Option<Duration>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// avro or json.
-    #[arg(long, default_value = "avro")]
-    encoding: Encoding,
+    /// avro, json, or confluent (the Confluent wire format: registers the heartbeat schema
+    /// under `<prefix>heartbeats-value` first; needs schema_registry.url).
+    #[arg(long, value_enum, default_value = "avro")]
+    encoding: LoadEncoding,
     /// A fault: KIND:APP[/INSTANCE]@START[+LENGTH], e.g. crash:3/0@10m+5m (repeatable).
     #[arg(long = "fault")]
     faults: Vec<FaultSpec>,
@@ -193,6 +229,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { .. } => unreachable!("handled above"),
         Command::Config { action: ConfigAction::Show } => print!("{}", config.to_masked_toml()),
+        Command::Schema { action: SchemaAction::Register } => {
+            let Some(registry) = Registry::from_config(&config.schema_registry) else {
+                bail!("schema_registry.url is not set (PULSEWATCH_SCHEMA_REGISTRY_URL)");
+            };
+            for (subject, id) in registry.register_contracts(&config.kafka)? {
+                println!("{subject}: id {id}");
+            }
+        }
         Command::Topology { action } => {
             let (file, check_only) = match action {
                 TopologyAction::Apply { file } => (file, false),
@@ -282,7 +326,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 duration: args.duration,
                 count: args.count,
                 seed: args.seed,
-                encoding: args.encoding,
+                encoding: load_encoding(args.encoding, &config)?,
                 faults: args.faults,
                 mix: args.mix,
                 backfill: args.backfill,

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub decode_errors: IntCounterVec,
     /// Avro records read whose header carries apache-avro's fingerprint, by schema.
     pub legacy_fingerprint: IntCounterVec,
+    pub registry_unavailable: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub alerts: IntCounterVec,
     pub batch_seconds: HistogramVec,
@@ -114,6 +115,12 @@ impl Metrics {
                 "legacy_fingerprint_records_total",
                 "Avro records read with the fingerprint apache-avro 0.21 computed instead of the specification's, by schema",
                 &["schema"],
+            ),
+            registry_unavailable: counter(
+                &registry,
+                "schema_registry_unavailable_total",
+                "Times a stage paused because the schema registry could not give a record's writer schema, by stage",
+                &["stage"],
             ),
             dlq_records: counter(
                 &registry,

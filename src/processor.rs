@@ -20,7 +20,11 @@
 //! transaction fails it is aborted, every partition goes back to its committed offset, and
 //! its engine is rebuilt the same way. A producer fenced by another instance with the same
 //! transactional id stops the stage without writing. Undecodable or invalid records go to
-//! `heartbeats-dlq` with the reason in headers, and processing goes on.
+//! `heartbeats-dlq` with the reason in headers, and processing goes on. A record whose
+//! writer schema the Schema Registry cannot give right now (down, slow) is no such record:
+//! the batch ends before it, its partition is sought back to it, and it is read again after
+//! an exponential backoff. No transaction is open while records are read (it begins with
+//! the batch's first output), so the pause holds no transaction open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -35,11 +39,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::codec;
-use crate::config::Config;
+use crate::config::{AlertEncoding, Config};
 use crate::dead_letter::DeadLetter;
 use crate::engine::{Effect, Engine, STATE_HEADER};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
+use crate::registry::{Backoff, Registry, RegistryError, Unavailable};
 use crate::restore;
 use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
@@ -50,6 +55,8 @@ use crate::topology::names;
 pub enum ProcessorError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("registering the alert schema: {0}")]
+    Registry(RegistryError),
     #[error("config key rules: {0}")]
     Rules(String),
     #[error("restoring partition state from app-state: {0}")]
@@ -204,6 +211,9 @@ struct Topics {
     app_state: String,
     metrics: String,
     dlq: String,
+    /// The registry's id of the alert schema when alerts are written in the Confluent wire
+    /// format; `None`: single-object encoding.
+    alert_schema_id: Option<u32>,
 }
 
 /// Runs the processor until `shutdown`; blocking. `ready` turns true once it has joined
@@ -216,7 +226,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         app_state: k.name(names::APP_STATE),
         metrics: k.name(names::METRICS_1M),
         dlq: k.name(names::HEARTBEATS_DLQ),
+        alert_schema_id: None,
     };
+    let registry = Registry::from_config(&config.schema_registry);
+    let topics = Topics { alert_schema_id: alert_schema_id(config, registry.as_ref(), shutdown)?, ..topics };
     let consumer: BaseConsumer<RebalanceLog> = k
         .client_config()
         .set("group.id", k.name("processor"))
@@ -261,7 +274,17 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         ready.store(true, Ordering::Relaxed);
         Ok::<(), ProcessorError>(())
     };
+    let mut registry_backoff = Backoff::default();
+    let mut registry_down: Option<Unavailable> = None;
+    let mut seek_failed: Option<KafkaError> = None;
     while !shutdown.is_triggered() {
+        if let Some(e) = registry_down.take() {
+            let delay = registry_backoff.failed();
+            tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; reading the record again after a pause");
+            METRICS.registry_unavailable.with_label_values(&["processor"]).inc();
+            sleep_unless_stopped(delay, shutdown);
+            continue;
+        }
         let started = Instant::now();
         apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
         if !pending.is_empty() {
@@ -314,16 +337,32 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                         );
                         continue;
                     };
+                    let broker_ms = msg.timestamp().to_millis();
+                    let payload = msg.payload().unwrap_or_default();
+                    let reference = broker_ms.unwrap_or(wall);
+                    let drift = config.input.max_sent_at_drift_ms;
+                    let decoded = match Registry::decode(registry.as_ref(), payload, reference, drift) {
+                        Ok(decoded) => decoded,
+                        Err(e) => {
+                            // Not the record's fault: end the batch before it, and read it
+                            // again after a pause.
+                            registry_down = Some(e);
+                            let at = Offset::Offset(msg.offset());
+                            if let Err(e) = consumer.seek(&topics.heartbeats, p, at, TXN_TIMEOUT) {
+                                // Going on would skip the record: start over from the
+                                // committed offsets instead, as after a failed transaction.
+                                seek_failed = Some(e);
+                            }
+                            break;
+                        }
+                    };
                     records += 1;
                     batch.offsets.insert(p, msg.offset() + 1);
-                    let broker_ms = msg.timestamp().to_millis();
-                    arrivals.push(broker_ms.unwrap_or(wall));
-                    let payload = msg.payload().unwrap_or_default();
+                    arrivals.push(reference);
                     if codec::avro::has_legacy_header(payload) {
                         METRICS.legacy_fingerprint.with_label_values(&["heartbeat"]).inc();
                     }
-                    match codec::decode(payload, broker_ms.unwrap_or(wall), config.input.max_sent_at_drift_ms)
-                    {
+                    match decoded {
                         Ok(beat) => {
                             engine.on_record(beat, msg.offset(), broker_ms, wall, batch.effects_of(p))
                         }
@@ -338,8 +377,22 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
             kafka::record_lag(&consumer, "processor");
             lag_checked = Instant::now();
         }
-        let outcome =
-            finish_batch(&producer, &consumer, &topics, &mut txn, &mut engines, &mut batch, wall, shutdown);
+        if records > 0 && registry_down.is_none() {
+            registry_backoff.succeeded();
+        }
+        let outcome = match seek_failed.take() {
+            Some(e) => Err(TxnFailure::Abort(e)),
+            None => finish_batch(
+                &producer,
+                &consumer,
+                &topics,
+                &mut txn,
+                &mut engines,
+                &mut batch,
+                wall,
+                shutdown,
+            ),
+        };
         match outcome {
             Ok(false) => {
                 update_gauges(&engines);
@@ -532,6 +585,39 @@ fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// The id alerts are written with in the Confluent wire format: `schemas/alert.avsc`
+/// registered under `<prefix>alerts-value`, waiting for a registry that is unavailable.
+fn alert_schema_id(
+    config: &Config,
+    registry: Option<&Registry>,
+    shutdown: &Shutdown,
+) -> Result<Option<u32>, ProcessorError> {
+    let Some(registry) = registry.filter(|_| config.alerts.encoding == AlertEncoding::Confluent) else {
+        return Ok(None);
+    };
+    let subject = format!("{}-value", config.kafka.name(names::ALERTS));
+    let mut backoff = Backoff::default();
+    loop {
+        match registry.register(&subject, crate::alert::ALERT_SCHEMA) {
+            Ok(id) => return Ok(Some(id)),
+            Err(RegistryError::Unavailable(e)) if !shutdown.is_triggered() => {
+                let delay = backoff.failed();
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; registering the alert schema again after a pause");
+                sleep_unless_stopped(delay, shutdown);
+            }
+            Err(e) => return Err(ProcessorError::Registry(e)),
+        }
+    }
+}
+
+/// Sleeps `delay`, or less if the stage is told to stop meanwhile.
+fn sleep_unless_stopped(delay: Duration, shutdown: &Shutdown) {
+    let until = Instant::now() + delay;
+    while !shutdown.is_triggered() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// Longest a partition's state may take to read back.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -603,7 +689,11 @@ fn publish(producer: &TrackedProducer, topics: &Topics, effects: Vec<Effect>) ->
     for effect in effects {
         match effect {
             Effect::Alert(a) => {
-                kafka::send(producer, &topics.alerts, &a.app_id, &a.encode(), None)?;
+                let bytes = match topics.alert_schema_id {
+                    Some(id) => a.encode_confluent(id),
+                    None => a.encode(),
+                };
+                kafka::send(producer, &topics.alerts, &a.app_id, &bytes, None)?;
                 METRICS
                     .alerts
                     .with_label_values(&[a.kind.as_str(), a.severity.as_str(), a.state.as_str()])

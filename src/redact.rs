@@ -37,6 +37,11 @@ pub fn kafka_property<'a>(key: &str, value: &'a str) -> Cow<'a, str> {
     if is_secret_kafka_property(key) { Cow::Borrowed(MASK) } else { Cow::Borrowed(value) }
 }
 
+/// A secret as it may be shown: [`MASK`], or empty when it is unset.
+pub fn secret(value: &str) -> Cow<'_, str> {
+    if value.is_empty() { Cow::Borrowed(value) } else { Cow::Borrowed(MASK) }
+}
+
 fn is_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }

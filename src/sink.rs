@@ -13,6 +13,8 @@
 //! a day outside its table's retention window is set aside before it is written (so it
 //! creates no partition): both go to `heartbeats-dlq` (codes `store_rejected`,
 //! `outside_retention`), and the offsets move past them with the rest of the batch (`write`).
+//! A beat whose writer schema the Schema Registry cannot give right now is read again after
+//! a pause (its partition sought back to it), never skipped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -30,7 +32,6 @@ use thiserror::Error;
 use tokio::runtime::Handle;
 
 use crate::alert::Alert;
-use crate::codec;
 use crate::config::{Config, RetentionConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, Publisher, Record};
 use crate::engine::AppSnapshot;
@@ -38,6 +39,7 @@ use crate::engine::rollup::Rollup;
 use crate::heartbeat::Heartbeat;
 use crate::kafka;
 use crate::metrics::METRICS;
+use crate::registry::{Backoff, Registry, Unavailable};
 use crate::shutdown::Shutdown;
 use crate::store::partitions::{self, Window};
 use crate::store::{self, QueryContext, StoreError, quoted_schema};
@@ -231,6 +233,8 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
     let batch_ms = Duration::from_millis(config.sink.batch_ms);
     tracing::info!(group = %group, schema = %schema, "sink started");
     let mut lag_checked = Instant::now();
+    let registry = Registry::from_config(&config.schema_registry);
+    let mut registry_backoff = Backoff::default();
 
     loop {
         let stopping = shutdown.is_triggered();
@@ -239,7 +243,28 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
                 match polled {
                     Ok(msg) => {
                         ready.store(true, Ordering::Relaxed);
-                        accept(&msg, &topics, &expected, &mut batch, config);
+                        match accept(&msg, &topics, &expected, &mut batch, config, registry.as_ref()) {
+                            Ok(()) => registry_backoff.succeeded(),
+                            Err(e) => {
+                                if let Err(e) =
+                                    registry_paused(&consumer, &msg, e, &mut registry_backoff, shutdown)
+                                {
+                                    // Going on would skip the record: start over from sink_offset.
+                                    tracing::warn!(error = %e, "sink: seek failed; re-seeking");
+                                    drop(msg);
+                                    reseek_all(
+                                        &consumer,
+                                        &pool,
+                                        config,
+                                        &group,
+                                        &mut expected,
+                                        &mut batch,
+                                        shutdown,
+                                        rt,
+                                    )?;
+                                }
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "sink: consumer error"),
                 }
@@ -306,28 +331,32 @@ enum Decoded {
 }
 
 /// Adds one consumed record to the batch (or skips it, if `sink_offset` says it is written).
+/// `Err` when the schema registry could not be asked for the record's writer schema: the
+/// record is left out of the batch, to be read again.
 fn accept(
     msg: &BorrowedMessage<'_>,
     topics: &Topics,
     expected: &HashMap<(String, i32), i64>,
     batch: &mut Batch,
     config: &Config,
-) {
+    registry: Option<&Registry>,
+) -> Result<(), Unavailable> {
     let topic = msg.topic();
     let tp = (topic.to_owned(), msg.partition());
     let Some(&next) = expected.get(&tp) else {
         // Not seeked yet (an assignment in progress): it will be read again after the seek.
-        return;
+        return Ok(());
     };
     let start = batch.ranges.get(&tp).map_or(next, |r| r.1);
     if msg.offset() < start {
-        return; // already written
+        return Ok(()); // already written
     }
+    let decoded = decode(msg, topics, config, registry)?;
     METRICS.records_in.with_label_values(&["sink", topic]).inc();
     batch.first_at.get_or_insert_with(Instant::now);
     let range = batch.ranges.entry(tp).or_insert((next, next));
     range.1 = msg.offset() + 1;
-    match decode(msg, topics, config) {
+    match decoded {
         Ok(decoded) => place(msg, decoded, batch, &config.retention),
         Err(reason) => {
             if let Some(reason) = reason {
@@ -336,19 +365,31 @@ fn accept(
             METRICS.sink_skipped.with_label_values(&[topic]).inc();
         }
     }
+    Ok(())
 }
 
-/// Decodes a record by its topic; `Err` says why not, if worth a warning.
-fn decode(msg: &BorrowedMessage<'_>, topics: &Topics, config: &Config) -> Result<Decoded, Option<String>> {
+/// Decodes a record by its topic; the inner `Err` says why not, if worth a warning; the
+/// outer one that the schema registry could not be asked.
+fn decode(
+    msg: &BorrowedMessage<'_>,
+    topics: &Topics,
+    config: &Config,
+    registry: Option<&Registry>,
+) -> Result<Result<Decoded, Option<String>>, Unavailable> {
     let topic = msg.topic();
     let payload = msg.payload().unwrap_or_default();
     if topic == topics.heartbeats {
         let reference = msg.timestamp().to_millis().unwrap_or_else(|| Utc::now().timestamp_millis());
         // Invalid input is the processor's to dead-letter; the sink stores valid beats only.
-        codec::decode(payload, reference, config.input.max_sent_at_drift_ms)
-            .map(Decoded::Beat)
-            .map_err(|_| None)
-    } else if topic == topics.alerts {
+        let beat = Registry::decode(registry, payload, reference, config.input.max_sent_at_drift_ms)?;
+        return Ok(beat.map(Decoded::Beat).map_err(|_| None));
+    }
+    Ok(decode_output(topic, payload, topics))
+}
+
+/// Decodes a record of one of the processor's output topics.
+fn decode_output(topic: &str, payload: &[u8], topics: &Topics) -> Result<Decoded, Option<String>> {
+    if topic == topics.alerts {
         Alert::decode(payload).map(Decoded::Alert).map_err(|e| Some(format!("undecodable alert: {e}")))
     } else if topic == topics.metrics {
         serde_json::from_slice(payload)
@@ -361,6 +402,26 @@ fn decode(msg: &BorrowedMessage<'_>, topics: &Topics, config: &Config) -> Result
     } else {
         Err(Some("a record of a topic the sink does not read".into()))
     }
+}
+
+/// The registry could not give a beat's writer schema: seeks its partition back to it, to
+/// read it again after a pause. The batch keeps what it holds (its range ends before it).
+fn registry_paused(
+    consumer: &BaseConsumer<Assignments>,
+    msg: &BorrowedMessage<'_>,
+    error: Unavailable,
+    backoff: &mut Backoff,
+    shutdown: &Shutdown,
+) -> Result<(), KafkaError> {
+    let delay = backoff.failed();
+    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "sink: schema registry unavailable; reading the record again after a pause");
+    METRICS.registry_unavailable.with_label_values(&["sink"]).inc();
+    consumer.seek(msg.topic(), msg.partition(), Offset::Offset(msg.offset()), Duration::from_secs(10))?;
+    let until = Instant::now() + delay;
+    while !shutdown.is_triggered() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Puts a decoded record in the batch, or among its dead letters if its day is outside its

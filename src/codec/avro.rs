@@ -56,7 +56,13 @@ pub fn decode(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
     if bytes[..HEADER_LEN] != HEADER[..] && !has_legacy_header(bytes) {
         return Err(DecodeError::UnknownFingerprint(hex(&bytes[2..HEADER_LEN])));
     }
-    let mut r = DatumReader { buf: &bytes[HEADER_LEN..], pos: 0, field: "" };
+    decode_datum(&bytes[HEADER_LEN..])
+}
+
+/// Decodes the Avro binary datum of a heartbeat written with `schemas/heartbeat.avsc`,
+/// without a header (no validation).
+pub fn decode_datum(datum: &[u8]) -> Result<Heartbeat, DecodeError> {
+    let mut r = DatumReader { buf: datum, pos: 0, field: "" };
     let beat = Heartbeat {
         app_id: r.field("app_id").string()?,
         instance_id: r.field("instance_id").string()?,

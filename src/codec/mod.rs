@@ -6,13 +6,15 @@
 //!   it ([`fingerprint`]), then the Avro binary datum ([`avro`]);
 //! - JSON with the contract's field names ([`json`]), told apart by its first non-blank
 //!   byte `{`;
-//! - the Confluent Schema Registry wire format (magic byte `0`), recognised and refused
-//!   with its own error until the schema-registry integration exists.
+//! - the Confluent Schema Registry wire format (magic byte `0`, a schema id, the datum),
+//!   decoded once the writer schema is resolved ([`confluent`], [`crate::registry`]), and
+//!   refused with its own error where no registry is configured.
 //!
 //! Every decoded beat passes [`Heartbeat::validate`], so both encodings accept exactly the
 //! same records. Every failure is a [`DecodeError`]: the input's fault, to be dead-lettered.
 
 pub mod avro;
+pub mod confluent;
 pub mod fingerprint;
 pub mod json;
 
@@ -28,6 +30,19 @@ pub const DEFAULT_MAX_DRIFT_MS: i64 = 24 * 3_600_000;
 pub enum Encoding {
     Avro,
     Json,
+    /// The Confluent wire format, with the registry's id of `schemas/heartbeat.avsc`.
+    Confluent(u32),
+}
+
+impl Encoding {
+    /// The encoding's name, as the command line takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Avro => "avro",
+            Encoding::Json => "json",
+            Encoding::Confluent(_) => "confluent",
+        }
+    }
 }
 
 impl std::str::FromStr for Encoding {
@@ -36,6 +51,7 @@ impl std::str::FromStr for Encoding {
         match s {
             "avro" => Ok(Encoding::Avro),
             "json" => Ok(Encoding::Json),
+            "confluent" => Err("the confluent encoding needs a schema id from the registry".into()),
             other => Err(format!("unknown encoding {other:?}: expected avro or json")),
         }
     }
@@ -50,8 +66,12 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("unknown encoding: first byte 0x{0:02x} is neither Avro single-object (C3 01) nor JSON ({{)")]
     UnknownEncoding(u8),
-    #[error("Confluent Schema Registry wire format (magic byte 0) is not supported yet")]
+    #[error("Confluent Schema Registry wire format (magic byte 0), but no schema_registry.url is configured")]
     SchemaRegistryUnsupported,
+    #[error("schema id {0} is unknown to the schema registry")]
+    UnknownSchemaId(u32),
+    #[error("writer schema unresolvable: {0}")]
+    SchemaUnresolvable(String),
     #[error("truncated Avro record: {0}")]
     Truncated(String),
     #[error("unknown Avro schema fingerprint {0}: expected the io.pulsewatch.Heartbeat schema")]
@@ -76,6 +96,8 @@ impl DecodeError {
             DecodeError::TooLarge(_) => "record_too_large",
             DecodeError::UnknownEncoding(_) => "unknown_encoding",
             DecodeError::SchemaRegistryUnsupported => "schema_registry_unsupported",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::SchemaUnresolvable(_) => "schema_unresolvable",
             DecodeError::Truncated(_) => "truncated",
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
             DecodeError::MalformedAvro(_) => "malformed_avro",
@@ -106,12 +128,28 @@ pub fn sniff(bytes: &[u8]) -> Result<Encoding, DecodeError> {
 /// `reference_ms` is the record's broker timestamp (or the wall clock when it has none);
 /// `sent_at` may differ from it by at most `max_drift_ms`.
 pub fn decode(bytes: &[u8], reference_ms: i64, max_drift_ms: i64) -> Result<Heartbeat, DecodeError> {
+    decode_with(bytes, None, reference_ms, max_drift_ms)
+}
+
+/// [`decode`], with the writer schema a record in the Confluent wire format names, as the
+/// registry resolved it (see [`crate::registry::Registry::decode`]).
+pub fn decode_with(
+    bytes: &[u8],
+    writer: Option<&confluent::WriterSchema>,
+    reference_ms: i64,
+    max_drift_ms: i64,
+) -> Result<Heartbeat, DecodeError> {
     if bytes.len() > crate::heartbeat::MAX_RECORD_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    let beat = match sniff(bytes)? {
-        Encoding::Avro => avro::decode(bytes)?,
-        Encoding::Json => json::decode(bytes)?,
+    let beat = match (bytes.first(), writer) {
+        (Some(&confluent::MAGIC), Some(writer)) => confluent::decode(bytes, writer)?,
+        _ => match sniff(bytes)? {
+            Encoding::Avro => avro::decode(bytes)?,
+            Encoding::Json => json::decode(bytes)?,
+            // (sniff refuses the Confluent format: it needs the writer schema.)
+            Encoding::Confluent(_) => return Err(DecodeError::SchemaRegistryUnsupported),
+        },
     };
     beat.validate(reference_ms, max_drift_ms)?;
     Ok(beat)
@@ -122,6 +160,7 @@ pub fn encode(beat: &Heartbeat, encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::Avro => avro::encode(beat),
         Encoding::Json => json::encode(beat),
+        Encoding::Confluent(id) => confluent::encode(beat, id),
     }
 }
 

@@ -203,7 +203,7 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
     let topic = kafka.name(names::HEARTBEATS);
     let mut manifest = Manifest {
         seed: opts.seed,
-        encoding: format!("{:?}", opts.encoding).to_lowercase(),
+        encoding: opts.encoding.name().to_owned(),
         topic: topic.clone(),
         apps: opts.apps,
         instances_per_app: opts.instances,
