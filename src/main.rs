@@ -32,9 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the processor and sink stages (or one of them) until SIGTERM or SIGINT.
+    /// Run the processor, sink and ingest stages (or one of them) until SIGTERM or SIGINT.
     Run {
-        /// all, processor or sink.
+        /// all, processor, sink or ingest.
         #[arg(long, default_value = "all")]
         stage: Stage,
     },
