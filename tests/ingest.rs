@@ -343,3 +343,27 @@ fn a_full_queue_is_answered_429_and_an_unreachable_broker_503() {
     );
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(10), "{took:?}");
 }
+
+#[test]
+fn the_load_generator_posts_through_the_ingest() {
+    let config = prepare("ingest_loadgen");
+    let (_pipeline, addr) = start_all(&config, &[]);
+    let opts = pulsewatch::loadgen::LoadgenOptions {
+        apps: 10,
+        instances: 2,
+        backfill: Some(Duration::from_secs(600)),
+        progress: false,
+        via: pulsewatch::loadgen::Via::Http { url: format!("http://{addr}"), token: None, batch: 50 },
+        ..Default::default()
+    };
+    let m = pulsewatch::loadgen::run(&config.kafka, &opts).unwrap();
+    assert!(m.beats_total >= 2_000, "{}", m.beats_total);
+    let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
+    let on_topic =
+        pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap().len();
+    assert_eq!(on_topic as u64, m.beats_total, "every beat produced once");
+    let s = &config.postgres.schema;
+    eventually(Duration::from_secs(60), "every beat stored", || {
+        query_i64(&config, &format!("SELECT count(*) FROM \"{s}\".heartbeat_event")) as u64 == m.beats_total
+    });
+}

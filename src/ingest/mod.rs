@@ -5,9 +5,11 @@
 //! Stateless apart from a bounded memory of recent beats ([`dedup`]), so it scales behind
 //! any load balancer. Served by [`crate::http::serve`], with `[http]`'s timeouts and
 //! `ingest.max_connections`. [`routes`] has the routes and their answers, [`beats`] turns
-//! bodies into beats, [`tokens`] says who may write what, [`publish`] talks to Kafka.
+//! bodies into beats, [`tokens`] says who may write what, [`publish`] talks to Kafka;
+//! [`client`] is a small client for the load generator and the benchmark.
 
 pub mod beats;
+pub mod client;
 pub mod dedup;
 pub mod publish;
 pub mod routes;
