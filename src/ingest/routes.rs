@@ -158,13 +158,32 @@ async fn single(
 }
 
 /// Checks the token's right to `beat`'s app, then publishes it.
-async fn publish_one(ingest: &Ingest, access: &Access, beat: Heartbeat) -> Result<Response, Problem> {
+async fn publish_one(ingest: &Arc<Ingest>, access: &Access, beat: Heartbeat) -> Result<Response, Problem> {
     if !ingest.tokens.allows(access, &beat.app_id) {
         return Err(not_allowed(&beat.app_id));
     }
-    let _room = ingest.publisher.reserve(1)?;
-    let delivered = ingest.deliver(&beat).await?;
+    let room = ingest.publisher.reserve(1)?;
+    let delivered = detached(ingest, vec![beat], room).await.pop().expect("one outcome per beat")?;
     Ok(accepted(&[delivered]))
+}
+
+/// Delivers `beats` in a task of their own, holding `room` until they are done: a client
+/// that gives up and closes the connection does not cut a delivery short, so the memory of
+/// recent beats learns its true outcome and the client's retry is not produced twice.
+async fn detached(
+    ingest: &Arc<Ingest>,
+    beats: Vec<Heartbeat>,
+    room: tokio::sync::OwnedSemaphorePermit,
+) -> Vec<Result<Delivered, PublishError>> {
+    let (ingest, count) = (ingest.clone(), beats.len());
+    let task = tokio::spawn(async move {
+        let _room = room;
+        futures::future::join_all(beats.iter().map(|beat| ingest.deliver(beat))).await
+    });
+    task.await.unwrap_or_else(|e| {
+        let why = PublishError::Unavailable(format!("the delivery task failed: {e}"));
+        vec![Err(why); count]
+    })
 }
 
 /// One refused beat of a batch.
@@ -190,9 +209,10 @@ async fn batch(
         Problem::new(status, e.code(), e)
     })?;
     let (valid, refused) = sort_batch(&ingest, &access, judged);
-    let _room = ingest.publisher.reserve(valid.len())?;
-    let outcomes = futures::future::join_all(valid.iter().map(|(_, beat)| ingest.deliver(beat))).await;
-    Ok(batch_answer(&valid, outcomes, refused))
+    let room = ingest.publisher.reserve(valid.len())?;
+    let (indexes, beats): (Vec<usize>, Vec<Heartbeat>) = valid.into_iter().unzip();
+    let outcomes = detached(&ingest, beats, room).await;
+    Ok(batch_answer(&indexes, outcomes, refused))
 }
 
 /// The batch's valid beats (with their index) and the refused ones, counted.
@@ -221,13 +241,13 @@ fn sort_batch(
 /// 202 when every valid beat is with the broker (400 if there was none), 503 when some are
 /// not; the body lists the indexes accepted, duplicated, failed and refused.
 fn batch_answer(
-    valid: &[(usize, Heartbeat)],
+    indexes: &[usize],
     outcomes: Vec<Result<Delivered, PublishError>>,
     refused: Vec<Refused>,
 ) -> Response {
     let (mut accepted, mut duplicates, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut busy = false;
-    for ((index, _), outcome) in valid.iter().zip(outcomes) {
+    for (index, outcome) in indexes.iter().zip(outcomes) {
         match outcome {
             Ok(Delivered::New) => accepted.push(*index),
             Ok(Delivered::Duplicate) => {
@@ -286,7 +306,7 @@ async fn ping_action(
 }
 
 async fn ping_with(
-    ingest: &Ingest,
+    ingest: &Arc<Ingest>,
     headers: &HeaderMap,
     app_id: &str,
     instance_id: &str,
