@@ -571,6 +571,9 @@ fn apply_env(
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 value.trim().parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?,
             ),
+            Some(toml::Value::Array(_)) => {
+                return Err(env_err(format!("{section}.{key} is a list: set it in the config file")));
+            }
             Some(_) => return Err(env_err(format!("{section}.{key} is a table: set it in the config file"))),
         };
         let table = tree
@@ -722,6 +725,8 @@ mod tests {
         let open = Config::load(None, env(&[("PULSEWATCH_INGEST_LISTEN", "0.0.0.0:9465")])).unwrap();
         let err = open.ingest.check_exposure().unwrap_err().to_string();
         assert!(err.contains("ingest.listen") && err.contains("loopback"), "{err}");
+        let err = Config::load(None, env(&[("PULSEWATCH_INGEST_TOKENS", "x")])).unwrap_err().to_string();
+        assert!(err.contains("ingest.tokens is a list"), "{err}");
         let err =
             load_str("[[ingest.tokens]]\ntoken = \"t\"\napps = [\"a[\"]\n", &[]).unwrap_err().to_string();
         assert!(err.contains("ingest.tokens[0].apps"), "{err}");
