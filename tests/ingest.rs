@@ -101,6 +101,10 @@ fn single_beats_json_and_avro_are_accepted_and_bad_ones_named() {
     let avro = pulsewatch::codec::avro::encode(&beat);
     let ok = request(&addr, "POST", "/v1/heartbeats", &[("Content-Type", "application/avro")], &avro);
     assert_eq!(ok.status, 202, "{}", ok.body);
+    beat.seq += 1;
+    let unlabelled = pulsewatch::codec::avro::encode(&beat);
+    let ok = request(&addr, "POST", "/v1/heartbeats", &[], &unlabelled);
+    assert_eq!(ok.status, 202, "Avro told by its marker: {}", ok.body);
 
     for (body, code) in [
         (&b"{\"app_id\":"[..], "malformed_json"),
@@ -130,7 +134,7 @@ fn single_beats_json_and_avro_are_accepted_and_bad_ones_named() {
     assert_eq!(over_body.status, 413, "{}", over_body.body);
 
     eventually(Duration::from_secs(60), "both beats stored", || {
-        rows(&config, "single-json") == 1 && rows(&config, "single-avro") == 1
+        rows(&config, "single-json") == 1 && rows(&config, "single-avro") == 2
     });
     assert!(
         pipeline.metric("pulsewatch_ingest_requests_total{route=\"/v1/heartbeats\",status=\"202\"}") >= 2.0
@@ -234,6 +238,8 @@ fn pings_carry_cron_jobs_and_their_silence_makes_them_late() {
     assert_eq!((unknown.status, unknown.code()), (404, "unknown_action".to_owned()));
     let bad = request(&addr, "GET", "/v1/ping/cron-nightly/host-1?interval=0", &[], b"");
     assert_eq!((bad.status, bad.code()), (400, "interval_out_of_range".to_owned()));
+    let bad = request(&addr, "GET", "/v1/ping/cron-nightly/host-1?interval=soon", &[], b"");
+    assert_eq!((bad.status, bad.code()), (400, "bad_query".to_owned()), "{}", bad.body);
     let other = request(&addr, "POST", "/v1/ping/cron-weekly/host-1/stop", &[], b"");
     assert_eq!(other.status, 202);
 

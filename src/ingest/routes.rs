@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -137,11 +137,13 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
-fn is_avro(headers: &HeaderMap) -> bool {
-    headers
+/// Avro when the client says so, or when the body starts with the single-object marker.
+fn is_avro(headers: &HeaderMap, body: &[u8]) -> bool {
+    let said = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/avro"))
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/avro"));
+    said || body.starts_with(&[0xC3, 0x01])
 }
 
 async fn single(
@@ -152,7 +154,7 @@ async fn single(
     let access = ingest.tokens.authenticate(authorization(&headers))?;
     let body = body?;
     let judge = ingest.judge();
-    let decoded = if is_avro(&headers) { judge.avro(&body) } else { judge.json(&body) };
+    let decoded = if is_avro(&headers, &body) { judge.avro(&body) } else { judge.json(&body) };
     let beat = decoded.map_err(|e| rejected(&e))?;
     publish_one(&ingest, &access, beat).await
 }
@@ -282,8 +284,9 @@ async fn ping(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     Path((app_id, instance_id)): Path<(String, String)>,
-    Query(query): Query<PingQuery>,
+    query: Result<Query<PingQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(bad_query)?;
     ping_with(&ingest, &headers, &app_id, &instance_id, InstanceStatus::Ok, query).await
 }
 
@@ -291,8 +294,9 @@ async fn ping_action(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     Path((app_id, instance_id, action)): Path<(String, String, String)>,
-    Query(query): Query<PingQuery>,
+    query: Result<Query<PingQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(bad_query)?;
     let status = match action.as_str() {
         "start" => InstanceStatus::Starting,
         "stop" => InstanceStatus::Stopping,
@@ -303,6 +307,14 @@ async fn ping_action(
         }
     };
     ping_with(&ingest, &headers, &app_id, &instance_id, status, query).await
+}
+
+fn bad_query(e: QueryRejection) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad_query",
+        format!("{}; interval is whole seconds", e.body_text()),
+    )
 }
 
 async fn ping_with(
