@@ -88,11 +88,17 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
         health: HEALTH.clone(),
         stall_after: Duration::from_millis(config.health.stall_after_ms),
     };
+    let ingest_state = ingest.as_ref().map(|i| i.state.clone());
     let endpoint = http::serve(listener, http::router(endpoints), http::Limits::of(&config.http));
     let mut server = rt.spawn(serve_both(endpoint, ingest));
     let http_failure = rt.block_on(wait_for_stop(&shutdown, &mut server))?;
     shutdown.trigger();
+    // The ingest drains while the stages finish.
+    let drained = ingest_state.map(|state| rt.spawn(async move { state.stop().await }));
     let failure = http_failure.or(join_stages(stages));
+    if let Some(drained) = drained {
+        let _ = rt.block_on(drained);
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     failure.map_or(Ok(()), Err)
 }

@@ -373,3 +373,25 @@ fn the_load_generator_posts_through_the_ingest() {
         query_i64(&config, &format!("SELECT count(*) FROM \"{s}\".heartbeat_event")) as u64 == m.beats_total
     });
 }
+
+#[test]
+fn a_stop_answers_the_beats_in_flight_first() {
+    let config = prepare("ingest_stop");
+    let closed = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("PULSEWATCH_KAFKA_BROKERS", closed.as_str()),
+        ("PULSEWATCH_INGEST_LISTEN", addr.as_str()),
+        ("PULSEWATCH_INGEST_PRODUCE_TIMEOUT_MS", "2000"),
+    ];
+    let pipeline = Pipeline::start(&config, "ingest", &env);
+    let in_flight = std::thread::spawn({
+        let addr = addr.clone();
+        move || post(&addr, "/v1/heartbeats", beat_json("stopping", "i-1", 1).as_bytes())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let took = pipeline.stop();
+    let answer = in_flight.join().unwrap();
+    assert_eq!((answer.status, answer.code()), (503, "unavailable".to_owned()), "{}", answer.body);
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "{took:?}");
+}

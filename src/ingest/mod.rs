@@ -76,6 +76,15 @@ impl Ingest {
         })
     }
 
+    /// At a stop: waits for the beats in flight (refusing new ones) and flushes the producer.
+    pub async fn stop(&self) {
+        if self.publisher.drain().await {
+            tracing::info!("ingest: every beat in flight answered");
+        } else {
+            tracing::warn!("ingest: stopped with beats still unacknowledged by the broker");
+        }
+    }
+
     /// How beats are judged now.
     pub fn judge(&self) -> beats::Judge {
         beats::Judge { now_ms: chrono::Utc::now().timestamp_millis(), max_drift_ms: self.max_drift_ms }
@@ -98,6 +107,8 @@ impl Ingest {
 
 /// The stage, bound and ready to serve.
 pub struct Server {
+    /// What the handlers share; [`Ingest::stop`] drains it.
+    pub state: Arc<Ingest>,
     pub listener: TcpListener,
     pub app: axum::Router,
     pub limits: Limits,
@@ -111,7 +122,8 @@ impl Server {
         let addr: SocketAddr = config.ingest.listen.parse().expect("validated by Config::validate");
         let listener = TcpListener::bind(addr).await.map_err(|source| IngestError::Bind { addr, source })?;
         let limits = Limits { max_connections: config.ingest.max_connections, ..Limits::of(&config.http) };
-        Ok(Server { listener, app: routes::router(state, config.ingest.max_body_bytes), limits })
+        let app = routes::router(state.clone(), config.ingest.max_body_bytes);
+        Ok(Server { state, listener, app, limits })
     }
 
     /// Serves until the future is dropped.

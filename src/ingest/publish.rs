@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::codec;
@@ -30,6 +30,8 @@ pub struct Publisher {
     producer: FutureProducer,
     topic: String,
     in_flight: Arc<Semaphore>,
+    /// The cap on `in_flight`.
+    max_in_flight: usize,
     /// Longest wait for an acknowledgement; librdkafka's own message timeout is the same.
     timeout: Duration,
 }
@@ -41,7 +43,27 @@ impl Publisher {
         max_in_flight: usize,
         timeout: Duration,
     ) -> Publisher {
-        Publisher { producer, topic, in_flight: Arc::new(Semaphore::new(max_in_flight)), timeout }
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        Publisher { producer, topic, in_flight, max_in_flight, timeout }
+    }
+
+    /// Waits until no beat is in flight (at most the produce timeout and a second), taking
+    /// every slot so that later requests are refused (429), then flushes the producer.
+    /// Whether it drained.
+    pub async fn drain(&self) -> bool {
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let within = self.timeout + Duration::from_secs(1);
+        let taken = tokio::time::timeout(within, self.in_flight.acquire_many(all)).await;
+        let drained = match taken {
+            Ok(Ok(permits)) => {
+                permits.forget();
+                true
+            }
+            _ => false,
+        };
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(1))).await;
+        drained && matches!(flushed, Ok(Ok(())))
     }
 
     /// Room for `beats` more in flight, held until the permit is dropped.
