@@ -273,8 +273,8 @@ impl Default for IngestConfig {
             produce_timeout_ms: 5_000,
             max_in_flight: 10_000,
             max_connections: 1_024,
-            dedup_capacity: 1_000_000,
-            dedup_ttl_ms: 600_000,
+            dedup_capacity: 200_000,
+            dedup_ttl_ms: 300_000,
             tokens: Vec::new(),
         }
     }
