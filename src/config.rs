@@ -44,6 +44,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub postgres: PostgresConfig,
     pub http: HttpConfig,
+    /// The HTTP ingest stage (`--stage ingest`).
+    pub ingest: IngestConfig,
     pub health: HealthConfig,
     pub input: InputConfig,
     pub retention: RetentionConfig,
@@ -282,6 +284,128 @@ impl Default for HttpConfig {
     }
 }
 
+/// The HTTP ingest stage: heartbeats over HTTP, produced to `heartbeats`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address `/v1/heartbeats`, `/v1/heartbeats/batch` and `/v1/ping/...` listen on.
+    pub listen: String,
+    /// Most beats in one batch request.
+    pub max_batch: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// A beat the broker has not acknowledged within this long is answered 503, ms.
+    pub produce_timeout_ms: u64,
+    /// Most beats waiting for the broker's acknowledgement at once; beyond, requests are
+    /// answered 429.
+    pub max_in_flight: usize,
+    /// Most connections served at once (the timeouts are `[http]`'s).
+    pub max_connections: usize,
+    /// Most (app_id, instance_id, seq) remembered to answer a retry without producing again.
+    pub dedup_capacity: u64,
+    /// How long such a beat is remembered, ms.
+    pub dedup_ttl_ms: u64,
+    /// Bearer tokens and the app_id globs each may write; none: every app, loopback only.
+    pub tokens: Vec<IngestToken>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:9465".into(),
+            max_batch: 1_000,
+            max_body_bytes: 4 * 1024 * 1024,
+            produce_timeout_ms: 5_000,
+            max_in_flight: 10_000,
+            max_connections: 1_024,
+            dedup_capacity: 200_000,
+            dedup_ttl_ms: 300_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Shown with its tokens masked.
+impl std::fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("listen", &self.listen)
+            .field("max_batch", &self.max_batch)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("produce_timeout_ms", &self.produce_timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_connections", &self.max_connections)
+            .field("dedup_capacity", &self.dedup_capacity)
+            .field("dedup_ttl_ms", &self.dedup_ttl_ms)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
+/// One bearer token of the ingest stage.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestToken {
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// app_id globs (`checkout-*`) this token may write.
+    pub apps: Vec<String>,
+}
+
+/// Shown with the token masked.
+impl std::fmt::Debug for IngestToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestToken").field("token", &redact::MASK).field("apps", &self.apps).finish()
+    }
+}
+
+impl IngestConfig {
+    /// Checks the keys of `[ingest]` that types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("ingest.listen", format!("is not an address like 127.0.0.1:9465: {e}")))?;
+        for (key, value) in [
+            ("ingest.max_batch", self.max_batch as u64),
+            ("ingest.max_body_bytes", self.max_body_bytes as u64),
+            ("ingest.produce_timeout_ms", self.produce_timeout_ms),
+            ("ingest.max_in_flight", self.max_in_flight as u64),
+            ("ingest.max_connections", self.max_connections as u64),
+            ("ingest.dedup_capacity", self.dedup_capacity),
+            ("ingest.dedup_ttl_ms", self.dedup_ttl_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_batch > self.max_in_flight {
+            return Err(invalid("ingest.max_batch", "must not exceed ingest.max_in_flight"));
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = format!("ingest.tokens[{i}]");
+            if t.token.trim().is_empty() {
+                return Err(invalid(&format!("{key}.token"), "must not be empty"));
+            }
+            if let Some(bad) = t.apps.iter().find_map(|g| globset::Glob::new(g).err()) {
+                return Err(invalid(&format!("{key}.apps"), format!("is not a glob: {bad}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a listener other machines can reach when no token guards it.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self.listen.parse().map_err(|e| invalid("ingest.listen", format!("{e}")))?;
+        if self.tokens.is_empty() && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "ingest.listen",
+                format!("{addr} is not a loopback address and no [[ingest.tokens]] is configured"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What `/healthz` counts as unhealthy besides a stage that stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -420,6 +544,7 @@ impl Config {
         if self.alerts.encoding == AlertEncoding::Confluent && registry.is_empty() {
             return Err(invalid("alerts.encoding", "\"confluent\" needs schema_registry.url"));
         }
+        self.ingest.validate()?;
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
@@ -449,6 +574,9 @@ impl Config {
             *v = redact::kafka_property(k, v).into_owned();
         }
         shown.schema_registry.password = redact::secret(&shown.schema_registry.password).into_owned();
+        for t in shown.ingest.tokens.iter_mut() {
+            t.token = redact::MASK.to_owned();
+        }
         toml::to_string_pretty(&shown).expect("the config always serialises")
     }
 }
@@ -497,6 +625,9 @@ fn apply_env(
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 value.trim().parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?,
             ),
+            Some(toml::Value::Array(_)) => {
+                return Err(env_err(format!("{section}.{key} is a list: set it in the config file")));
+            }
             Some(_) => return Err(env_err(format!("{section}.{key} is a table: set it in the config file"))),
         };
         let table = tree
@@ -669,6 +800,24 @@ mod tests {
             c.kafka.properties.insert(key.into(), "hunter4".into());
         }
         assert!(!c.to_masked_toml().contains("hunter4"));
+    }
+
+    #[test]
+    fn ingest_tokens_are_read_masked_and_checked() {
+        let text = "[ingest]\nlisten = \"0.0.0.0:9465\"\n[[ingest.tokens]]\ntoken = \"s3cr3t-tok\"\napps = [\"checkout-*\"]\n";
+        let c = load_str(text, &[("PULSEWATCH_INGEST_MAX_BATCH", "10")]).unwrap();
+        assert_eq!(c.ingest.max_batch, 10);
+        assert_eq!(c.ingest.tokens[0].apps, vec!["checkout-*".to_owned()]);
+        c.ingest.check_exposure().unwrap();
+        assert!(!c.to_masked_toml().contains("s3cr3t-tok") && !format!("{c:?}").contains("s3cr3t-tok"));
+        let open = Config::load(None, env(&[("PULSEWATCH_INGEST_LISTEN", "0.0.0.0:9465")])).unwrap();
+        let err = open.ingest.check_exposure().unwrap_err().to_string();
+        assert!(err.contains("ingest.listen") && err.contains("loopback"), "{err}");
+        let err = Config::load(None, env(&[("PULSEWATCH_INGEST_TOKENS", "x")])).unwrap_err().to_string();
+        assert!(err.contains("ingest.tokens is a list"), "{err}");
+        let err =
+            load_str("[[ingest.tokens]]\ntoken = \"t\"\napps = [\"a[\"]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("ingest.tokens[0].apps"), "{err}");
     }
 
     #[test]

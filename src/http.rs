@@ -124,7 +124,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 /// Serves `app` on `listener` within `limits`, until the future is dropped.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(listen = %addr, "http: serving /metrics, /healthz, /readyz");
+        tracing::info!(listen = %addr, "http: serving");
     }
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {

@@ -79,6 +79,24 @@ pub fn transactional_producer(
     c.create_with_context(DeliveryTracker::default())
 }
 
+/// An idempotent producer (`acks=all`) whose deliveries are awaited as futures, for
+/// callers that answer only once the broker has a record; a record not acknowledged within
+/// `message_timeout` fails.
+pub fn future_producer(
+    kafka: &KafkaConfig,
+    message_timeout: Duration,
+) -> Result<rdkafka::producer::FutureProducer, KafkaError> {
+    let mut c = producer_config(kafka);
+    // An answer waits for the batch: a short linger keeps the latency low.
+    c.set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", message_timeout.as_millis().to_string());
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.create()
+}
+
 fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
     let mut c = kafka.client_config();
     c.set("enable.idempotence", "true")

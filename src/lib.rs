@@ -8,7 +8,8 @@
 //!   (thresholds, overrides), [`engine`] (per-partition state, liveness timers, rollups,
 //!   snapshots, explanations).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
-//!   (topics into PostgreSQL, exactly once), [`service`] (`pulsewatch run`), [`http`] and
+//!   (topics into PostgreSQL, exactly once), [`ingest`] (heartbeats over HTTP),
+//!   [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`health`] (what `/healthz` judges), [`shutdown`].
 //! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
 //!   [`store`] (connection, migrations, partitions, what a failed statement means),
@@ -27,6 +28,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod huge_pages;
+pub mod ingest;
 pub mod kafka;
 pub mod labels;
 pub mod loadgen;

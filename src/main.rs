@@ -33,9 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the processor and sink stages (or one of them) until SIGTERM or SIGINT.
+    /// Run the processor, sink and ingest stages (or one of them) until SIGTERM or SIGINT.
     Run {
-        /// all, processor or sink.
+        /// all, processor, sink or ingest.
         #[arg(long, default_value = "all")]
         stage: Stage,
     },
@@ -181,6 +181,33 @@ struct LoadgenArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// kafka (a producer, the default) or http (the ingest stage at URL, NDJSON batches).
+    #[arg(long, default_value = "kafka", value_parser = ["kafka", "http"])]
+    via: String,
+    /// The ingest stage's URL with --via http, e.g. http://127.0.0.1:9465.
+    url: Option<String>,
+    /// Bearer token for the ingest stage (--via http).
+    #[arg(long)]
+    token: Option<String>,
+    /// Beats per batch with --via http (at most the stage's ingest.max_batch).
+    #[arg(long, default_value_t = loadgen::outlet::HTTP_BATCH)]
+    batch: usize,
+}
+
+impl LoadgenArgs {
+    /// The way in the arguments choose.
+    fn way_in(&self) -> anyhow::Result<loadgen::Via> {
+        match (self.via.as_str(), &self.url) {
+            ("http", Some(url)) => {
+                Ok(loadgen::Via::Http { url: url.clone(), token: self.token.clone(), batch: self.batch })
+            }
+            ("http", None) => {
+                anyhow::bail!("--via http needs the ingest stage's URL, e.g. http://127.0.0.1:9465")
+            }
+            (_, Some(url)) => anyhow::bail!("{url}: a URL is for --via http"),
+            _ => Ok(loadgen::Via::Kafka),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -318,6 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("report: {}", args.report.display());
         }
         Command::Loadgen(args) => {
+            let via = args.way_in()?;
             let opts = LoadgenOptions {
                 apps: args.apps,
                 instances: args.instances,
@@ -334,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 app_prefix: args.app_prefix,
                 now_ms: None,
                 progress: !args.quiet,
+                via,
             };
             let m = loadgen::run(&config.kafka, &opts)?;
             println!(

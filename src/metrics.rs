@@ -1,4 +1,4 @@
-//! Prometheus metrics of both stages, registered once in a registry of their own and served
+//! Prometheus metrics of the stages, registered once in a registry of their own and served
 //! by [`crate::http`] on `/metrics`.
 
 use std::sync::LazyLock;
@@ -35,6 +35,13 @@ pub struct Metrics {
     pub sink_rejected: IntCounterVec,
     pub db_pool: IntGaugeVec,
     pub transactions: IntCounterVec,
+    /// Ingest requests, by route and status.
+    pub ingest_requests: IntCounterVec,
+    pub ingest_request_seconds: HistogramVec,
+    /// Ingest beats accepted (produced) or answered as duplicates of a recent one.
+    pub ingest_beats: IntCounterVec,
+    /// Ingest beats refused, by error code.
+    pub ingest_rejected: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -85,7 +92,33 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("db_pool", "PostgreSQL pool: size, available, waiting"), &["state"])
                 .expect("valid metric");
         registry.register(Box::new(db_pool.clone())).expect("registered once");
+        let ingest_request_seconds = HistogramVec::new(
+            HistogramOpts::new("ingest_request_seconds", "Ingest request latency, by route")
+                .buckets(buckets.clone()),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(ingest_request_seconds.clone())).expect("registered once");
         Metrics {
+            ingest_requests: counter(
+                &registry,
+                "ingest_requests_total",
+                "Ingest requests, by route and status",
+                &["route", "status"],
+            ),
+            ingest_request_seconds,
+            ingest_beats: counter(
+                &registry,
+                "ingest_beats_total",
+                "Ingest beats, by outcome (accepted: produced; duplicate: a retry of a beat already produced)",
+                &["outcome"],
+            ),
+            ingest_rejected: counter(
+                &registry,
+                "ingest_rejected_beats_total",
+                "Ingest beats refused, by error code",
+                &["code"],
+            ),
             transactions: counter(
                 &registry,
                 "transactions_total",

@@ -1,4 +1,5 @@
-//! `pulsewatch run`: the stages as threads of one process, the HTTP endpoint, and a clean
+//! `pulsewatch run`: the stages as threads of one process (the ingest stage as a second
+//! HTTP server on the same runtime), the HTTP endpoint, and a clean
 //! stop on SIGTERM or SIGINT (stop fetching, finish and commit what is in flight, exit
 //! within 30 s). A stage that fails or panics, or an HTTP endpoint that ends, stops the
 //! process with an error; an address `http.listen` cannot take stops it before any stage
@@ -15,7 +16,7 @@ use crate::config::Config;
 use crate::health::{HEALTH, Health};
 use crate::http::{self, Readiness};
 use crate::shutdown::Shutdown;
-use crate::{processor, sink};
+use crate::{ingest, processor, sink};
 
 /// Which stages this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Stage {
     All,
     Processor,
     Sink,
+    /// Heartbeats over HTTP ([`crate::ingest`]).
+    Ingest,
 }
 
 impl std::str::FromStr for Stage {
@@ -32,7 +35,8 @@ impl std::str::FromStr for Stage {
             "all" => Ok(Stage::All),
             "processor" => Ok(Stage::Processor),
             "sink" => Ok(Stage::Sink),
-            other => Err(format!("unknown stage {other:?}: expected all, processor or sink")),
+            "ingest" => Ok(Stage::Ingest),
+            other => Err(format!("unknown stage {other:?}: expected all, processor, sink or ingest")),
         }
     }
 }
@@ -43,6 +47,8 @@ pub enum ServiceError {
     Stage { stage: &'static str, message: String },
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
     #[error("http endpoint stopped: {0}")]
     HttpStopped(String),
     #[error("runtime: {0}")]
@@ -66,20 +72,46 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
     // Bound before any stage starts: a taken address stops the process here.
     let listen = config.http.listen.parse().expect("validated by Config::validate");
     let listener = rt.block_on(http::bind(listen))?;
+    // Bound before any stage starts too, and refused if exposed without a token.
+    let ingest = match stage {
+        Stage::All | Stage::Ingest => Some(rt.block_on(ingest::Server::bind(&config))?),
+        Stage::Processor | Stage::Sink => None,
+    };
     let shutdown = Shutdown::new();
     let config = Arc::new(config);
-    let Started { flags, stages } = start_stages(&config, stage, &shutdown, &rt)?;
+    let Started { mut flags, stages } = start_stages(&config, stage, &shutdown, &rt)?;
+    if ingest.is_some() {
+        flags.push(("ingest".to_owned(), Arc::new(AtomicBool::new(true))));
+    }
     let endpoints = http::Endpoints {
         readiness: Readiness(Arc::new(flags)),
         health: HEALTH.clone(),
         stall_after: Duration::from_millis(config.health.stall_after_ms),
     };
-    let mut server = rt.spawn(http::serve(listener, http::router(endpoints), http::Limits::of(&config.http)));
+    let ingest_state = ingest.as_ref().map(|i| i.state.clone());
+    let endpoint = http::serve(listener, http::router(endpoints), http::Limits::of(&config.http));
+    let mut server = rt.spawn(serve_both(endpoint, ingest));
     let http_failure = rt.block_on(wait_for_stop(&shutdown, &mut server))?;
     shutdown.trigger();
+    // The ingest drains while the stages finish.
+    let drained = ingest_state.map(|state| rt.spawn(async move { state.stop().await }));
     let failure = http_failure.or(join_stages(stages));
+    if let Some(drained) = drained {
+        let _ = rt.block_on(drained);
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     failure.map_or(Ok(()), Err)
+}
+
+/// Serves the HTTP endpoint and, if it runs, the ingest stage; ends when either ends.
+async fn serve_both(endpoint: impl std::future::Future<Output = ()>, ingest: Option<ingest::Server>) {
+    match ingest {
+        Some(ingest) => tokio::select! {
+            () = endpoint => tracing::error!("http: the endpoint ended"),
+            () = ingest.serve() => tracing::error!("ingest: the server ended"),
+        },
+        None => endpoint.await,
+    }
 }
 
 /// The stages' threads, and the readiness flag of each.

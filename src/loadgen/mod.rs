@@ -4,9 +4,11 @@
 //! One loop walks event time in rounds of one interval; each instance beats once per round
 //! at its own phase. Beats whose event time is already past (a `--backfill`) are sent as
 //! fast as the producer takes them; beats in the future wait for the wall clock, which
-//! makes the same loop a live run.
+//! makes the same loop a live run. Beats go to Kafka, or over HTTP to an ingest stage
+//! ([`outlet`]).
 
 pub mod manifest;
+pub mod outlet;
 pub mod scenario;
 
 use std::path::PathBuf;
@@ -14,15 +16,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::Producer;
 use thiserror::Error;
 
-use crate::codec::{self, Encoding};
+use crate::codec::Encoding;
 use crate::config::KafkaConfig;
-use crate::kafka::{self, TrackedProducer};
 use crate::topology::names;
 use manifest::FaultRecord;
 pub use manifest::Manifest;
+use outlet::Outlet;
+pub use outlet::Via;
 use scenario::{ActiveFault, AppRef, FaultKind, FaultParams, FaultSpec, InstanceSim};
 
 #[derive(Debug, Error)]
@@ -33,6 +35,8 @@ pub enum LoadgenError {
     Kafka(#[from] KafkaError),
     #[error("{failed} records were not delivered; first error: {first}")]
     Undelivered { failed: u64, first: String },
+    #[error("ingest over HTTP: {0}")]
+    Http(String),
     #[error("writing the manifest {path}: {source}")]
     Manifest { path: String, source: std::io::Error },
 }
@@ -63,6 +67,8 @@ pub struct LoadgenOptions {
     /// Pretend the run starts at this wall time (ms): for reproducible event times.
     pub now_ms: Option<i64>,
     pub progress: bool,
+    /// Straight to Kafka, or over HTTP to an ingest stage.
+    pub via: Via,
 }
 
 impl Default for LoadgenOptions {
@@ -83,6 +89,7 @@ impl Default for LoadgenOptions {
             app_prefix: "app-".into(),
             now_ms: None,
             progress: true,
+            via: Via::Kafka,
         }
     }
 }
@@ -242,7 +249,7 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
         .collect();
     let mut poison_rng = scenario::instance_rng(opts.seed, usize::MAX, usize::MAX, 2);
 
-    let producer = kafka::producer(kafka)?;
+    let mut out = Outlet::open(kafka, topic.clone(), &opts.via)?;
     let expected_total = opts.count.unwrap_or(fleet * (span_ms / i64::from(interval_ms)).max(1) as u64);
     let bar = if opts.progress { ProgressBar::new(expected_total) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -267,41 +274,36 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
             if opts.count.is_some_and(|c| manifest.beats_total >= c) {
                 break 'rounds;
             }
-            wait_for_event_time(t, clock_offset_ms, &producer);
+            wait_for_event_time(t, clock_offset_ms, &mut out)?;
             let active: Vec<&ActiveFault> = sim_faults[idx].iter().map(|&f| &faults[f]).collect();
             let Some(beat) = sim.beat(t, interval_ms, &active) else { continue };
-            let payload = codec::encode(&beat, opts.encoding);
-            kafka::send(&producer, &topic, &beat.app_id, &payload, None)?;
+            out.send_beat(&beat, opts.encoding)?;
             manifest.count_beat(&beat.app_id, &beat.instance_id, beat.seq, beat.sent_at);
             sent += 1;
-            if active.iter().any(|f| f.kind == FaultKind::Poison && f.active_at(t)) {
-                kafka::send(&producer, &topic, &beat.app_id, &scenario::poison_bytes(&mut poison_rng), None)?;
+            if active.iter().any(|f| f.kind == FaultKind::Poison && f.active_at(t))
+                && out.send_poison(&beat.app_id, &scenario::poison_bytes(&mut poison_rng))?
+            {
                 manifest.count_poison(&beat.app_id);
                 sent += 1;
             }
             if let Some(rate) = opts.rate {
                 let ahead = sent as f64 / rate - started.elapsed().as_secs_f64();
                 if ahead > 0.0 {
-                    producer.poll(Duration::from_secs_f64(ahead));
+                    out.wait(Duration::from_secs_f64(ahead))?;
                 }
             }
             if sent.is_multiple_of(1024) {
-                producer.poll(Duration::ZERO);
+                out.serve();
                 bar.set_position(manifest.beats_total);
             }
         }
         round += 1;
     }
     bar.set_message("flushing");
-    producer.flush(Duration::from_secs(120))?;
+    let delivered = out.finish()?;
     bar.finish_and_clear();
-    let tracker = producer.context();
-    if tracker.failed() > 0 {
-        let first = tracker.first_error().unwrap_or_default();
-        return Err(LoadgenError::Undelivered { failed: tracker.failed(), first });
-    }
     manifest.wall_seconds = started.elapsed().as_secs_f64();
-    manifest.achieved_rate = tracker.delivered() as f64 / manifest.wall_seconds.max(1e-9);
+    manifest.achieved_rate = delivered as f64 / manifest.wall_seconds.max(1e-9);
     if let Some(path) = &opts.manifest {
         manifest
             .write(path)
@@ -310,15 +312,15 @@ pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, Loadg
     Ok(manifest)
 }
 
-/// Sleeps (serving delivery callbacks) until the event-time clock, the wall clock plus
-/// `clock_offset_ms`, reaches `t`; a beat in the past is sent at once.
-fn wait_for_event_time(t: i64, clock_offset_ms: i64, producer: &TrackedProducer) {
+/// Sleeps (serving delivery callbacks, or posting what is gathered) until the event-time
+/// clock, the wall clock plus `clock_offset_ms`, reaches `t`; a beat in the past is sent at once.
+fn wait_for_event_time(t: i64, clock_offset_ms: i64, out: &mut Outlet) -> Result<(), LoadgenError> {
     loop {
         let now = wall_ms() + clock_offset_ms;
         if t <= now {
-            return;
+            return Ok(());
         }
-        producer.poll(Duration::from_millis((t - now).min(100) as u64));
+        out.wait(Duration::from_millis((t - now).min(100) as u64))?;
     }
 }
 

@@ -142,6 +142,9 @@ impl Pipeline {
             .env("PULSEWATCH_POSTGRES_URL", &config.postgres.url)
             .env("PULSEWATCH_POSTGRES_SCHEMA", &config.postgres.schema)
             .env("PULSEWATCH_HTTP_LISTEN", &http)
+            // Any free port, so that instances side by side do not collide; tests of the
+            // ingest stage choose theirs in `extra`.
+            .env("PULSEWATCH_INGEST_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info,librdkafka=warn")
             .current_dir(std::env::temp_dir())
             .stdout(log.try_clone().unwrap())

@@ -1,0 +1,129 @@
+//! The ingest stage against the real Kafka (`scripts/stack up` first), served in this
+//! process: single beats at 8, 64 and 256 concurrent kept-alive connections (p50 and p99
+//! latency, requests/s), then batches of 500 beats (beats/s). Every answer is a 202, given
+//! once the broker has the beats.
+//!
+//! Run: `cargo bench --bench ingest` (PULSEWATCH_BENCH_SECONDS per measurement, default 5).
+//! Under `cargo test` it runs each measurement for a moment.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pulsewatch::config::Config;
+use pulsewatch::heartbeat::Heartbeat;
+use pulsewatch::ingest::client::Client;
+use pulsewatch::topology::{self, Topology};
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let seconds: f64 = std::env::var("PULSEWATCH_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 5.0 } else { 0.3 });
+    let span = Duration::from_secs_f64(seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut config = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
+    let id = format!("{:08x}", rand::random::<u32>());
+    config.kafka.topic_prefix = format!("bench-{id}-");
+    config.ingest.listen = "127.0.0.1:0".into();
+    rt.block_on(topology::apply(&config.kafka, &Topology::builtin()))
+        .expect("Kafka reachable: start the local stack with scripts/stack up");
+    let server = rt.block_on(pulsewatch::ingest::Server::bind(&config)).expect("the ingest starts");
+    let url = format!("http://{}", server.listener.local_addr().unwrap());
+    rt.spawn(server.serve());
+
+    for connections in [8, 64, 256] {
+        let (mut latencies, secs) = singles(&url, connections, span);
+        latencies.sort_unstable();
+        println!(
+            "single beats, {connections:>3} connections: p50 {:>7.2} ms  p99 {:>7.2} ms  {:>8.0} requests/s",
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.len() as f64 / secs
+        );
+    }
+    let (beats, secs) = batches(&url, 4, 500, span);
+    println!("batches of 500, 4 connections: {:>8.0} beats/s", beats as f64 / secs);
+    rt.block_on(topology::remove(&config.kafka, &Topology::builtin())).ok();
+}
+
+/// Latencies of single-beat requests sent by `connections` clients for `span`, and the
+/// seconds they took.
+fn singles(url: &str, connections: usize, span: Duration) -> (Vec<Duration>, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|c| {
+            let (url, stop) = (url.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::new(&url, None).unwrap();
+                let mut latencies = Vec::new();
+                for seq in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = beat(&format!("single-{connections}-{c}"), seq);
+                    let sent = Instant::now();
+                    let answer = client.post("/v1/heartbeats", "application/json", &body).unwrap();
+                    assert_eq!(answer.status, 202, "{}", answer.body);
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(span);
+    stop.store(true, Ordering::Relaxed);
+    let latencies = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    (latencies, started.elapsed().as_secs_f64())
+}
+
+/// Beats sent in NDJSON batches of `size` by `connections` clients for `span`, and the
+/// seconds they took.
+fn batches(url: &str, connections: usize, size: usize, span: Duration) -> (u64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|c| {
+            let (url, stop) = (url.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::new(&url, None).unwrap();
+                let mut sent = 0u64;
+                for round in 0i64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut body = Vec::new();
+                    for i in 0..size as i64 {
+                        body.extend(beat(&format!("batch-{c}-{i}"), round));
+                        body.push(b'\n');
+                    }
+                    let answer = client.post("/v1/heartbeats/batch", "application/x-ndjson", &body).unwrap();
+                    assert_eq!(answer.status, 202, "{}", answer.body);
+                    sent += size as u64;
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(span);
+    stop.store(true, Ordering::Relaxed);
+    let beats = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    (beats, started.elapsed().as_secs_f64())
+}
+
+/// A JSON beat of `app`, with the figures a web app sends.
+fn beat(app: &str, seq: i64) -> Vec<u8> {
+    let mut b = Heartbeat::example_full();
+    (b.app_id, b.instance_id, b.seq) = (app.to_owned(), "i-0".to_owned(), seq);
+    b.sent_at = chrono::Utc::now().timestamp_millis();
+    pulsewatch::codec::json::encode(&b)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
