@@ -224,7 +224,7 @@ fn a_retried_beat_is_stored_once() {
 }
 
 #[test]
-fn pings_carry_cron_jobs_and_their_silence_makes_them_late() {
+fn pings_carry_cron_jobs_and_their_silence_makes_them_late_then_down() {
     let config = prepare("ingest_ping");
     let (_pipeline, addr) = start_all(&config, &[]);
     let start = request(&addr, "POST", "/v1/ping/cron-nightly/host-1/start?interval=1", &[], b"");
@@ -247,6 +247,12 @@ fn pings_carry_cron_jobs_and_their_silence_makes_them_late() {
         common::alerts(&config)
             .iter()
             .any(|a| a.app_id == "cron-nightly" && a.kind.as_str() == "INSTANCE_LATE")
+    });
+    // DOWN a grace of max(3 × interval, 30 s) after LATE.
+    eventually(Duration::from_secs(60), "INSTANCE_DOWN for the silent cron job", || {
+        common::alerts(&config)
+            .iter()
+            .any(|a| a.app_id == "cron-nightly" && a.kind.as_str() == "INSTANCE_DOWN")
     });
     let s = &config.postgres.schema;
     eventually(Duration::from_secs(60), "the pings stored, seq from the wall clock", || {
