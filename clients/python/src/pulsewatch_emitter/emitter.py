@@ -315,6 +315,7 @@ class Emitter:
         self._send()
         if self._transport is not None:
             self._transport.close(timeout)
+            self._transport = None
         if self._follower is not None:
             self._follower.stop()
             self._follower = None
