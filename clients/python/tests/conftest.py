@@ -97,7 +97,7 @@ class Pulsewatch:
             conn.execute(f'SET search_path TO "{self.schema}"')
             return list(conn.execute(sql, params).fetchall())
 
-    def start_app(self, app_id: str, **settings: str) -> App:
+    def start_app(self, app_id: str, gunicorn_workers: int = 0, **settings: str) -> App:
         port = free_port()
         env = dict(os.environ)
         env.update(
@@ -110,8 +110,14 @@ class Pulsewatch:
         env.pop("PULSEWATCH_INGEST_URL", None)
         env.update(settings)
         log = open(self.workdir / f"{app_id}.log", "wb")
+        if gunicorn_workers:
+            command = [sys.executable, "-m", "gunicorn", "-w", str(gunicorn_workers)]
+            command += ["-b", f"127.0.0.1:{port}", "--chdir", str(EXAMPLE.parent), "app:app"]
+        else:
+            command = [sys.executable, str(EXAMPLE)]
+        # A session of its own, so that the test can kill the app with all its workers.
         process = subprocess.Popen(
-            [sys.executable, str(EXAMPLE)], env=env, stdout=log, stderr=subprocess.STDOUT
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.apps.append(process)
         app = App(app_id, f"http://127.0.0.1:{port}", process)
@@ -195,9 +201,11 @@ def pulsewatch(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield pw
     finally:
         for app in pw.apps:
-            if app.poll() is None:
-                app.kill()
-                app.wait(10)
+            try:
+                os.killpg(app.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            app.wait(10)
         if pw.process is not None and pw.process.poll() is None:
             pw.process.send_signal(signal.SIGTERM)
             try:

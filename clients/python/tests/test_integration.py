@@ -8,7 +8,9 @@ steady load from the first test to the last, whose closed minute is checked in t
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import psutil
 import pytest
 from conftest import App, Pulsewatch, http_get, http_post, wait_for
+
+from pulsewatch_emitter import Emitter
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +188,55 @@ def test_sigkill_raises_instance_late_then_down(pulsewatch: Pulsewatch):
     assert {"INSTANCE_LATE", "INSTANCE_DOWN"} <= kinds
 
 
+def test_two_gunicorn_workers_are_two_instances_and_app_down_needs_both(pulsewatch: Pulsewatch):
+    app = pulsewatch.start_app(f"it-gunicorn-{pulsewatch.uid}", gunicorn_workers=2)
+
+    def instances() -> set[str]:
+        return {b["instance_id"] for b in beats(pulsewatch, app.app_id)}
+
+    workers = psutil.Process(app.process.pid).children()
+    assert len(workers) == 2
+    expected = {f"{socket.gethostname()}-{w.pid}" for w in workers}
+    wait_for("a beat from each worker", lambda: expected <= instances(), 30)
+    # One worker killed: its instance goes DOWN, the application does not (gunicorn starts
+    # another worker, a new instance, and the other one goes on).
+    victim = workers[0]
+    victim.kill()
+    victim_id = f"{socket.gethostname()}-{victim.pid}"
+    wait_for(
+        "INSTANCE_DOWN of the killed worker",
+        lambda: [a for a in alerts(pulsewatch, app.app_id, "INSTANCE_DOWN") if a["instance_id"] == victim_id],
+        30,
+    )
+    time.sleep(2)
+    assert alerts(pulsewatch, app.app_id, "APP_DOWN") == []
+    # Master and workers killed at once: now the application is down.
+    os.killpg(app.process.pid, signal.SIGKILL)
+    app.process.wait(10)
+    wait_for("APP_DOWN", lambda: alerts(pulsewatch, app.app_id, "APP_DOWN"), 40)
+
+
+def test_http_ingest_transport(pulsewatch: Pulsewatch):
+    app_id = f"it-http-{pulsewatch.uid}"
+    emitter = Emitter(
+        app_id,
+        ingest_url=f"http://{pulsewatch.env['PULSEWATCH_INGEST_LISTEN']}",
+        interval=1.0,
+        install_signal_handler=False,
+    )
+    emitter.start()
+    try:
+        wait_for("beats through the ingest", lambda: len(beats(pulsewatch, app_id)) >= 3, 30)
+    finally:
+        emitter.stop()
+    wait_for("the STOPPING beat", lambda: beats(pulsewatch, app_id)[-1]["status"] == "STOPPING", 15)
+    rows = beats(pulsewatch, app_id)
+    assert rows[0]["status"] == "STARTING"
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1]["memory_used_bytes"] > 0
+    assert emitter.dropped_total == 0
+
+
 def test_rates_in_metric_rollup_1m_follow_the_counters(pulsewatch: Pulsewatch, loaded_app):
     app, _ = loaded_app
 
@@ -197,17 +250,14 @@ def test_rates_in_metric_rollup_1m_follow_the_counters(pulsewatch: Pulsewatch, l
     minute, requests_per_s, _ = wait_for("a closed minute in metric_rollup_1m", closed_minute, 150, every=2)[
         0
     ]
-    rows = [
-        r
-        for r in beats(pulsewatch, app.app_id)
-        if minute.timestamp() * 1000 <= _millis(r["sent_at"]) < minute.timestamp() * 1000 + 60_000
-    ]
-    first, last = rows[0], rows[-1]
-    expected = (last["requests_total"] - first["requests_total"]) / (
-        (_millis(last["sent_at"]) - _millis(first["sent_at"])) / 1000
-    )
-    print(f"minute {minute}: rollup {requests_per_s:.2f} requests/s, beats say {expected:.2f}")
-    assert requests_per_s == pytest.approx(expected, rel=0.25)
+    start_ms = minute.timestamp() * 1000
+    rows = beats(pulsewatch, app.app_id)
+    before = [r["requests_total"] for r in rows if _millis(r["sent_at"]) < start_ms]
+    within = [r for r in rows if start_ms <= _millis(r["sent_at"]) < start_ms + 60_000]
+    # The contract: the sum of the counter's deltas over the minute, per second of the minute.
+    expected = (within[-1]["requests_total"] - (before[-1] if before else 0)) / 60.0
+    print(f"minute {minute}: rollup {requests_per_s:.3f} requests/s, counters say {expected:.3f}")
+    assert requests_per_s == pytest.approx(expected, rel=0.02)
 
 
 def _millis(value: Any) -> float:
