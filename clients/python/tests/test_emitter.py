@@ -20,6 +20,7 @@ def make(**kwargs) -> Emitter:
     kwargs.setdefault("brokers", UNREACHABLE)
     kwargs.setdefault("install_signal_handler", False)
     kwargs.setdefault("follow_alerts", False)
+    kwargs.setdefault("kafka_config", {"log_level": 0})  # no connection-refused lines
     return Emitter(kwargs.pop("app_id", "unit-app"), **kwargs)
 
 
