@@ -101,7 +101,7 @@ def main() -> None:
         admin.delete_topics([topic])[topic].result(10)
 
     print(f"{len(without)} requests per variant in {args.rounds} interleaved rounds, {seconds:.1f} s")
-    print(f"emitter: {beats} beats sent (1 s interval), {emitter.dropped_total} dropped")
+    print(f"emitter: {beats} beats built (1 s interval), {emitter.dropped_total} dropped")
     print(f"{'':>18} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9}")
     for name, samples in (("without emitter", without), ("with emitter", with_emitter)):
         mean = statistics.fmean(samples) / 1000.0
