@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ class App:
 def pulsewatch(tmp_path_factory: pytest.TempPathFactory) -> Any:
     binary = Path(os.environ.get("PULSEWATCH_BIN") or REPO / "target" / "debug" / "pulsewatch")
     required = os.environ.get("PULSEWATCH_REQUIRE_STACK") == "1"
-    postgres_hostport = "127.0.0.1:54329"
+    pg = urllib.parse.urlsplit(POSTGRES_URL)
+    postgres_hostport = f"{pg.hostname or '127.0.0.1'}:{pg.port or 5432}"
     problems = []
     if not binary.exists():
         problems.append(f"no pulsewatch binary at {binary} (set PULSEWATCH_BIN or build it)")
