@@ -11,13 +11,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
 
 import psutil
 import pytest
-from conftest import App, Pulsewatch, http_get, http_post, wait_for
+from conftest import REPO, App, Pulsewatch, http_get, http_post, wait_for
 
 from pulsewatch_emitter import Emitter
 
@@ -258,6 +259,52 @@ def test_rates_in_metric_rollup_1m_follow_the_counters(pulsewatch: Pulsewatch, l
     expected = (within[-1]["requests_total"] - (before[-1] if before else 0)) / 60.0
     print(f"minute {minute}: rollup {requests_per_s:.3f} requests/s, counters say {expected:.3f}")
     assert requests_per_s == pytest.approx(expected, rel=0.02)
+
+
+def _request_times(url: str, seconds: float) -> list[float]:
+    """Milliseconds each request to ``url`` took, ten a second for ``seconds``."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        status, _, _ = http_get(url)
+        times.append((time.perf_counter() - started) * 1000)
+        assert status == 200
+        time.sleep(0.1)
+    return sorted(times)
+
+
+def _stack(action: str) -> None:
+    done = subprocess.run(
+        [str(REPO / "scripts" / "stack"), action], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"scripts/stack {action}: {done.stderr[-2000:]}"
+
+
+# Last in the file: it stops the broker everything else here uses.
+def test_kafka_away_for_20_s_slows_no_request_and_drops_are_counted(pulsewatch: Pulsewatch):
+    app = pulsewatch.start_app(f"it-away-{pulsewatch.uid}")
+    before = _request_times(app.url + "/", 10)
+    _stack("stop-kafka")
+    try:
+        during = _request_times(app.url + "/", 20)
+    finally:
+        _stack("start-kafka")
+
+    def dropped_reported() -> bool:
+        return any(
+            int(b["labels"].get("pulsewatch.dropped_beats", "0")) > 0 for b in beats(pulsewatch, app.app_id)
+        )
+
+    wait_for("beats again, carrying the count of those dropped", dropped_reported, 180, every=2)
+    p50 = (before[len(before) // 2], during[len(during) // 2])
+    p95 = (before[int(len(before) * 0.95)], during[int(len(during) * 0.95)])
+    print(
+        f"request ms with Kafka up / away: p50 {p50[0]:.1f} / {p50[1]:.1f}, p95 {p95[0]:.1f} / {p95[1]:.1f}"
+    )
+    # Nothing on the request path waits for Kafka: a generous bound against a shared machine's noise.
+    assert p50[1] <= 2 * p50[0] + 5, f"p50 {p50}"
+    assert p95[1] <= 3 * p95[0] + 20, f"p95 {p95}"
 
 
 def _millis(value: Any) -> float:
