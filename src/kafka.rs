@@ -234,6 +234,9 @@ pub fn is_transient(e: &KafkaError) -> bool {
                 | Code::OperationTimedOut
                 | Code::BrokerTransportFailure
                 | Code::AllBrokersDown
+                // A broker shutting down answers a partition just assigned as unknown.
+                | Code::UnknownPartition
+                | Code::UnknownTopicOrPartition
         )
     )
 }

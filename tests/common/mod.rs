@@ -2,6 +2,8 @@
 //! `scripts/stack up`, and giving each test its own topics and schema.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
