@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Pipeline, eventually, query_i64};
@@ -19,27 +17,9 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The interpreter of the tests' Python environment, made by `scripts/python-env`.
-fn python() -> std::path::PathBuf {
-    let out = Command::new(root().join("scripts/python-env")).output().expect("scripts/python-env runs");
-    assert!(out.status.success(), "scripts/python-env: {}", String::from_utf8_lossy(&out.stderr));
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// Runs `avro_peer.py ARGS` with `input` on its stdin and returns its stdout lines.
+/// Runs `avro_peer.py ARGS` with `input` on its stdin; its stdout lines.
 fn peer(args: &[&str], input: &str) -> Vec<String> {
-    let mut child = Command::new(python())
-        .arg(root().join("tests/interop/avro_peer.py"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "avro_peer.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    common::python::run("avro_peer.py", args, input)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod python;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
