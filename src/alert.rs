@@ -132,17 +132,25 @@ pub enum AlertCodecError {
 /// The stable id of the alert about `kind` on `app_id` (and `instance_id`): the same on every
 /// replay, on every processor instance.
 pub fn alert_id(app_id: &str, instance_id: Option<&str>, kind: AlertKind) -> String {
-    // FNV-1a over the three parts with separators that cannot occur in UTF-8 text.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in
-        [app_id.as_bytes(), &[0xff], instance_id.unwrap_or("").as_bytes(), &[0xfe], kind.as_str().as_bytes()]
-    {
-        for &b in part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
+    // Separators that cannot occur in UTF-8 text keep the parts apart.
+    let h = fnv1a([
+        app_id.as_bytes(),
+        &[0xff],
+        instance_id.unwrap_or("").as_bytes(),
+        &[0xfe],
+        kind.as_str().as_bytes(),
+    ]);
     format!("{h:016x}")
+}
+
+/// FNV-1a (64 bits) over `parts` in order: stable on every replay and every machine.
+pub fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in parts.into_iter().flatten() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl Alert {

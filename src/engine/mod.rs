@@ -991,12 +991,7 @@ fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; 8]
 
 /// A stable hash of an instance's identity, for the watermark to tell its sources apart.
 fn source_hash(app_id: &str, instance_id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in app_id.as_bytes().iter().chain(&[0xff]).chain(instance_id.as_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::alert::fnv1a([app_id.as_bytes(), &[0xff], instance_id.as_bytes()])
 }
 
 #[cfg(test)]
