@@ -7,10 +7,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
@@ -241,20 +242,61 @@ pub fn is_transient(e: &KafkaError) -> bool {
     )
 }
 
+/// The committed offsets of `partitions` of `topic` in the consumer's group, once no
+/// transaction holds them: a transaction still open on them (a killed member's, until the
+/// broker aborts it) makes the broker answer "unstable", and the question is asked again
+/// with backoff until `deadline`. `None`: nothing committed yet.
+pub fn stable_committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    deadline: Instant,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    retrying_while(
+        deadline,
+        |e| is_transient(e) || is_unstable(e),
+        || {
+            let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(30))?;
+            committed
+                .elements()
+                .iter()
+                .map(|e| {
+                    e.error()?;
+                    Ok((e.partition(), if let Offset::Offset(o) = e.offset() { Some(o) } else { None }))
+                })
+                .collect()
+        },
+    )
+}
+
+fn is_unstable(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnstableOffsetCommit)
+}
+
 /// How long the stages retry a call that keeps failing with a transient error before the
 /// error is theirs to report.
 pub const TRANSIENT_RETRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Calls `call` until it succeeds, fails for good, or `deadline` is near, backing off from
 /// 100 ms to 2 s between attempts that failed with a transient error.
-pub fn retrying<T>(
+pub fn retrying<T>(deadline: Instant, call: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    retrying_while(deadline, is_transient, call)
+}
+
+/// As [`retrying`], with `retry` telling which errors to try again.
+fn retrying_while<T>(
     deadline: Instant,
+    retry: impl Fn(&KafkaError) -> bool,
     mut call: impl FnMut() -> Result<T, KafkaError>,
 ) -> Result<T, KafkaError> {
     let mut delay = Duration::from_millis(100);
     loop {
         match call() {
-            Err(e) if is_transient(&e) && Instant::now() + delay < deadline => {
+            Err(e) if retry(&e) && Instant::now() + delay < deadline => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka: not ready yet; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));

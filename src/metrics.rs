@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Avro records read whose header carries apache-avro's fingerprint, by schema.
     pub legacy_fingerprint: IntCounterVec,
     pub registry_unavailable: IntCounterVec,
+    /// Partitions the consumer started below their committed offset, put back to it.
+    pub start_corrected: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub alerts: IntCounterVec,
     pub batch_seconds: HistogramVec,
@@ -148,6 +150,12 @@ impl Metrics {
                 "legacy_fingerprint_records_total",
                 "Avro records read with the fingerprint apache-avro 0.21 computed instead of the specification's, by schema",
                 &["schema"],
+            ),
+            start_corrected: counter(
+                &registry,
+                "partition_start_corrected_total",
+                "Partitions taken over whose first record lay below the committed offset (the client fell back to auto.offset.reset), sought back to it, by stage",
+                &["stage"],
             ),
             registry_unavailable: counter(
                 &registry,

@@ -197,6 +197,47 @@ fn apply_membership(
     }
 }
 
+/// Where each partition just restored must be read from: its committed offset, to which
+/// its engine was rebuilt. The consumer looks the offset up by itself, but when the
+/// answer is "unstable" (a transaction of the partition's previous owner still open) at a
+/// bad moment, librdkafka gives up and starts from `auto.offset.reset` instead, the
+/// earliest record: the engine would then take records it already holds for new ones.
+#[derive(Default)]
+struct Starts {
+    /// The committed offset of each restored partition until its first record is read.
+    committed: HashMap<i32, i64>,
+}
+
+impl Starts {
+    /// Asks the committed offsets of `partitions` (once stable) after their restore.
+    fn expect(
+        &mut self,
+        consumer: &BaseConsumer<RebalanceLog>,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        for (p, committed) in kafka::stable_committed(consumer, topic, partitions, deadline)? {
+            match committed {
+                Some(o) => self.committed.insert(p, o),
+                None => self.committed.remove(&p),
+            };
+        }
+        Ok(())
+    }
+
+    /// The committed offset of `partition` if `offset`, the first record read of it since
+    /// its restore, lies below it; otherwise the partition is read where it should be.
+    fn below(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let committed = self.committed.get(&partition).copied()?;
+        if offset < committed {
+            return Some(committed);
+        }
+        self.committed.remove(&partition);
+        None
+    }
+}
+
 /// How often consumer lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(10);
 
@@ -258,16 +299,18 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     // Partitions assigned whose engines are still to be rebuilt.
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut batch = Batch::default();
+    let mut starts = Starts::default();
     let commit_interval = Duration::from_millis(config.processor.commit_interval_ms);
     tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
     let mut lag_checked = Instant::now();
 
     // Rebuilds the engines of every pending partition, in one pass over app-state.
-    let restore = |pending: &mut BTreeSet<i32>, engines: &mut HashMap<i32, Engine>| {
+    let restore = |pending: &mut BTreeSet<i32>, engines: &mut HashMap<i32, Engine>, starts: &mut Starts| {
         let partitions: Vec<i32> = pending.iter().copied().collect();
         // No partition was read while the restore ran: its time is not silence.
         engines.values_mut().for_each(Engine::reading_paused);
         engines.extend(restore_engines(config, &rules, &topics, &partitions, ready)?);
+        starts.expect(&consumer, &topics.heartbeats, &partitions)?;
         pending.clear();
         // What /metrics says agrees with the restore before /readyz does.
         update_gauges(engines);
@@ -288,7 +331,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
         let started = Instant::now();
         apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
         if !pending.is_empty() {
-            restore(&mut pending, &mut engines)?;
+            restore(&mut pending, &mut engines, &mut starts)?;
         }
         let mut arrivals: Vec<i64> = Vec::new();
         let mut records = 0usize;
@@ -315,7 +358,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                     pending.insert(p);
                 }
                 if pending.contains(&p) {
-                    restore(&mut pending, &mut engines)?;
+                    restore(&mut pending, &mut engines, &mut starts)?;
                 }
             }
             match polled {
@@ -337,6 +380,22 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                         );
                         continue;
                     };
+                    if let Some(start) = starts.below(p, msg.offset()) {
+                        tracing::warn!(
+                            partition = p,
+                            offset = msg.offset(),
+                            committed = start,
+                            "processor: partition started below its committed offset; seeking back to it"
+                        );
+                        METRICS.start_corrected.with_label_values(&["processor"]).inc();
+                        if let Err(e) =
+                            consumer.seek(&topics.heartbeats, p, Offset::Offset(start), TXN_TIMEOUT)
+                        {
+                            seek_failed = Some(e);
+                            break;
+                        }
+                        continue;
+                    }
                     let broker_ms = msg.timestamp().to_millis();
                     let payload = msg.payload().unwrap_or_default();
                     let reference = broker_ms.unwrap_or(wall);
@@ -416,9 +475,9 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
                             txn.open = false;
                         }
                         apply_membership(consumer.context(), &mut engines, &mut batch, &mut pending);
-                        rewind(&consumer)?;
+                        rewind(&consumer, &topics.heartbeats)?;
                         pending.extend(engines.drain().map(|(p, _)| p));
-                        restore(&mut pending, &mut engines)
+                        restore(&mut pending, &mut engines, &mut starts)
                     })();
                     match recovered {
                         Ok(()) => break,
@@ -513,6 +572,11 @@ fn finish_batch(
     }
     txn.begin(producer)?;
     if !offsets.is_empty() {
+        // A session lost since the last poll: its partitions are someone else's, and offsets
+        // sent under the reset generation would not be fenced.
+        if consumer.assignment_lost() {
+            return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::State).into());
+        }
         let mut tpl = TopicPartitionList::new();
         for (p, next) in &offsets {
             tpl.add_partition_offset(&topics.heartbeats, *p, Offset::Offset(*next))?;
@@ -572,15 +636,13 @@ fn owns(consumer: &BaseConsumer<RebalanceLog>, topic: &str, partition: i32) -> b
 }
 
 /// Puts every assigned partition back at its committed offset.
-fn rewind(consumer: &BaseConsumer<RebalanceLog>) -> Result<(), KafkaError> {
+fn rewind(consumer: &BaseConsumer<RebalanceLog>, topic: &str) -> Result<(), KafkaError> {
     let assignment = consumer.assignment()?;
-    let committed = consumer.committed_offsets(assignment, TXN_TIMEOUT)?;
-    for e in committed.elements() {
-        let to = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        consumer.seek(e.topic(), e.partition(), to, TXN_TIMEOUT)?;
+    let partitions: Vec<i32> = assignment.elements_for_topic(topic).iter().map(|e| e.partition()).collect();
+    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    for (p, committed) in kafka::stable_committed(consumer, topic, &partitions, deadline)? {
+        let to = committed.map_or(Offset::Beginning, Offset::Offset);
+        consumer.seek(topic, p, to, TXN_TIMEOUT)?;
     }
     Ok(())
 }

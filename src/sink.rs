@@ -479,6 +479,8 @@ fn seek_to_stored(
     let sql = format!(
         "SELECT next_offset FROM {q}.sink_offset WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
     );
+    // Records polled while a seek waits for its partition to start: re-read after the seeks.
+    let mut polled: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for (topic, p) in assigned {
         let stored: Option<i64> = with_retry(config, shutdown, "reading sink_offset", || {
             rt.block_on(async {
@@ -495,7 +497,6 @@ fn seek_to_stored(
                 kafka::retrying(deadline, || consumer.fetch_watermarks(topic, *p, Duration::from_secs(30)))?.0
             }
         };
-        expected.insert((topic.clone(), *p), offset);
         // The assignment may not be active yet; retry the seek briefly.
         let mut tries = 0;
         while let Err(e) = consumer.seek(topic, *p, Offset::Offset(offset), Duration::from_secs(10)) {
@@ -503,9 +504,20 @@ fn seek_to_stored(
             if tries > 50 {
                 return Err(e.into());
             }
-            consumer.poll(Duration::from_millis(20)).map(|m| m.map(|_| ()));
+            if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(20)) {
+                let tp = (msg.topic().to_owned(), msg.partition());
+                // Of a partition already sought: to be read again, or it would be skipped.
+                if expected.get(&tp).is_some_and(|&next| msg.offset() >= next) {
+                    let at = polled.entry(tp).or_insert(msg.offset());
+                    *at = (*at).min(msg.offset());
+                }
+            }
         }
+        expected.insert((topic.clone(), *p), offset);
         tracing::info!(%topic, partition = p, offset, "sink: resuming from sink_offset");
+    }
+    for ((topic, p), offset) in polled {
+        consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10))?;
     }
     Ok(())
 }

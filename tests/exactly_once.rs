@@ -111,37 +111,44 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     p.stop();
     assert_same_decisions("killed ten times", &expected, &got);
 
-    // Three instances joining and leaving: partitions move (cooperative-sticky) between them.
-    // Each change comes once another 10 to 15 % of the heartbeats are committed.
+    // Instances joining and leaving, partitions moving (cooperative-sticky) between them:
+    // two joining at once (the second during the rebalance the first began), members that
+    // own partitions stopped (SIGTERM) and killed (SIGKILL) for good, their transactions
+    // left open until the broker aborts them. Each change comes once another 6 to 9 % of
+    // the heartbeats are committed.
     let (scaled, m3) = Run::new("eos_scaled", now_ms);
     assert_eq!(m3.beats_total, m.beats_total);
     let mut progress = Vec::new();
     let mut share = 0.0;
-    let mut next_change = |run: &Run| {
-        share += between(0.1, 0.15);
+    let mut next_change = |run: &Run, progress: &mut Vec<(i64, i64)>| {
+        share += between(0.06, 0.09);
         run.wait_for_progress(share);
+        progress.push(run.progress());
     };
     let first = scaled.start(Some(0));
-    next_change(&scaled);
+    next_change(&scaled, &mut progress);
     let second = scaled.spawn(Some(1));
-    progress.push(scaled.progress());
-    next_change(&scaled);
     let third = scaled.spawn(Some(2));
-    progress.push(scaled.progress());
-    next_change(&scaled);
+    next_change(&scaled, &mut progress);
     second.stop();
-    progress.push(scaled.progress());
-    next_change(&scaled);
+    next_change(&scaled, &mut progress);
+    let fourth = scaled.spawn(Some(3));
+    next_change(&scaled, &mut progress);
     third.signal("KILL");
     drop(third);
-    progress.push(scaled.progress());
-    // Restarted, as a pod would be: its transactional id fences what it left open.
-    let third = scaled.spawn(Some(2));
+    next_change(&scaled, &mut progress);
+    first.stop();
+    let fifth = scaled.spawn(Some(4));
+    next_change(&scaled, &mut progress);
+    fourth.signal("KILL");
+    drop(fourth);
+    let sixth = scaled.spawn(Some(5));
+    next_change(&scaled, &mut progress);
     eprintln!("committed (records, of) at each change of members: {progress:?}");
-    assert!(mid_run(&progress) >= 3, "the members change while the run is under way: {progress:?}");
+    assert!(mid_run(&progress) >= 5, "the members change while the run is under way: {progress:?}");
     scaled.wait_until_done();
     let got = decisions(&scaled.config, &m);
-    first.stop();
-    third.stop();
-    assert_same_decisions("three instances joining and leaving", &expected, &got);
+    fifth.stop();
+    sixth.stop();
+    assert_same_decisions("instances joining, stopped and killed", &expected, &got);
 }

@@ -313,7 +313,15 @@ pub fn short_session_config(config: &Config) -> std::path::PathBuf {
     let file = std::env::temp_dir().join(format!("{}pulsewatch.toml", config.kafka.topic_prefix));
     std::fs::write(
         &file,
-        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+        // A killed member's transaction stays open until the broker aborts it: 10 s here
+        // (a producer's message timeout may not be longer).
+        concat!(
+            "[kafka.properties]\n",
+            "\"session.timeout.ms\" = \"6000\"\n",
+            "\"heartbeat.interval.ms\" = \"1000\"\n",
+            "\"transaction.timeout.ms\" = \"10000\"\n",
+            "\"message.timeout.ms\" = \"10000\"\n",
+        ),
     )
     .unwrap();
     file
@@ -641,6 +649,16 @@ pub fn reference_run(now_ms: i64) -> (loadgen::Manifest, Decisions) {
         "a mixed load has alerts to compare: {:#?}",
         expected.transitions
     );
+    let fired = |kind: &str| expected.transitions.iter().filter(|t| t.1 == kind && t.3 == "FIRING").count();
+    for (kind, at_least) in [
+        ("INSTANCE_RESTARTED", 2),
+        ("FLAPPING", 2),
+        ("INSTANCE_DOWN", 2),
+        ("CPU_HIGH", 2),
+        ("MEMORY_LEAK_SUSPECTED", 2),
+    ] {
+        assert!(fired(kind) >= at_least, "the load fires {kind} {at_least} times or more: {}", fired(kind));
+    }
     assert!(expected.rollups.len() >= 100 * 50, "every app closes its minutes: {}", expected.rollups.len());
     assert_eq!(
         expected.beats,
