@@ -13,6 +13,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 
 /// Counts what the broker acknowledged and what it refused.
@@ -293,13 +294,13 @@ fn retrying_while<T>(
     retry: impl Fn(&KafkaError) -> bool,
     mut call: impl FnMut() -> Result<T, KafkaError>,
 ) -> Result<T, KafkaError> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::client_call();
     loop {
+        let delay = backoff.failed();
         match call() {
             Err(e) if retry(&e) && Instant::now() + delay < deadline => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka: not ready yet; retrying");
                 std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
             other => return other,
         }

@@ -11,7 +11,8 @@
 //!   (topics into PostgreSQL, exactly once), [`ingest`] (heartbeats over HTTP),
 //!   [`service`] (`pulsewatch run`), [`http`] and
 //!   [`metrics`], [`health`] (what `/healthz` judges), [`shutdown`].
-//! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`topology`],
+//! - Plumbing: [`config`] (its secrets hidden by [`redact`]), [`kafka`], [`assignment`]
+//!   (the partitions a stage's consumer gains and loses), [`backoff`], [`topology`],
 //!   [`store`] (connection, migrations, partitions, what a failed statement means),
 //!   [`dead_letter`] (records set aside), [`logging`] (one line per event, whatever
 //!   producers put in their ids).
@@ -19,6 +20,8 @@
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
+pub mod assignment;
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod dead_letter;

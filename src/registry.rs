@@ -208,41 +208,9 @@ fn parse_id(body: &str) -> Option<u32> {
     value.get("id")?.as_u64()?.try_into().ok()
 }
 
-/// Exponential backoff for records whose schema could not be asked for.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    next: Option<Duration>,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// One more failure: how long to wait before trying again.
-    pub fn failed(&mut self) -> Duration {
-        let delay = self.next.unwrap_or(Self::FIRST);
-        self.next = Some((delay * 2).min(Self::MAX));
-        delay
-    }
-
-    /// The registry answered: the next failure starts from the first delay.
-    pub fn succeeded(&mut self) {
-        self.next = None;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_maximum_and_resets() {
-        let mut b = Backoff::default();
-        let delays: Vec<u64> = (0..7).map(|_| b.failed().as_millis() as u64).collect();
-        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
-        b.succeeded();
-        assert_eq!(b.failed(), Duration::from_millis(200));
-    }
 
     #[test]
     fn an_unreachable_registry_is_unavailable_not_a_poison_record() {

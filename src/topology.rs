@@ -25,6 +25,28 @@ pub mod names {
     pub const HEARTBEATS_DLQ: &str = "heartbeats-dlq";
 }
 
+/// The full names of the pipeline's topics under a prefix, as the stages use them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub heartbeats: String,
+    pub alerts: String,
+    pub app_state: String,
+    pub metrics: String,
+    pub heartbeats_dlq: String,
+}
+
+impl Topics {
+    pub fn of(kafka: &KafkaConfig) -> Topics {
+        Topics {
+            heartbeats: kafka.name(names::HEARTBEATS),
+            alerts: kafka.name(names::ALERTS),
+            app_state: kafka.name(names::APP_STATE),
+            metrics: kafka.name(names::METRICS_1M),
+            heartbeats_dlq: kafka.name(names::HEARTBEATS_DLQ),
+        }
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]

@@ -29,40 +29,37 @@ pub(super) trait Table: Sized {
     ) -> Result<(), StoreError>;
 }
 
-const HEARTBEAT_COLUMNS: &str = "app_id, instance_id, seq, sent_at, interval_ms, status, memory_used_bytes, \
-    memory_limit_bytes, cpu_ratio, disk_used_ratio, db_pool_size, db_pool_in_use, db_pool_waiting, threads, open_fds, \
-    request_queue_depth, sessions_active, requests_total, errors_total, slow_requests_total, cache_hits_total, \
-    cache_misses_total, latency_p95_ms, latency_p99_ms, db_query_p95_ms, labels, kafka_partition, kafka_offset";
-
-const HEARTBEAT_TYPES: [Type; 28] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::JSONB,
-    Type::INT4,
-    Type::INT8,
+/// The columns a beat is copied into, with their wire types, in the order
+/// [`Table::write`] gives the values.
+const HEARTBEAT_COLUMNS: [(&str, Type); 28] = [
+    ("app_id", Type::TEXT),
+    ("instance_id", Type::TEXT),
+    ("seq", Type::INT8),
+    ("sent_at", Type::TIMESTAMPTZ),
+    ("interval_ms", Type::INT4),
+    ("status", Type::TEXT),
+    ("memory_used_bytes", Type::INT8),
+    ("memory_limit_bytes", Type::INT8),
+    ("cpu_ratio", Type::FLOAT4),
+    ("disk_used_ratio", Type::FLOAT4),
+    ("db_pool_size", Type::INT4),
+    ("db_pool_in_use", Type::INT4),
+    ("db_pool_waiting", Type::INT4),
+    ("threads", Type::INT4),
+    ("open_fds", Type::INT4),
+    ("request_queue_depth", Type::INT4),
+    ("sessions_active", Type::INT8),
+    ("requests_total", Type::INT8),
+    ("errors_total", Type::INT8),
+    ("slow_requests_total", Type::INT8),
+    ("cache_hits_total", Type::INT8),
+    ("cache_misses_total", Type::INT8),
+    ("latency_p95_ms", Type::FLOAT4),
+    ("latency_p99_ms", Type::FLOAT4),
+    ("db_query_p95_ms", Type::FLOAT4),
+    ("labels", Type::JSONB),
+    ("kafka_partition", Type::INT4),
+    ("kafka_offset", Type::INT8),
 ];
 
 impl Table for Heartbeat {
@@ -71,12 +68,13 @@ impl Table for Heartbeat {
     type Prepared = String;
 
     async fn prepare(_: &Transaction<'_>, q: &str) -> Result<String, StoreError> {
-        Ok(format!("COPY {q}.heartbeat_event ({HEARTBEAT_COLUMNS}) FROM STDIN BINARY"))
+        let columns: Vec<&str> = HEARTBEAT_COLUMNS.iter().map(|(name, _)| *name).collect();
+        Ok(format!("COPY {q}.heartbeat_event ({}) FROM STDIN BINARY", columns.join(", ")))
     }
 
     async fn write(tx: &Transaction<'_>, copy: &String, rows: &[&Row<Heartbeat>]) -> Result<(), StoreError> {
         let sink = tx.copy_in(copy).await.doing("starting COPY into heartbeat_event")?;
-        let writer = BinaryCopyInWriter::new(sink, &HEARTBEAT_TYPES);
+        let writer = BinaryCopyInWriter::new(sink, &HEARTBEAT_COLUMNS.map(|(_, ty)| ty));
         futures::pin_mut!(writer);
         for Row { value: b, source } in rows.iter().copied() {
             let labels = serde_json::to_value(&b.labels).expect("labels serialise");

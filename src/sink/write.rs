@@ -15,15 +15,16 @@ use tokio_postgres::{Client, Transaction};
 
 use super::isolate;
 use super::tables::Table;
-use super::{Batch, OffsetRanges, Row, STORE_REJECTED, SinkError, Topics, millis};
+use super::{Batch, OffsetRanges, Row, STORE_REJECTED, SinkError, millis};
 use crate::dead_letter::{DeadLetter, Publisher};
 use crate::metrics::METRICS;
 use crate::store::{QueryContext, StoreError, partitions, quoted_schema};
+use crate::topology::Topics;
 
 /// What writing batches keeps between them.
-pub(super) struct Writer<'a> {
-    topics: &'a Topics,
-    group: &'a str,
+pub(super) struct Writer {
+    topics: Topics,
+    group: String,
     dlq: Publisher,
     /// Partitions created (or found) since the last failure, `<table>:<partition>`.
     known_partitions: BTreeSet<String>,
@@ -36,8 +37,8 @@ struct Written {
     refused: Vec<DeadLetter>,
 }
 
-impl<'a> Writer<'a> {
-    pub(super) fn new(topics: &'a Topics, group: &'a str, dlq: Publisher) -> Writer<'a> {
+impl Writer {
+    pub(super) fn new(topics: Topics, group: String, dlq: Publisher) -> Writer {
         Writer { topics, group, dlq, known_partitions: BTreeSet::new() }
     }
 
@@ -56,7 +57,7 @@ impl<'a> Writer<'a> {
         let q = quoted_schema(schema)?;
         self.ensure_partitions(client, schema, batch).await?;
         let tx = client.transaction().await.doing("beginning a sink transaction")?;
-        if let Err(e) = claim_offsets(&tx, &q, self.group, &batch.ranges).await {
+        if let Err(e) = claim_offsets(&tx, &q, &self.group, &batch.ranges).await {
             tx.rollback().await.doing("rolling back a refused batch")?;
             return Err(e);
         }
@@ -93,7 +94,7 @@ impl<'a> Writer<'a> {
 
     async fn write_rows(&self, tx: &Transaction<'_>, q: &str, batch: &Batch) -> Result<Written, StoreError> {
         let mut w = Written::default();
-        let topics = self.topics;
+        let topics = &self.topics;
         let beats: Vec<&Row<_>> = batch.beats.iter().collect();
         w.tables.push(write_table(tx, q, &beats, &topics.heartbeats, &mut w.refused).await?);
         let alerts: Vec<&Row<_>> = batch.alerts.iter().collect();

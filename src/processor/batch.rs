@@ -1,0 +1,40 @@
+//! What a batch of the processor has read and decided, held per partition until its
+//! transaction.
+
+use std::collections::BTreeMap;
+
+use crate::dead_letter::DeadLetter;
+use crate::engine::Effect;
+
+/// What a batch has read and decided, held per partition until its transaction. A partition
+/// revoked before then loses its share: its next owner reads those records again from the
+/// committed offset, so nothing of it may be committed here.
+#[derive(Default)]
+pub struct Batch {
+    /// The next offset to consume, per partition.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Alerts and rollups decided, per partition.
+    pub effects: BTreeMap<i32, Vec<Effect>>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// When each record read arrived (its broker time, or the wall clock): the end-to-end
+    /// latency is measured from there once the batch commits.
+    pub arrivals: Vec<i64>,
+    /// Records read.
+    pub records: usize,
+}
+
+impl Batch {
+    pub fn effects_of(&mut self, partition: i32) -> &mut Vec<Effect> {
+        self.effects.entry(partition).or_default()
+    }
+
+    pub fn forget(&mut self, partition: i32) {
+        self.offsets.remove(&partition);
+        self.effects.remove(&partition);
+        self.dead_letters.retain(|d| d.partition != partition);
+    }
+
+    pub fn clear(&mut self) {
+        *self = Batch::default();
+    }
+}

@@ -1,0 +1,435 @@
+//! The processor stage: consumes `heartbeats` in consumer group `<prefix>processor`, runs
+//! one [`Engine`] per assigned partition, and publishes alerts, rollups and snapshots.
+//!
+//! The loop works in batches: read up to `max_batch_records` or `commit_interval_ms`, then
+//! publish every output of the batch and the consumed offsets in one Kafka transaction
+//! (exactly-once v2: the offsets go with the consumer group's metadata, so a zombie of an
+//! older generation cannot commit). Readers with `isolation.level=read_committed` see a
+//! batch's alerts, rollups, state records and dead letters all or not at all.
+//!
+//! A batch holds what it decided per partition until its transaction. A partition revoked
+//! meanwhile (by a rebalance, or lost with the group session) loses its engine and its share
+//! of the batch at once, before the next record: its next owner reads those records again
+//! from the committed offset, so none of it may be committed here.
+//!
+//! Each application's whole engine state goes to `app-state` (in the partition of the same
+//! number as its heartbeats) in the transaction of every batch that changed it. Before it
+//! processes a newly assigned partition (also one given back after it was revoked), the
+//! processor rebuilds that partition's engine from there (read_committed, to its end once no
+//! transaction is pending on it): the state as of the committed offsets. When a
+//! transaction fails it is aborted, every partition goes back to its committed offset, and
+//! its engine is rebuilt the same way. A producer fenced by another instance with the same
+//! transactional id stops the stage without writing. Undecodable or invalid records go to
+//! `heartbeats-dlq` with the reason in headers, and processing goes on. A record whose
+//! writer schema the Schema Registry cannot give right now (down, slow) is no such record:
+//! the batch ends before it, its partition is sought back to it, and it is read again after
+//! an exponential backoff. No transaction is open while records are read (it begins with
+//! the batch's first output), so the pause holds no transaction open.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use thiserror::Error;
+
+use crate::assignment::AssignmentLog;
+use crate::backoff::Backoff;
+use crate::config::{AlertEncoding, Config};
+use crate::kafka;
+use crate::metrics::METRICS;
+use crate::registry::{Registry, RegistryError, Unavailable};
+use crate::shutdown::Shutdown;
+use crate::tally::TallyError;
+use crate::topology::{Topics, names};
+
+mod batch;
+mod output;
+mod partitions;
+mod transaction;
+
+use batch::Batch;
+use output::Outputs;
+use partitions::{Flow, Partitions};
+use transaction::{TXN_TIMEOUT, Transaction, TxnFailure};
+
+#[derive(Debug, Error)]
+pub enum ProcessorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("registering the alert schema: {0}")]
+    Registry(RegistryError),
+    #[error("config key rules: {0}")]
+    Rules(String),
+    #[error("restoring partition state from app-state: {0}")]
+    Restore(#[from] TallyError),
+    #[error(
+        "topic {app_state} has {has} partitions, fewer than {heartbeats} ({need}): each heartbeats partition keeps its state in the app-state partition of the same number"
+    )]
+    Topology { app_state: String, has: usize, heartbeats: String, need: usize },
+    #[error(
+        "transactional id {id} was taken over by another instance (fenced): stopping without writing ({message})"
+    )]
+    Fenced { id: String, message: String },
+}
+
+/// How often consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs the processor until `shutdown`; blocking. `ready` turns true once it has joined
+/// its group and read its first assignment.
+pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(), ProcessorError> {
+    let mut processor = Processor::start(config, shutdown, ready)?;
+    while !shutdown.is_triggered() {
+        processor.step()?;
+    }
+    // Every batch ended with its transaction committed (or aborted): nothing is in flight.
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+/// What the processor's loop holds from one batch to the next.
+struct Processor<'a> {
+    config: &'a Config,
+    shutdown: &'a Shutdown,
+    ready: &'a AtomicBool,
+    /// Consumer group `<prefix>processor` on `heartbeats`, read_committed.
+    consumer: BaseConsumer<AssignmentLog>,
+    /// The owned partitions and their engines.
+    partitions: Partitions<'a>,
+    /// What the current batch read and decided.
+    batch: Batch,
+    /// The transactional producer, and whether a transaction is open.
+    txn: Transaction,
+    /// Its `transactional.id`, named when it is fenced.
+    transactional_id: String,
+    outputs: Outputs,
+    /// The Schema Registry, when beats may come in the Confluent wire format.
+    registry: Option<Registry>,
+    /// Set when the registry could not give a writer schema: the next step pauses first.
+    registry_down: Option<Unavailable>,
+    registry_backoff: Backoff,
+    lag_checked: Instant,
+}
+
+impl<'a> Processor<'a> {
+    /// Joins the group and initialises the transactional producer (fencing an older one
+    /// with the same id).
+    fn start(
+        config: &'a Config,
+        shutdown: &'a Shutdown,
+        ready: &'a AtomicBool,
+    ) -> Result<Self, ProcessorError> {
+        let k = &config.kafka;
+        let topics = Topics::of(k);
+        let registry = Registry::from_config(&config.schema_registry);
+        let alert_schema_id = alert_schema_id(config, registry.as_ref(), shutdown)?;
+        let consumer: BaseConsumer<AssignmentLog> = k
+            .client_config()
+            .set("group.id", k.name("processor"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "50")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(AssignmentLog::new("processor"))?;
+        check_partitions(&consumer, &topics)?;
+        consumer.subscribe(&[&topics.heartbeats])?;
+        let transactional_id = config.processor.transactional_id(k);
+        let txn = Transaction::new(kafka::transactional_producer(k, &transactional_id)?);
+        let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
+        tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
+        let processor = Processor {
+            config,
+            shutdown,
+            ready,
+            consumer,
+            partitions: Partitions::new(config, rules, ready),
+            batch: Batch::default(),
+            txn,
+            transactional_id,
+            outputs: Outputs { topics, alert_schema_id },
+            registry,
+            registry_down: None,
+            registry_backoff: Backoff::service(),
+            lag_checked: Instant::now(),
+        };
+        let init = processor.txn.producer.init_transactions(TXN_TIMEOUT);
+        init.map_err(|e| processor.txn_error(e))?;
+        Ok(processor)
+    }
+
+    /// One batch: read it, then commit it in one transaction, or recover.
+    fn step(&mut self) -> Result<(), ProcessorError> {
+        if let Some(e) = self.registry_down.take() {
+            self.pause_for_registry(e);
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
+        self.partitions.restore_pending(&self.consumer)?;
+        let seek_failed = self.read_batch(started)?;
+        let records = self.batch.records;
+        METRICS
+            .records_in
+            .with_label_values(&["processor", &self.outputs.topics.heartbeats])
+            .inc_by(records as u64);
+        if self.lag_checked.elapsed() >= LAG_EVERY {
+            kafka::record_lag(&self.consumer, "processor");
+            self.lag_checked = Instant::now();
+        }
+        if records > 0 && self.registry_down.is_none() {
+            self.registry_backoff.succeeded();
+        }
+        let arrivals = std::mem::take(&mut self.batch.arrivals);
+        let outcome = match seek_failed {
+            Some(e) => Err(TxnFailure::Abort(e)),
+            None => self.commit_batch(wall_ms()),
+        };
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                METRICS.transactions.with_label_values(&["committed"]).inc();
+                let done = wall_ms();
+                for t in arrivals {
+                    METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
+                }
+                METRICS
+                    .batch_seconds
+                    .with_label_values(&["processor"])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(TxnFailure::Fatal(e)) => return Err(self.fenced(e)),
+            Err(TxnFailure::Abort(e)) => {
+                tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
+                METRICS.transactions.with_label_values(&["aborted"]).inc();
+                return self.recover();
+            }
+        }
+        self.partitions.update_gauges();
+        Ok(())
+    }
+
+    /// Reads up to `max_batch_records` or until `commit_interval_ms` has passed since
+    /// `started`. Returns the error of a seek that failed: the batch may not commit.
+    fn read_batch(&mut self, started: Instant) -> Result<Option<KafkaError>, ProcessorError> {
+        let commit_interval = Duration::from_millis(self.config.processor.commit_interval_ms);
+        self.batch.records = 0;
+        while self.batch.records < self.config.processor.max_batch_records {
+            let left = commit_interval.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let polled = self.consumer.poll(left);
+            // A rebalance is served inside the poll: before anything else, drop what was
+            // revoked, and rebuild what was assigned before its first record.
+            self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
+            let Some(polled) = polled else { break };
+            let wall = wall_ms();
+            match polled {
+                Err(KafkaError::PartitionEOF(p)) => {
+                    self.partitions.ensure(&self.consumer, p)?;
+                    self.ready.store(true, Ordering::Relaxed);
+                    if let Some(engine) = self.partitions.engines.get_mut(&p) {
+                        engine.on_end_of_partition(wall, self.batch.effects_of(p));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "processor: consumer error"),
+                Ok(msg) => {
+                    self.partitions.ensure(&self.consumer, msg.partition())?;
+                    self.ready.store(true, Ordering::Relaxed);
+                    let registry = self.registry.as_ref();
+                    match self.partitions.on_record(&self.consumer, &msg, &mut self.batch, registry, wall) {
+                        Ok(Flow::Next) => {}
+                        Ok(Flow::SeekFailed(e)) => return Ok(Some(e)),
+                        Err(unavailable) => {
+                            // Not the record's fault: end the batch before it, and read it
+                            // again after a pause.
+                            self.registry_down = Some(unavailable);
+                            let at = Offset::Offset(msg.offset());
+                            let sought = self.consumer.seek(msg.topic(), msg.partition(), at, TXN_TIMEOUT);
+                            // Going on would skip the record: start over from the committed
+                            // offsets instead, as after a failed transaction.
+                            return Ok(sought.err());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends a batch: the engines' timers and snapshots, every output, then the consumed
+    /// offsets, committed as one transaction. `Ok(false)` when there was nothing to commit.
+    fn commit_batch(&mut self, wall: i64) -> Result<bool, TxnFailure> {
+        self.publish_outputs(wall)?;
+        let offsets = std::mem::take(&mut self.batch.offsets);
+        if !self.txn.is_open() && offsets.is_empty() {
+            return Ok(false);
+        }
+        self.txn.begin()?;
+        if !offsets.is_empty() {
+            // A session lost since the last poll: its partitions are someone else's, and
+            // offsets sent under the reset generation would not be fenced.
+            if self.consumer.assignment_lost() {
+                return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::State).into());
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (p, next) in &offsets {
+                tpl.add_partition_offset(&self.outputs.topics.heartbeats, *p, Offset::Offset(*next))?;
+            }
+            // Not a member of the group (any more): the batch cannot commit.
+            let group =
+                self.consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+            self.txn.producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
+        }
+        self.txn.commit(self.shutdown)?;
+        Ok(true)
+    }
+
+    /// Sends what the batch decided: each engine's due timers and changed states, the dead
+    /// letters, the alerts and rollups; the transaction begins with the first of them.
+    fn publish_outputs(&mut self, wall: i64) -> Result<(), TxnFailure> {
+        let mut engines: Vec<_> = self.partitions.engines.values_mut().collect();
+        engines.sort_by_key(|e| e.partition());
+        for engine in engines {
+            let p = engine.partition();
+            engine.on_tick(wall, self.batch.effects_of(p));
+            for record in engine.take_state_records() {
+                self.txn.begin()?;
+                self.outputs.send_state(&self.txn.producer, p, &record)?;
+            }
+        }
+        for letter in std::mem::take(&mut self.batch.dead_letters) {
+            self.txn.begin()?;
+            self.outputs.send_dead_letter(&self.txn.producer, &letter)?;
+        }
+        for effects in std::mem::take(&mut self.batch.effects).into_values() {
+            if !effects.is_empty() {
+                self.txn.begin()?;
+                self.outputs.publish(&self.txn.producer, effects)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed transaction: abort it, go back to the committed offsets, and rebuild
+    /// the engines, which had moved past them. While the broker is away this fails: retried
+    /// with backoff until it works or the stage is told to stop.
+    fn recover(&mut self) -> Result<(), ProcessorError> {
+        self.batch.clear();
+        let mut backoff = Backoff::service();
+        loop {
+            match self.try_recover() {
+                Ok(()) => return Ok(()),
+                Err(e @ ProcessorError::Fenced { .. }) => return Err(e),
+                Err(e) if self.shutdown.is_triggered() => return Err(e),
+                Err(e) => {
+                    let delay = backoff.failed();
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: recovery failed; retrying");
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    fn try_recover(&mut self) -> Result<(), ProcessorError> {
+        self.txn.abort().map_err(|e| self.txn_error(e))?;
+        self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
+        rewind(&self.consumer, &self.outputs.topics.heartbeats)?;
+        self.partitions.rebuild_all(&self.consumer)
+    }
+
+    /// The registry could not give a writer schema: wait before reading the record again.
+    fn pause_for_registry(&mut self, e: Unavailable) {
+        let delay = self.registry_backoff.failed();
+        tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; reading the record again after a pause");
+        METRICS.registry_unavailable.with_label_values(&["processor"]).inc();
+        sleep_unless_stopped(delay, self.shutdown);
+    }
+
+    fn fenced(&self, e: KafkaError) -> ProcessorError {
+        ProcessorError::Fenced { id: self.transactional_id.clone(), message: e.to_string() }
+    }
+
+    /// A transaction call that failed: fenced (or fatal), or an error to retry or report.
+    fn txn_error(&self, e: KafkaError) -> ProcessorError {
+        match TxnFailure::from(e) {
+            TxnFailure::Fatal(e) => self.fenced(e),
+            TxnFailure::Abort(e) => ProcessorError::Kafka(e),
+        }
+    }
+}
+
+/// Puts every assigned partition back at its committed offset, once stable.
+fn rewind(consumer: &BaseConsumer<AssignmentLog>, topic: &str) -> Result<(), KafkaError> {
+    let assignment = consumer.assignment()?;
+    let partitions: Vec<i32> = assignment.elements_for_topic(topic).iter().map(|e| e.partition()).collect();
+    let deadline = Instant::now() + partitions::RESTORE_TIMEOUT;
+    for (p, committed) in kafka::stable_committed(consumer, topic, &partitions, deadline)? {
+        let to = committed.map_or(Offset::Beginning, Offset::Offset);
+        consumer.seek(topic, p, to, TXN_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+/// The id alerts are written with in the Confluent wire format: `schemas/alert.avsc`
+/// registered under `<prefix>alerts-value`, waiting for a registry that is unavailable.
+fn alert_schema_id(
+    config: &Config,
+    registry: Option<&Registry>,
+    shutdown: &Shutdown,
+) -> Result<Option<u32>, ProcessorError> {
+    let Some(registry) = registry.filter(|_| config.alerts.encoding == AlertEncoding::Confluent) else {
+        return Ok(None);
+    };
+    let subject = format!("{}-value", config.kafka.name(names::ALERTS));
+    let mut backoff = Backoff::service();
+    loop {
+        match registry.register(&subject, crate::alert::ALERT_SCHEMA) {
+            Ok(id) => return Ok(Some(id)),
+            Err(RegistryError::Unavailable(e)) if !shutdown.is_triggered() => {
+                let delay = backoff.failed();
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "processor: schema registry unavailable; registering the alert schema again after a pause");
+                sleep_unless_stopped(delay, shutdown);
+            }
+            Err(e) => return Err(ProcessorError::Registry(e)),
+        }
+    }
+}
+
+/// Sleeps `delay`, or less if the stage is told to stop meanwhile.
+fn sleep_unless_stopped(delay: Duration, shutdown: &Shutdown) {
+    let until = Instant::now() + delay;
+    while !shutdown.is_triggered() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Refuses an app-state topic with fewer partitions than heartbeats.
+fn check_partitions(consumer: &BaseConsumer<AssignmentLog>, topics: &Topics) -> Result<(), ProcessorError> {
+    let count = |topic: &str| -> Result<usize, KafkaError> {
+        let deadline = Instant::now() + kafka::TRANSIENT_RETRY_TIMEOUT;
+        let metadata =
+            kafka::retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;
+        Ok(metadata.topics().iter().map(|t| t.partitions().len()).sum())
+    };
+    let (need, has) = (count(&topics.heartbeats)?, count(&topics.app_state)?);
+    if has < need {
+        return Err(ProcessorError::Topology {
+            app_state: topics.app_state.clone(),
+            has,
+            heartbeats: topics.heartbeats.clone(),
+            need,
+        });
+    }
+    Ok(())
+}
