@@ -43,8 +43,8 @@ impl std::str::FromStr for Stage {
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
-    #[error("{stage} stage failed: {message}")]
-    Stage { stage: &'static str, message: String },
+    #[error("{stage} stage failed: {source}")]
+    Stage { stage: &'static str, source: StageFailure },
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
@@ -55,10 +55,23 @@ pub enum ServiceError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a stage's thread ended, kept typed up to the process's exit.
+#[derive(Debug, Error)]
+pub enum StageFailure {
+    #[error(transparent)]
+    Processor(#[from] processor::ProcessorError),
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    #[error("panicked: {0}")]
+    Panicked(String),
+    #[error("did not stop within 30 s; exiting anyway")]
+    Hung,
+}
+
 /// Longest a clean stop may take.
 pub const STOP_WITHIN: Duration = Duration::from_secs(30);
 
-type StageHandle = JoinHandle<Result<(), String>>;
+type StageHandle = JoinHandle<Result<(), StageFailure>>;
 
 /// Runs the chosen stages until a signal, a stage's end (an error or a panic) or the HTTP
 /// endpoint's end; any of the latter makes the result an error.
@@ -133,18 +146,16 @@ fn start_stages(
         let ready = Arc::new(AtomicBool::new(false));
         flags.push(("processor".to_owned(), ready.clone()));
         let (config, stop) = (config.clone(), shutdown.clone());
-        let handle = spawn_stage("processor", shutdown, &HEALTH, move || {
-            processor::run(&config, &stop, &ready).map_err(|e| e.to_string())
-        })?;
+        let handle =
+            spawn_stage("processor", shutdown, &HEALTH, move || Ok(processor::run(&config, &stop, &ready)?))?;
         stages.push(("processor", handle));
     }
     if matches!(stage, Stage::All | Stage::Sink) {
         let ready = Arc::new(AtomicBool::new(false));
         flags.push(("sink".to_owned(), ready.clone()));
         let (config, stop, handle) = (config.clone(), shutdown.clone(), rt.handle().clone());
-        let thread = spawn_stage("sink", shutdown, &HEALTH, move || {
-            sink::run(&config, &stop, &ready, &handle).map_err(|e| e.to_string())
-        })?;
+        let thread =
+            spawn_stage("sink", shutdown, &HEALTH, move || Ok(sink::run(&config, &stop, &ready, &handle)?))?;
         stages.push(("sink", thread));
     }
     Ok(Started { flags, stages })
@@ -156,18 +167,18 @@ pub fn spawn_stage(
     name: &'static str,
     shutdown: &Shutdown,
     health: &Health,
-    body: impl FnOnce() -> Result<(), String> + Send + 'static,
+    body: impl FnOnce() -> Result<(), StageFailure> + Send + 'static,
 ) -> std::io::Result<StageHandle> {
     health.stage_running(name);
     let (shutdown, health) = (shutdown.clone(), health.clone());
     std::thread::Builder::new().name(name.into()).spawn(move || {
         // The stage's state is abandoned after a panic: the process stops.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-            Err(format!("panicked: {}", crate::logging::panic_message(payload.as_ref())))
+            Err(StageFailure::Panicked(crate::logging::panic_message(payload.as_ref()).to_string()))
         });
         let why = match &result {
             Ok(()) => "stopped".to_owned(),
-            Err(message) => message.clone(),
+            Err(failure) => failure.to_string(),
         };
         health.stage_stopped(name, &why);
         shutdown.trigger();
@@ -211,17 +222,19 @@ fn join_stages(stages: Vec<(&'static str, StageHandle)>) -> Option<ServiceError>
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let message = if !handle.is_finished() {
-            "did not stop within 30 s; exiting anyway".to_owned()
+        let source = if !handle.is_finished() {
+            StageFailure::Hung
         } else {
             match handle.join() {
                 Ok(Ok(())) => continue,
-                Ok(Err(message)) => message,
-                Err(payload) => format!("panicked: {}", crate::logging::panic_message(payload.as_ref())),
+                Ok(Err(failure)) => failure,
+                Err(payload) => {
+                    StageFailure::Panicked(crate::logging::panic_message(payload.as_ref()).to_string())
+                }
             }
         };
-        tracing::error!(stage = name, error = %message, "stage failed");
-        failure.get_or_insert(ServiceError::Stage { stage: name, message });
+        tracing::error!(stage = name, error = %source, "stage failed");
+        failure.get_or_insert(ServiceError::Stage { stage: name, source });
     }
     failure
 }
@@ -244,9 +257,23 @@ mod tests {
     #[test]
     fn a_stage_that_fails_stops_the_others() {
         let (shutdown, health) = (Shutdown::new(), Health::default());
-        let handle = spawn_stage("failing", &shutdown, &health, || Err("fenced".into())).unwrap();
+        let fenced = processor::ProcessorError::Fenced { id: "p-1".into(), message: "epoch bumped".into() };
+        let handle = spawn_stage("failing", &shutdown, &health, move || Err(fenced.into())).unwrap();
         let failure = join_stages(vec![("failing", handle)]).expect("an error is a failure");
         assert!(shutdown.is_triggered());
-        assert_eq!(failure.to_string(), "failing stage failed: fenced");
+        assert!(
+            matches!(
+                &failure,
+                ServiceError::Stage {
+                    source: StageFailure::Processor(processor::ProcessorError::Fenced { .. }),
+                    ..
+                }
+            ),
+            "the stage's error arrives typed: {failure:?}"
+        );
+        assert_eq!(
+            failure.to_string(),
+            "failing stage failed: transactional id p-1 was taken over by another instance (fenced): stopping without writing (epoch bumped)"
+        );
     }
 }
