@@ -1,9 +1,12 @@
 //! How each kind of row is written, a slice of rows at a time, in the caller's transaction:
 //! raw beats by binary COPY, alert transitions by insert, rollups and application snapshots
-//! by upsert.
+//! by a binary COPY into a staging table and one upsert from it (set-based: a round trip per
+//! slice, not per row).
 
+use std::pin::Pin;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
+
 use tokio_postgres::{Statement, Transaction};
 
 use super::{Row, millis};
@@ -165,126 +168,195 @@ impl Table for Alert {
     }
 }
 
-impl Table for Rollup {
-    const NAME: &'static str = "metric_rollup_1m";
-    type Prepared = Statement;
+/// A table upserted set-wise: the rows are copied into a temporary table of the session with
+/// the same columns, then inserted from it in one statement, updating the rows whose key is
+/// there already. Each slice empties the staging table first (a slice may be retried under
+/// a savepoint while a refused row is isolated).
+pub(super) struct Upsert {
+    /// Creates the staging table if the session has none, and empties it.
+    stage: String,
+    copy: String,
+    upsert: String,
+    types: Vec<Type>,
+}
 
-    async fn prepare(tx: &Transaction<'_>, q: &str) -> Result<Statement, StoreError> {
-        tx.prepare(&format!(
-            "INSERT INTO {q}.metric_rollup_1m (app_id, minute, beats, instances, memory_used_bytes_mean,
-         memory_used_bytes_max, memory_used_ratio_max, cpu_ratio_mean, cpu_ratio_max, disk_used_ratio_max,
-         db_pool_in_use_mean, db_pool_in_use_max, db_pool_waiting_max, threads_mean, threads_max, open_fds_mean,
-         open_fds_max, request_queue_depth_max, sessions_active_mean, sessions_active_max, latency_p95_ms_mean,
-         latency_p95_ms_max, latency_p99_ms_max, db_query_p95_ms_max, requests_per_s, errors_per_s,
-         slow_requests_per_s, error_ratio, cache_hit_ratio)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29)
-         ON CONFLICT (app_id, minute) DO UPDATE SET beats = EXCLUDED.beats, instances = EXCLUDED.instances,
-         memory_used_bytes_mean = EXCLUDED.memory_used_bytes_mean, memory_used_bytes_max = EXCLUDED.memory_used_bytes_max,
-         memory_used_ratio_max = EXCLUDED.memory_used_ratio_max, cpu_ratio_mean = EXCLUDED.cpu_ratio_mean,
-         cpu_ratio_max = EXCLUDED.cpu_ratio_max, disk_used_ratio_max = EXCLUDED.disk_used_ratio_max,
-         db_pool_in_use_mean = EXCLUDED.db_pool_in_use_mean, db_pool_in_use_max = EXCLUDED.db_pool_in_use_max,
-         db_pool_waiting_max = EXCLUDED.db_pool_waiting_max, threads_mean = EXCLUDED.threads_mean,
-         threads_max = EXCLUDED.threads_max, open_fds_mean = EXCLUDED.open_fds_mean, open_fds_max = EXCLUDED.open_fds_max,
-         request_queue_depth_max = EXCLUDED.request_queue_depth_max, sessions_active_mean = EXCLUDED.sessions_active_mean,
-         sessions_active_max = EXCLUDED.sessions_active_max, latency_p95_ms_mean = EXCLUDED.latency_p95_ms_mean,
-         latency_p95_ms_max = EXCLUDED.latency_p95_ms_max, latency_p99_ms_max = EXCLUDED.latency_p99_ms_max,
-         db_query_p95_ms_max = EXCLUDED.db_query_p95_ms_max, requests_per_s = EXCLUDED.requests_per_s,
-         errors_per_s = EXCLUDED.errors_per_s, slow_requests_per_s = EXCLUDED.slow_requests_per_s,
-         error_ratio = EXCLUDED.error_ratio, cache_hit_ratio = EXCLUDED.cache_hit_ratio"
-        ))
-        .await
-        .doing("preparing the rollup upsert")
+impl Upsert {
+    async fn prepare(
+        tx: &Transaction<'_>,
+        q: &str,
+        table: &str,
+        columns: &[(&str, Type)],
+        key: &[&str],
+    ) -> Result<Upsert, StoreError> {
+        let staging = format!("pulsewatch_stage_{table}");
+        tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {q}.{table})"))
+            .await
+            .doing("creating a staging table")?;
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let list = names.join(", ");
+        let updates: Vec<String> =
+            names.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+        Ok(Upsert {
+            stage: format!("TRUNCATE {staging}"),
+            copy: format!("COPY {staging} ({list}) FROM STDIN BINARY"),
+            upsert: format!(
+                "INSERT INTO {q}.{table} ({list}) SELECT {list} FROM {staging} ON CONFLICT ({}) DO UPDATE SET {}",
+                key.join(", "),
+                updates.join(", ")
+            ),
+            types: columns.iter().map(|(_, ty)| ty.clone()).collect(),
+        })
     }
 
-    async fn write(tx: &Transaction<'_>, stmt: &Statement, rows: &[&Row<Rollup>]) -> Result<(), StoreError> {
-        for Row { value: r, .. } in rows.iter().copied() {
-            let beats = r.beats as i32;
-            let instances = r.instances as i32;
-            tx.execute(
-                stmt,
-                &[
-                    &r.app_id,
-                    &millis(r.minute),
-                    &beats,
-                    &instances,
-                    &r.memory_used_bytes_mean,
-                    &r.memory_used_bytes_max,
-                    &r.memory_used_ratio_max,
-                    &r.cpu_ratio_mean,
-                    &r.cpu_ratio_max,
-                    &r.disk_used_ratio_max,
-                    &r.db_pool_in_use_mean,
-                    &r.db_pool_in_use_max,
-                    &r.db_pool_waiting_max,
-                    &r.threads_mean,
-                    &r.threads_max,
-                    &r.open_fds_mean,
-                    &r.open_fds_max,
-                    &r.request_queue_depth_max,
-                    &r.sessions_active_mean,
-                    &r.sessions_active_max,
-                    &r.latency_p95_ms_mean,
-                    &r.latency_p95_ms_max,
-                    &r.latency_p99_ms_max,
-                    &r.db_query_p95_ms_max,
-                    &r.requests_per_s,
-                    &r.errors_per_s,
-                    &r.slow_requests_per_s,
-                    &r.error_ratio,
-                    &r.cache_hit_ratio,
-                ],
-            )
-            .await
-            .doing("upserting a rollup")?;
-        }
+    /// Empties the staging table and opens the COPY into it.
+    async fn begin(&self, tx: &Transaction<'_>) -> Result<Pin<Box<BinaryCopyInWriter>>, StoreError> {
+        tx.batch_execute(&self.stage).await.doing("emptying a staging table")?;
+        let sink = tx.copy_in(&self.copy).await.doing("starting COPY into a staging table")?;
+        Ok(Box::pin(BinaryCopyInWriter::new(sink, &self.types)))
+    }
+
+    /// Ends the COPY and upserts what it staged.
+    async fn end(
+        &self,
+        tx: &Transaction<'_>,
+        mut writer: Pin<Box<BinaryCopyInWriter>>,
+    ) -> Result<(), StoreError> {
+        writer.as_mut().finish().await.doing("finishing COPY into a staging table")?;
+        tx.execute(&self.upsert, &[]).await.doing("upserting from a staging table")?;
         Ok(())
     }
 }
 
+/// The columns of a rollup, with their wire types, in the order [`Table::write`] gives them.
+const ROLLUP_COLUMNS: [(&str, Type); 29] = [
+    ("app_id", Type::TEXT),
+    ("minute", Type::TIMESTAMPTZ),
+    ("beats", Type::INT4),
+    ("instances", Type::INT4),
+    ("memory_used_bytes_mean", Type::FLOAT8),
+    ("memory_used_bytes_max", Type::INT8),
+    ("memory_used_ratio_max", Type::FLOAT8),
+    ("cpu_ratio_mean", Type::FLOAT8),
+    ("cpu_ratio_max", Type::FLOAT8),
+    ("disk_used_ratio_max", Type::FLOAT8),
+    ("db_pool_in_use_mean", Type::FLOAT8),
+    ("db_pool_in_use_max", Type::INT4),
+    ("db_pool_waiting_max", Type::INT4),
+    ("threads_mean", Type::FLOAT8),
+    ("threads_max", Type::INT4),
+    ("open_fds_mean", Type::FLOAT8),
+    ("open_fds_max", Type::INT4),
+    ("request_queue_depth_max", Type::INT4),
+    ("sessions_active_mean", Type::FLOAT8),
+    ("sessions_active_max", Type::INT8),
+    ("latency_p95_ms_mean", Type::FLOAT8),
+    ("latency_p95_ms_max", Type::FLOAT8),
+    ("latency_p99_ms_max", Type::FLOAT8),
+    ("db_query_p95_ms_max", Type::FLOAT8),
+    ("requests_per_s", Type::FLOAT8),
+    ("errors_per_s", Type::FLOAT8),
+    ("slow_requests_per_s", Type::FLOAT8),
+    ("error_ratio", Type::FLOAT8),
+    ("cache_hit_ratio", Type::FLOAT8),
+];
+
+impl Table for Rollup {
+    const NAME: &'static str = "metric_rollup_1m";
+    type Prepared = Upsert;
+
+    async fn prepare(tx: &Transaction<'_>, q: &str) -> Result<Upsert, StoreError> {
+        Upsert::prepare(tx, q, Self::NAME, &ROLLUP_COLUMNS, &["app_id", "minute"]).await
+    }
+
+    async fn write(tx: &Transaction<'_>, upsert: &Upsert, rows: &[&Row<Rollup>]) -> Result<(), StoreError> {
+        let mut writer = upsert.begin(tx).await?;
+        for Row { value: r, .. } in rows.iter().copied() {
+            let (minute, beats, instances) = (millis(r.minute), r.beats as i32, r.instances as i32);
+            let row: [&(dyn ToSql + Sync); 29] = [
+                &r.app_id,
+                &minute,
+                &beats,
+                &instances,
+                &r.memory_used_bytes_mean,
+                &r.memory_used_bytes_max,
+                &r.memory_used_ratio_max,
+                &r.cpu_ratio_mean,
+                &r.cpu_ratio_max,
+                &r.disk_used_ratio_max,
+                &r.db_pool_in_use_mean,
+                &r.db_pool_in_use_max,
+                &r.db_pool_waiting_max,
+                &r.threads_mean,
+                &r.threads_max,
+                &r.open_fds_mean,
+                &r.open_fds_max,
+                &r.request_queue_depth_max,
+                &r.sessions_active_mean,
+                &r.sessions_active_max,
+                &r.latency_p95_ms_mean,
+                &r.latency_p95_ms_max,
+                &r.latency_p99_ms_max,
+                &r.db_query_p95_ms_max,
+                &r.requests_per_s,
+                &r.errors_per_s,
+                &r.slow_requests_per_s,
+                &r.error_ratio,
+                &r.cache_hit_ratio,
+            ];
+            writer.as_mut().write(&row).await.doing("staging a rollup")?;
+        }
+        upsert.end(tx, writer).await
+    }
+}
+
+/// The columns of an application's snapshot, with their wire types, in the order
+/// [`Table::write`] gives them.
+const APPLICATION_COLUMNS: [(&str, Type); 10] = [
+    ("app_id", Type::TEXT),
+    ("status", Type::TEXT),
+    ("health", Type::TEXT),
+    ("instances_up", Type::INT4),
+    ("instances_total", Type::INT4),
+    ("last_seen", Type::TIMESTAMPTZ),
+    ("last_figures", Type::JSONB),
+    ("open_alerts", Type::INT4),
+    ("labels", Type::JSONB),
+    ("updated_at", Type::TIMESTAMPTZ),
+];
+
 impl Table for AppSnapshot {
     const NAME: &'static str = "application";
-    type Prepared = Statement;
+    type Prepared = Upsert;
 
-    async fn prepare(tx: &Transaction<'_>, q: &str) -> Result<Statement, StoreError> {
-        tx.prepare(&format!(
-            "INSERT INTO {q}.application (app_id, status, health, instances_up, instances_total, last_seen,
-         last_figures, open_alerts, labels, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
-         ON CONFLICT (app_id) DO UPDATE SET status = EXCLUDED.status, health = EXCLUDED.health,
-         instances_up = EXCLUDED.instances_up, instances_total = EXCLUDED.instances_total,
-         last_seen = EXCLUDED.last_seen, last_figures = EXCLUDED.last_figures,
-         open_alerts = EXCLUDED.open_alerts, labels = EXCLUDED.labels, updated_at = EXCLUDED.updated_at"
-        ))
-        .await
-        .doing("preparing the application upsert")
+    async fn prepare(tx: &Transaction<'_>, q: &str) -> Result<Upsert, StoreError> {
+        Upsert::prepare(tx, q, Self::NAME, &APPLICATION_COLUMNS, &["app_id"]).await
     }
 
     async fn write(
         tx: &Transaction<'_>,
-        stmt: &Statement,
+        upsert: &Upsert,
         rows: &[&Row<AppSnapshot>],
     ) -> Result<(), StoreError> {
+        let mut writer = upsert.begin(tx).await?;
         for Row { value: s, .. } in rows.iter().copied() {
             let figures = serde_json::to_value(&s.last_figures).expect("figures serialise");
             let labels = serde_json::to_value(&s.labels).expect("labels serialise");
             let (up, total, open) = (s.instances_up as i32, s.instances_total as i32, s.open_alerts as i32);
-            tx.execute(
-                stmt,
-                &[
-                    &s.app_id,
-                    &s.status,
-                    &s.health,
-                    &up,
-                    &total,
-                    &s.last_seen_ms.map(millis),
-                    &figures,
-                    &open,
-                    &labels,
-                    &millis(s.updated_at_ms),
-                ],
-            )
-            .await
-            .doing("upserting an application")?;
+            let (last_seen, updated_at) = (s.last_seen_ms.map(millis), millis(s.updated_at_ms));
+            let row: [&(dyn ToSql + Sync); 10] = [
+                &s.app_id,
+                &s.status,
+                &s.health,
+                &up,
+                &total,
+                &last_seen,
+                &figures,
+                &open,
+                &labels,
+                &updated_at,
+            ];
+            writer.as_mut().write(&row).await.doing("staging an application")?;
         }
-        Ok(())
+        upsert.end(tx, writer).await
     }
 }
