@@ -93,6 +93,11 @@ fn main() {
         n as f64 / sink_secs,
         (n as f64 / sink_secs) / ceiling
     );
+    let (copied, copy_secs) = copy_ceiling(&config, &rt);
+    println!(
+        "plain COPY:       {copied} rows the sink left (raw beats, rollups, snapshots) in {copy_secs:.2} s; the sink took {sink_secs:.2} s: {:.2} of a plain COPY",
+        copy_secs / sink_secs
+    );
 
     // 5. Alert latency, live: disk-high (which fires on its beat) on a quarter of the fleet,
     // and an eighth that stops beating (liveness deadlines: LATE, DOWN, APP_DOWN).
@@ -155,6 +160,36 @@ fn main() {
     // The topics are this run's alone: they would only fill the broker's disk and slow its start.
     rt.block_on(topology::remove(&config.kafka, &Topology::builtin()))
         .expect("the bench's topics are deleted");
+}
+
+/// A plain binary COPY of the rows the sink left (raw beats, rollups, snapshots) into tables
+/// of the same columns and indexes: what writing those rows costs at the least. Returns the
+/// rows and the seconds the COPYs in took (reading them out is not counted).
+fn copy_ceiling(config: &Config, rt: &tokio::runtime::Runtime) -> (u64, f64) {
+    use futures::{SinkExt, TryStreamExt};
+    rt.block_on(async {
+        let c = store::connect(&config.postgres).await.unwrap();
+        let q = format!("\"{}\"", config.postgres.schema);
+        let (mut rows, mut secs) = (0, 0.0);
+        for table in ["heartbeat_event", "metric_rollup_1m", "application"] {
+            let copy = format!("{q}.copy_of_{table}");
+            c.batch_execute(&format!("CREATE TABLE {copy} (LIKE {q}.{table} INCLUDING ALL)")).await.unwrap();
+            let out = c
+                .copy_out(&format!("COPY (SELECT * FROM {q}.{table}) TO STDOUT (FORMAT binary)"))
+                .await
+                .unwrap();
+            let chunks: Vec<_> = out.try_collect().await.unwrap();
+            let started = Instant::now();
+            let sink = c.copy_in(&format!("COPY {copy} FROM STDIN (FORMAT binary)")).await.unwrap();
+            futures::pin_mut!(sink);
+            for chunk in chunks {
+                sink.send(chunk).await.unwrap();
+            }
+            rows += sink.as_mut().finish().await.unwrap();
+            secs += started.elapsed().as_secs_f64();
+        }
+        (rows, secs)
+    })
 }
 
 /// Reads `topic` from the beginning to its end, doing nothing with the records.
