@@ -1,6 +1,6 @@
 //! The `pulsewatch` command: parses the command line, sets up logging, calls the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -248,155 +248,199 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::from_process(cli.config.as_deref())?;
-    if let Command::Run { stage } = cli.command {
-        service::run(config, stage)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Run { .. } => unreachable!("handled above"),
-        Command::Config { action: ConfigAction::Show } => print!("{}", config.to_masked_toml()),
-        Command::Schema { action: SchemaAction::Register } => {
-            let Some(registry) = Registry::from_config(&config.schema_registry) else {
-                bail!("schema_registry.url is not set (PULSEWATCH_SCHEMA_REGISTRY_URL)");
-            };
-            for (subject, id) in registry.register_contracts(&config.kafka)? {
-                println!("{subject}: id {id}");
-            }
+        Command::Run { stage } => run_stages(config, stage),
+        Command::Config { action: ConfigAction::Show } => show_config(&config),
+        Command::Schema { action: SchemaAction::Register } => register_schemas(&config),
+        Command::Topology { action } => apply_or_check_topology(&config, action),
+        Command::Migrate => migrate(&config),
+        Command::Partitions { action: PartitionsAction::Maintain { today } } => {
+            maintain_partitions(&config, today)
         }
-        Command::Topology { action } => {
-            let (file, check_only) = match action {
-                TopologyAction::Apply { file } => (file, false),
-                TopologyAction::Check { file } => (file, true),
-            };
-            let declared = match file {
-                Some(path) => Topology::from_file(&path)?,
-                None => Topology::builtin(),
-            };
-            let report = runtime.block_on(async {
-                if check_only {
-                    topology::check(&config.kafka, &declared).await
-                } else {
-                    topology::apply(&config.kafka, &declared).await
-                }
-            })?;
-            for t in &report.created {
-                println!("created   {t}");
-            }
-            for t in &report.unchanged {
-                println!("ok        {t}");
-            }
-            for d in &report.drift {
-                println!("drift     {d}");
-            }
-            if check_only && !report.drift.is_empty() {
-                eprintln!("{} difference(s) from the declared topology", report.drift.len());
-                return Ok(ExitCode::from(2));
-            }
+        Command::Evaluate(args) => run_evaluation(&config, args),
+        Command::Loadgen(args) => generate_load(&config, args),
+        Command::Summary { manifest, timeout } => summarise_run(&config, manifest.as_deref(), timeout),
+    }
+}
+
+/// A runtime for the commands that talk to Kafka's admin API or PostgreSQL.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// `run`: the stages, until a signal stops them (they build their own runtime).
+fn run_stages(config: Config, stage: Stage) -> Result<ExitCode> {
+    service::run(config, stage)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `config show`.
+fn show_config(config: &Config) -> Result<ExitCode> {
+    print!("{}", config.to_masked_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `schema register`.
+fn register_schemas(config: &Config) -> Result<ExitCode> {
+    let Some(registry) = Registry::from_config(&config.schema_registry) else {
+        bail!("schema_registry.url is not set (PULSEWATCH_SCHEMA_REGISTRY_URL)");
+    };
+    for (subject, id) in registry.register_contracts(&config.kafka)? {
+        println!("{subject}: id {id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `topology apply` and `topology check`; a check that finds drift exits with 2.
+fn apply_or_check_topology(config: &Config, action: TopologyAction) -> Result<ExitCode> {
+    let (file, check_only) = match action {
+        TopologyAction::Apply { file } => (file, false),
+        TopologyAction::Check { file } => (file, true),
+    };
+    let declared = match file {
+        Some(path) => Topology::from_file(&path)?,
+        None => Topology::builtin(),
+    };
+    let report = runtime()?.block_on(async {
+        if check_only {
+            topology::check(&config.kafka, &declared).await
+        } else {
+            topology::apply(&config.kafka, &declared).await
         }
-        Command::Migrate => runtime.block_on(async {
-            let mut client = store::connect(&config.postgres).await?;
-            let applied = store::migrate::migrate(&mut client, &config.postgres.schema).await?;
-            if applied.is_empty() {
-                println!("schema {}: up to date", config.postgres.schema);
-            }
-            for v in applied {
-                println!("schema {}: applied migration {v}", config.postgres.schema);
-            }
-            let today = chrono::Utc::now().date_naive();
-            let report =
-                store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
-                    .await?;
-            println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
-            anyhow::Ok(())
-        })?,
-        Command::Partitions { action: PartitionsAction::Maintain { today } } => runtime.block_on(async {
-            let mut client = store::connect(&config.postgres).await?;
-            let today = today.unwrap_or_else(|| chrono::Utc::now().date_naive());
-            let report =
-                store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
-                    .await?;
-            for p in &report.created {
-                println!("created   {p}");
-            }
-            for p in &report.dropped {
-                println!("dropped   {p}");
-            }
-            println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
-            anyhow::Ok(())
-        })?,
-        Command::Evaluate(args) => {
-            let opts = EvaluateOptions {
-                span: args.span,
-                instances: args.instances,
-                seed: args.seed,
-                families: args.families,
-                repeat: args.repeat,
-                progress: !args.quiet,
-                ..EvaluateOptions::default()
-            };
-            let report = evaluate::run(&config, &opts)?;
-            print!("{}", report.render());
-            if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("writing {}", args.report.display()))?;
-            println!("report: {}", args.report.display());
+    })?;
+    for t in &report.created {
+        println!("created   {t}");
+    }
+    for t in &report.unchanged {
+        println!("ok        {t}");
+    }
+    for d in &report.drift {
+        println!("drift     {d}");
+    }
+    if check_only && !report.drift.is_empty() {
+        eprintln!("{} difference(s) from the declared topology", report.drift.len());
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate`: the migrations not yet applied, then today's partitions.
+fn migrate(config: &Config) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut client = store::connect(&config.postgres).await?;
+        let applied = store::migrate::migrate(&mut client, &config.postgres.schema).await?;
+        if applied.is_empty() {
+            println!("schema {}: up to date", config.postgres.schema);
         }
-        Command::Loadgen(args) => {
-            let via = args.way_in()?;
-            let opts = LoadgenOptions {
-                apps: args.apps,
-                instances: args.instances,
-                interval: args.interval,
-                rate: args.rate,
-                duration: args.duration,
-                count: args.count,
-                seed: args.seed,
-                encoding: load_encoding(args.encoding, &config)?,
-                faults: args.faults,
-                mix: args.mix,
-                backfill: args.backfill,
-                manifest: Some(args.manifest.clone()),
-                app_prefix: args.app_prefix,
-                now_ms: None,
-                progress: !args.quiet,
-                via,
-            };
-            let m = loadgen::run(&config.kafka, &opts)?;
-            println!(
-                "loadgen: {} beats and {} poison records to {} in {:.1} s ({:.0} records/s); {} faults; manifest {}",
-                m.beats_total,
-                m.poison_total,
-                m.topic,
-                m.wall_seconds,
-                m.achieved_rate,
-                m.faults.len(),
-                args.manifest.display()
-            );
+        for v in applied {
+            println!("schema {}: applied migration {v}", config.postgres.schema);
         }
-        Command::Summary { manifest, timeout } => {
-            let m = match &manifest {
-                Some(path) => {
-                    Some(Manifest::read(path).with_context(|| format!("reading {}", path.display()))?)
-                }
-                None => None,
-            };
-            let found = runtime.block_on(summary::summarise(&config, m.as_ref(), timeout))?;
-            let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
-            print!("{}", found.render(&topic));
-            if let Some(m) = &m {
-                let t = &found.tally;
-                let matching = m
-                    .per_app
-                    .iter()
-                    .filter(|(app, c)| t.beats_per_app.get(*app).is_some_and(|n| *n >= c.beats))
-                    .count();
-                if matching != m.per_app.len() {
-                    bail!("the topic holds fewer beats than the manifest says were produced");
-                }
-            }
+        let today = chrono::Utc::now().date_naive();
+        let report =
+            store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
+                .await?;
+        println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `partitions maintain`, as of `today` (UTC) unless told.
+fn maintain_partitions(config: &Config, today: Option<chrono::NaiveDate>) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let mut client = store::connect(&config.postgres).await?;
+        let today = today.unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let report =
+            store::partitions::maintain(&mut client, &config.postgres.schema, &config.retention, today)
+                .await?;
+        for p in &report.created {
+            println!("created   {p}");
+        }
+        for p in &report.dropped {
+            println!("dropped   {p}");
+        }
+        println!("partitions: {} created, {} dropped", report.created.len(), report.dropped.len());
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `evaluate`: runs the suite, prints the report and writes it as JSON.
+fn run_evaluation(config: &Config, args: EvaluateArgs) -> Result<ExitCode> {
+    let opts = EvaluateOptions {
+        span: args.span,
+        instances: args.instances,
+        seed: args.seed,
+        families: args.families,
+        repeat: args.repeat,
+        progress: !args.quiet,
+        ..EvaluateOptions::default()
+    };
+    let report = evaluate::run(config, &opts)?;
+    print!("{}", report.render());
+    if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.report.display()))?;
+    println!("report: {}", args.report.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `loadgen`: publishes the load and says what it sent.
+fn generate_load(config: &Config, args: LoadgenArgs) -> Result<ExitCode> {
+    let via = args.way_in()?;
+    let opts = LoadgenOptions {
+        apps: args.apps,
+        instances: args.instances,
+        interval: args.interval,
+        rate: args.rate,
+        duration: args.duration,
+        count: args.count,
+        seed: args.seed,
+        encoding: load_encoding(args.encoding, config)?,
+        faults: args.faults,
+        mix: args.mix,
+        backfill: args.backfill,
+        manifest: Some(args.manifest.clone()),
+        app_prefix: args.app_prefix,
+        now_ms: None,
+        progress: !args.quiet,
+        via,
+    };
+    let m = loadgen::run(&config.kafka, &opts)?;
+    println!(
+        "loadgen: {} beats and {} poison records to {} in {:.1} s ({:.0} records/s); {} faults; manifest {}",
+        m.beats_total,
+        m.poison_total,
+        m.topic,
+        m.wall_seconds,
+        m.achieved_rate,
+        m.faults.len(),
+        args.manifest.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `summary`: what the heartbeats topic holds and, beside a manifest, what was found for it;
+/// an error if the topic holds fewer beats than the manifest says were produced.
+fn summarise_run(config: &Config, manifest: Option<&Path>, timeout: Duration) -> Result<ExitCode> {
+    let m = match manifest {
+        Some(path) => Some(Manifest::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let found = runtime()?.block_on(summary::summarise(config, m.as_ref(), timeout))?;
+    let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
+    print!("{}", found.render(&topic));
+    if let Some(m) = &m {
+        let t = &found.tally;
+        let matching = m
+            .per_app
+            .iter()
+            .filter(|(app, c)| t.beats_per_app.get(*app).is_some_and(|n| *n >= c.beats))
+            .count();
+        if matching != m.per_app.len() {
+            bail!("the topic holds fewer beats than the manifest says were produced");
         }
     }
     Ok(ExitCode::SUCCESS)

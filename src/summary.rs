@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use thiserror::Error;
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::loadgen::Manifest;
@@ -67,84 +68,138 @@ pub async fn summarise(
         .expect("the tally thread does not panic")?;
     let mut summary = Summary { tally, ..Summary::default() };
     let Some(m) = manifest else { return Ok(summary) };
-    let q = quoted_schema(&config.postgres.schema)?;
-    let client = store::connect(&config.postgres).await?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stored: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM {q}.heartbeat_event WHERE sent_at >= $1 AND sent_at < $2"),
-                &[
-                    &DateTime::from_timestamp_millis(m.start_ms).unwrap_or_default(),
-                    &DateTime::from_timestamp_millis(m.end_ms).unwrap_or_default(),
-                ],
-            )
-            .await
-            .doing("counting stored beats")?
-            .get(0);
-        if stored as u64 >= m.beats_total {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(SummaryError::SinkBehind {
-                stored,
-                expected: m.beats_total,
-                secs: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let db = Database {
+        q: quoted_schema(&config.postgres.schema)?,
+        client: store::connect(&config.postgres).await?,
+    };
+    db.wait_for_beats(m, timeout).await?;
     // Give the last alerts and snapshots a moment to pass through the sink.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (start, end) = (
-        DateTime::from_timestamp_millis(m.start_ms).unwrap_or_default(),
-        DateTime::from_timestamp_millis(m.end_ms).unwrap_or_default(),
-    );
-    for row in client
-        .query(
-            &format!(
-                "SELECT kind, state, count(*) FROM {q}.alert_event WHERE event_at >= $1 AND event_at < $2 GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            &[&start, &end],
-        )
-        .await
-        .doing("counting alerts")?
-    {
-        summary.alerts_by_kind.insert((row.get(0), row.get(1)), row.get(2));
-    }
-    for row in client
-        .query(
-            &format!("SELECT status, health, count(*) FROM {q}.application GROUP BY 1, 2 ORDER BY 1, 2"),
-            &[],
-        )
-        .await
-        .doing("reading application health")?
-    {
-        summary.health.insert((row.get(0), row.get(1)), row.get(2));
-    }
-    let mut raised: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for row in client
-        .query(
-            &format!("SELECT DISTINCT app_id, kind FROM {q}.alert_event WHERE state = 'FIRING' AND event_at >= $1 AND event_at < $2"),
-            &[&start, &end],
-        )
-        .await
-        .doing("reading raised alerts")?
-    {
-        raised.entry(row.get(0)).or_default().insert(row.get(1));
-    }
-    for f in &m.faults {
-        summary.faults.push(FaultFinding {
+    let window = EventWindow::of(m);
+    summary.alerts_by_kind = db.alert_transitions(&window).await?;
+    summary.health = db.health().await?;
+    let raised = db.raised_alerts(&window).await?;
+    summary.faults = m
+        .faults
+        .iter()
+        .map(|f| FaultFinding {
             kind: f.kind.clone(),
             app_id: f.app_id.clone(),
             instance_id: f.instance_id.clone(),
             expected: f.expected_alerts.clone(),
             found: raised.get(&f.app_id).cloned().unwrap_or_default(),
-        });
-    }
+        })
+        .collect();
     let faulty: BTreeSet<&str> = m.faults.iter().map(|f| f.app_id.as_str()).collect();
     summary.unexpected = raised.into_iter().filter(|(app, _)| !faulty.contains(app.as_str())).collect();
     Ok(summary)
+}
+
+/// The load's event time, `[start, end)`, as the timestamps the tables hold.
+struct EventWindow {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+impl EventWindow {
+    fn of(m: &Manifest) -> EventWindow {
+        EventWindow {
+            start: DateTime::from_timestamp_millis(m.start_ms).unwrap_or_default(),
+            end: DateTime::from_timestamp_millis(m.end_ms).unwrap_or_default(),
+        }
+    }
+}
+
+/// The PostgreSQL schema the sink writes, and a connection to it.
+struct Database {
+    /// The schema's name, quoted.
+    q: String,
+    client: Client,
+}
+
+impl Database {
+    /// Waits until the sink has stored every beat of the manifest; an error after `timeout`.
+    async fn wait_for_beats(&self, m: &Manifest, timeout: Duration) -> Result<(), SummaryError> {
+        let q = &self.q;
+        let window = EventWindow::of(m);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stored: i64 = self
+                .client
+                .query_one(
+                    &format!("SELECT count(*) FROM {q}.heartbeat_event WHERE sent_at >= $1 AND sent_at < $2"),
+                    &[&window.start, &window.end],
+                )
+                .await
+                .doing("counting stored beats")?
+                .get(0);
+            if stored as u64 >= m.beats_total {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SummaryError::SinkBehind {
+                    stored,
+                    expected: m.beats_total,
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Alert transitions within the window, by kind and state.
+    async fn alert_transitions(
+        &self,
+        window: &EventWindow,
+    ) -> Result<BTreeMap<(String, String), i64>, SummaryError> {
+        let q = &self.q;
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT kind, state, count(*) FROM {q}.alert_event WHERE event_at >= $1 AND event_at < $2 GROUP BY 1, 2 ORDER BY 1, 2"
+                ),
+                &[&window.start, &window.end],
+            )
+            .await
+            .doing("counting alerts")?;
+        Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect())
+    }
+
+    /// Applications now, by status and health.
+    async fn health(&self) -> Result<BTreeMap<(String, String), i64>, SummaryError> {
+        let q = &self.q;
+        let rows = self
+            .client
+            .query(
+                &format!("SELECT status, health, count(*) FROM {q}.application GROUP BY 1, 2 ORDER BY 1, 2"),
+                &[],
+            )
+            .await
+            .doing("reading application health")?;
+        Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect())
+    }
+
+    /// The alert kinds that fired within the window, by application.
+    async fn raised_alerts(
+        &self,
+        window: &EventWindow,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, SummaryError> {
+        let q = &self.q;
+        let mut raised: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in self
+            .client
+            .query(
+                &format!("SELECT DISTINCT app_id, kind FROM {q}.alert_event WHERE state = 'FIRING' AND event_at >= $1 AND event_at < $2"),
+                &[&window.start, &window.end],
+            )
+            .await
+            .doing("reading raised alerts")?
+        {
+            raised.entry(row.get(0)).or_default().insert(row.get(1));
+        }
+        Ok(raised)
+    }
 }
 
 impl Summary {

@@ -9,23 +9,25 @@
 
 pub mod manifest;
 pub mod outlet;
+mod plan;
 pub mod scenario;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use rand_chacha::ChaCha8Rng;
 use rdkafka::error::KafkaError;
 use thiserror::Error;
 
 use crate::codec::Encoding;
 use crate::config::KafkaConfig;
 use crate::topology::names;
-use manifest::FaultRecord;
 pub use manifest::Manifest;
 use outlet::Outlet;
 pub use outlet::Via;
-use scenario::{ActiveFault, AppRef, FaultKind, FaultParams, FaultSpec, InstanceSim};
+use plan::Span;
+use scenario::{ActiveFault, FaultKind, FaultSpec, InstanceSim};
 
 #[derive(Debug, Error)]
 pub enum LoadgenError {
@@ -138,178 +140,165 @@ pub fn app_id(prefix: &str, index: usize, apps: usize) -> String {
 /// Runs the generator to its end and returns (and writes, if asked) the manifest.
 /// Blocking: call it from a thread, not an async task.
 pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, LoadgenError> {
-    let bad = |m: String| LoadgenError::Options(m);
-    if opts.apps == 0 || opts.instances == 0 {
-        return Err(bad("--apps and --instances must be at least 1".into()));
+    let mut generator = Generator::start(kafka, opts)?;
+    let mut round = 0;
+    while generator.produce_round(round)? {
+        round += 1;
     }
-    let interval_ms = i32::try_from(opts.interval.as_millis())
-        .ok()
-        .filter(|ms| (crate::heartbeat::MIN_INTERVAL_MS..=crate::heartbeat::MAX_INTERVAL_MS).contains(ms))
-        .ok_or_else(|| bad("--interval must be between 1s and 1d".into()))?;
-    if opts.duration.is_none() && opts.count.is_none() && opts.backfill.is_none() {
-        return Err(bad("give --duration, --count or --backfill, or a combination".into()));
-    }
-    if opts.rate.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
-        return Err(bad("--rate must be positive".into()));
-    }
-    let now = opts.now_ms.unwrap_or_else(wall_ms);
-    let clock_offset_ms = now - wall_ms();
-    let backfill_ms = opts.backfill.map_or(0, |d| d.as_millis() as i64);
-    let start_ms = now - backfill_ms;
-    let fleet = (opts.apps * opts.instances) as u64;
-    let end_ms = match (opts.duration, opts.count) {
-        (Some(d), _) => now + d.as_millis() as i64,
-        (None, Some(count)) if opts.backfill.is_none() => {
-            start_ms + (count.div_ceil(fleet) as i64 + 1) * i64::from(interval_ms)
-        }
-        (None, _) => now,
-    };
-    let span_ms = (end_ms - start_ms).max(1);
+    generator.finish()
+}
 
-    let ids: Vec<String> = (0..opts.apps).map(|i| app_id(&opts.app_prefix, i, opts.apps)).collect();
-    let mut faults = Vec::new();
-    let mut specs = opts.faults.clone();
-    if opts.mix {
-        for (i, (kind, from, length)) in mix().into_iter().enumerate().take(opts.apps) {
-            specs.push(FaultSpec {
-                kind,
-                params: FaultParams::default(),
-                app: AppRef::Index(i),
-                instance: None,
-                start: Duration::from_millis((span_ms as f64 * from) as u64),
-                length: length.map(|l| Duration::from_millis(((span_ms as f64 * l) as u64).max(1))),
-            });
-        }
+/// A run under way: the simulated fleet and its faults, where its beats go, and what it has
+/// sent so far (counted in the manifest).
+struct Generator<'a> {
+    opts: &'a LoadgenOptions,
+    span: Span,
+    /// The fleet, in the order its beats fall within a round (by phase).
+    sims: Vec<InstanceSim>,
+    faults: Vec<ActiveFault>,
+    /// For each of `sims`, the indices of the `faults` that cover it.
+    sim_faults: Vec<Vec<usize>>,
+    /// Draws the bytes of poison records.
+    poison_rng: ChaCha8Rng,
+    out: Outlet,
+    manifest: Manifest,
+    bar: ProgressBar,
+    started: Instant,
+    /// Records sent, beats and poison: what `--rate` paces.
+    sent: u64,
+}
+
+impl<'a> Generator<'a> {
+    /// Plans the run (every option error comes from here), builds the fleet and opens the
+    /// way in.
+    fn start(kafka: &KafkaConfig, opts: &'a LoadgenOptions) -> Result<Generator<'a>, LoadgenError> {
+        let span = Span::of(opts)?;
+        let ids: Vec<String> = (0..opts.apps).map(|i| app_id(&opts.app_prefix, i, opts.apps)).collect();
+        let faults = plan::faults(opts, &span, &ids)?;
+        let topic = kafka.name(names::HEARTBEATS);
+        let manifest = plan::manifest(opts, &span, topic.clone(), &ids, &faults);
+        let sims = fleet(opts, &ids, span.interval_ms);
+        let sim_faults = sims
+            .iter()
+            .map(|s| (0..faults.len()).filter(|&f| faults[f].covers(s.app, s.instance)).collect())
+            .collect();
+        let poison_rng = scenario::instance_rng(opts.seed, usize::MAX, usize::MAX, 2);
+        let out = Outlet::open(kafka, topic, &opts.via)?;
+        let rounds = (span.length_ms() / i64::from(span.interval_ms)).max(1) as u64;
+        let bar = progress_bar(opts.progress, opts.count.unwrap_or(plan::fleet_size(opts) * rounds));
+        Ok(Generator {
+            opts,
+            span,
+            sims,
+            faults,
+            sim_faults,
+            poison_rng,
+            out,
+            manifest,
+            bar,
+            started: Instant::now(),
+            sent: 0,
+        })
     }
-    for spec in &specs {
-        let app = match &spec.app {
-            AppRef::Index(i) if *i < opts.apps => *i,
-            AppRef::Index(i) => {
-                return Err(bad(format!("fault names app {i}, but there are only {}", opts.apps)));
+
+    /// Sends the beats of round `round` (one per instance), each when its event time comes;
+    /// whether the run goes on after it.
+    fn produce_round(&mut self, round: i64) -> Result<bool, LoadgenError> {
+        let base = self.span.start_ms + round * i64::from(self.span.interval_ms);
+        if base >= self.span.end_ms {
+            return Ok(false);
+        }
+        for idx in 0..self.sims.len() {
+            let t = base + self.sims[idx].phase_ms;
+            if t >= self.span.end_ms || self.opts.count.is_some_and(|c| self.manifest.beats_total >= c) {
+                return Ok(false);
             }
-            AppRef::Id(id) => ids
-                .iter()
-                .position(|x| x == id)
-                .ok_or_else(|| bad(format!("fault names app {id:?}, which is not in the fleet")))?,
-        };
-        if let Some(i) = spec.instance.filter(|i| *i >= opts.instances) {
-            return Err(bad(format!("fault names instance {i}, but apps have {}", opts.instances)));
+            wait_for_event_time(t, self.span.clock_offset_ms, &mut self.out)?;
+            if self.send_beat(idx, t)? {
+                self.pace()?;
+                self.report_progress();
+            }
         }
-        let from_ms = start_ms + spec.start.as_millis() as i64;
-        let to_ms = spec.length.map_or(i64::MAX, |l| from_ms + l.as_millis() as i64);
-        faults.push(ActiveFault {
-            kind: spec.kind,
-            params: spec.params,
-            app,
-            instance: spec.instance,
-            from_ms,
-            to_ms,
-        });
+        Ok(true)
     }
 
-    let topic = kafka.name(names::HEARTBEATS);
-    let mut manifest = Manifest {
-        seed: opts.seed,
-        encoding: opts.encoding.name().to_owned(),
-        topic: topic.clone(),
-        apps: opts.apps,
-        instances_per_app: opts.instances,
-        interval_ms,
-        start_ms,
-        end_ms,
-        ..Manifest::default()
-    };
-    for f in &faults {
-        let whole_app = f.instance.is_none() || opts.instances == 1;
-        manifest.faults.push(FaultRecord {
-            kind: f.kind.as_str().to_owned(),
-            app_id: ids[f.app].clone(),
-            instance_id: f.instance.map(|i| format!("{}-i{i}", ids[f.app])),
-            from_ms: f.from_ms,
-            to_ms: (f.to_ms != i64::MAX).then_some(f.to_ms),
-            expected_alerts: f
-                .kind
-                .expected_alerts(whole_app, f.to_ms != i64::MAX)
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        });
+    /// Sends instance `idx`'s beat at `t`, and a poison record beside it while a poison fault
+    /// covers it; whether the instance beat at all.
+    fn send_beat(&mut self, idx: usize, t: i64) -> Result<bool, LoadgenError> {
+        let active: Vec<&ActiveFault> = self.sim_faults[idx].iter().map(|&f| &self.faults[f]).collect();
+        let Some(beat) = self.sims[idx].beat(t, self.span.interval_ms, &active) else { return Ok(false) };
+        self.out.send_beat(&beat, self.opts.encoding)?;
+        self.manifest.count_beat(&beat.app_id, &beat.instance_id, beat.seq, beat.sent_at);
+        self.sent += 1;
+        if active.iter().any(|f| f.kind == FaultKind::Poison && f.active_at(t))
+            && self.out.send_poison(&beat.app_id, &scenario::poison_bytes(&mut self.poison_rng))?
+        {
+            self.manifest.count_poison(&beat.app_id);
+            self.sent += 1;
+        }
+        Ok(true)
     }
 
-    let mut sims: Vec<InstanceSim> = Vec::with_capacity(fleet as usize);
+    /// Under `--rate`, waits until the records sent are no more than the rate allows.
+    fn pace(&mut self) -> Result<(), LoadgenError> {
+        if let Some(rate) = self.opts.rate {
+            let ahead = self.sent as f64 / rate - self.started.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                self.out.wait(Duration::from_secs_f64(ahead))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every 1024 records, serves the outlet's callbacks and moves the progress bar.
+    fn report_progress(&mut self) {
+        if self.sent.is_multiple_of(1024) {
+            self.out.serve();
+            self.bar.set_position(self.manifest.beats_total);
+        }
+    }
+
+    /// Flushes what is in flight, completes the manifest with the rate achieved, and writes
+    /// it if asked.
+    fn finish(self) -> Result<Manifest, LoadgenError> {
+        let Generator { opts, out, mut manifest, bar, started, .. } = self;
+        bar.set_message("flushing");
+        let delivered = out.finish()?;
+        bar.finish_and_clear();
+        manifest.wall_seconds = started.elapsed().as_secs_f64();
+        manifest.achieved_rate = delivered as f64 / manifest.wall_seconds.max(1e-9);
+        if let Some(path) = &opts.manifest {
+            manifest
+                .write(path)
+                .map_err(|source| LoadgenError::Manifest { path: path.display().to_string(), source })?;
+        }
+        Ok(manifest)
+    }
+}
+
+/// One simulated instance per application and instance index, sorted by the phase of their
+/// beats within a round.
+fn fleet(opts: &LoadgenOptions, ids: &[String], interval_ms: i32) -> Vec<InstanceSim> {
+    let mut sims: Vec<InstanceSim> = Vec::with_capacity(plan::fleet_size(opts) as usize);
     for (a, id) in ids.iter().enumerate() {
         for i in 0..opts.instances {
             sims.push(InstanceSim::new(opts.seed, a, i, id.clone(), i64::from(interval_ms)));
         }
     }
     sims.sort_by_key(|s| (s.phase_ms, s.app, s.instance));
-    let sim_faults: Vec<Vec<usize>> = sims
-        .iter()
-        .map(|s| (0..faults.len()).filter(|&f| faults[f].covers(s.app, s.instance)).collect())
-        .collect();
-    let mut poison_rng = scenario::instance_rng(opts.seed, usize::MAX, usize::MAX, 2);
+    sims
+}
 
-    let mut out = Outlet::open(kafka, topic.clone(), &opts.via)?;
-    let expected_total = opts.count.unwrap_or(fleet * (span_ms / i64::from(interval_ms)).max(1) as u64);
-    let bar = if opts.progress { ProgressBar::new(expected_total) } else { ProgressBar::hidden() };
+/// The progress bar of `total` beats, hidden unless asked for.
+fn progress_bar(shown: bool, total: u64) -> ProgressBar {
+    let bar = if shown { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} beats, {per_sec} {msg}",
         )
         .expect("valid template"),
     );
-    let started = Instant::now();
-    let mut sent: u64 = 0;
-    let mut round: i64 = 0;
-    'rounds: loop {
-        let base = start_ms + round * i64::from(interval_ms);
-        if base >= end_ms {
-            break;
-        }
-        for (idx, sim) in sims.iter_mut().enumerate() {
-            let t = base + sim.phase_ms;
-            if t >= end_ms {
-                break 'rounds;
-            }
-            if opts.count.is_some_and(|c| manifest.beats_total >= c) {
-                break 'rounds;
-            }
-            wait_for_event_time(t, clock_offset_ms, &mut out)?;
-            let active: Vec<&ActiveFault> = sim_faults[idx].iter().map(|&f| &faults[f]).collect();
-            let Some(beat) = sim.beat(t, interval_ms, &active) else { continue };
-            out.send_beat(&beat, opts.encoding)?;
-            manifest.count_beat(&beat.app_id, &beat.instance_id, beat.seq, beat.sent_at);
-            sent += 1;
-            if active.iter().any(|f| f.kind == FaultKind::Poison && f.active_at(t))
-                && out.send_poison(&beat.app_id, &scenario::poison_bytes(&mut poison_rng))?
-            {
-                manifest.count_poison(&beat.app_id);
-                sent += 1;
-            }
-            if let Some(rate) = opts.rate {
-                let ahead = sent as f64 / rate - started.elapsed().as_secs_f64();
-                if ahead > 0.0 {
-                    out.wait(Duration::from_secs_f64(ahead))?;
-                }
-            }
-            if sent.is_multiple_of(1024) {
-                out.serve();
-                bar.set_position(manifest.beats_total);
-            }
-        }
-        round += 1;
-    }
-    bar.set_message("flushing");
-    let delivered = out.finish()?;
-    bar.finish_and_clear();
-    manifest.wall_seconds = started.elapsed().as_secs_f64();
-    manifest.achieved_rate = delivered as f64 / manifest.wall_seconds.max(1e-9);
-    if let Some(path) = &opts.manifest {
-        manifest
-            .write(path)
-            .map_err(|source| LoadgenError::Manifest { path: path.display().to_string(), source })?;
-    }
-    Ok(manifest)
+    bar
 }
 
 /// Sleeps (serving delivery callbacks, or posting what is gathered) until the event-time
