@@ -34,6 +34,7 @@ pub mod labels;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;
+pub mod minute;
 pub mod processor;
 pub mod redact;
 pub mod registry;

@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::minute::{MINUTE_MS, minute_of};
 use crate::rules::{CompiledRules, Profile, Transition};
 use crate::trend::LeakChange;
 use crate::watermark::{Observation, Watermark, WatermarkConfig};
 use explain::Explanation;
-use rollup::{MinuteAcc, Rollup, minute_of};
+use rollup::{MinuteAcc, Rollup};
 pub use state::{
     AppSnapshot, AppState, InstanceState, Liveness, RestoredApps, STATE_HEADER, STATE_VERSION, StateRecord,
     StateRecordError, StateRecordOut,
@@ -408,7 +409,7 @@ impl Engine {
                 }
             }
             for &minute in app.rollups.keys() {
-                engine.schedule(minute + rollup::MINUTE_MS, app_id, "", TimerKind::RollupClose(minute));
+                engine.schedule(minute + MINUTE_MS, app_id, "", TimerKind::RollupClose(minute));
             }
             app.profile = Some(profile);
         }
@@ -453,7 +454,7 @@ impl Engine {
         let wm = self.watermark.current().unwrap_or(i64::MIN);
         let live_wm = self.watermark.liveness().unwrap_or(wm);
         let mut new_minute = false;
-        if minute + rollup::MINUTE_MS > wm || app.rollups.contains_key(&minute) {
+        if minute + MINUTE_MS > wm || app.rollups.contains_key(&minute) {
             app.rollups
                 .get_or_insert_with(&minute, || {
                     new_minute = true;
@@ -469,7 +470,7 @@ impl Engine {
             // An older beat than one already seen: it counts in the rollup, not in liveness.
             self.stats.out_of_order += 1;
             if new_minute {
-                self.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+                self.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
             }
             return;
         }
@@ -650,7 +651,7 @@ impl Engine {
         }
 
         if new_minute {
-            self.schedule(minute + rollup::MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+            self.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
         }
         if schedule_liveness {
             self.schedule_liveness(&app_id, &instance_id);

@@ -4,13 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::heartbeat::Heartbeat;
-
-pub const MINUTE_MS: i64 = 60_000;
-
-/// The start of the minute holding `t`.
-pub fn minute_of(t: i64) -> i64 {
-    t.div_euclid(MINUTE_MS) * MINUTE_MS
-}
+use crate::minute::MINUTE_MS;
 
 /// Counter increases since an instance's previous beat (a reset counts from zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -199,14 +193,6 @@ pub struct Rollup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn minutes_start_on_the_minute() {
-        assert_eq!(minute_of(0), 0);
-        assert_eq!(minute_of(59_999), 0);
-        assert_eq!(minute_of(60_000), 60_000);
-        assert_eq!(minute_of(-1), -60_000);
-    }
 
     #[test]
     fn accumulates_means_maxes_and_rates() {
