@@ -3,9 +3,9 @@
 //! Run: `cargo bench --bench engine`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use pulsewatch::engine::{Effect, Engine, EngineConfig};
+use pulsewatch::engine::{Effect, Engine};
 use pulsewatch::heartbeat::Heartbeat;
-use pulsewatch::rules::{CompiledRules, RuleSet, RuleState};
+use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet, RuleState};
 use pulsewatch::trend::TrendConfig;
 
 const T0: i64 = 1_800_000_000_000;
@@ -24,7 +24,7 @@ fn beat(app: usize, instance: usize, seq: i64, t: i64) -> Heartbeat {
 }
 
 fn engine() -> Engine {
-    let c = EngineConfig::default();
+    let c = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }

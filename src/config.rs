@@ -50,7 +50,7 @@ pub struct Config {
     pub input: InputConfig,
     pub retention: RetentionConfig,
     /// Event-time and liveness settings of the decision engine.
-    pub detection: crate::engine::EngineConfig,
+    pub detection: crate::rules::DetectionConfig,
     /// Threshold rules.
     pub rules: crate::rules::RuleSet,
     /// Leak and trend detection.
@@ -548,7 +548,7 @@ impl Config {
         if self.input.max_sent_at_drift_ms <= 0 {
             return Err(invalid("input.max_sent_at_drift_ms", "must be positive"));
         }
-        self.detection.validate().map_err(|(key, problem)| invalid(&key, problem))?;
+        self.detection.validate().map_err(|e| invalid(&e.key, e.problem))?;
         self.trend.validate().map_err(|(key, problem)| invalid(&key, problem))?;
         for (key, days) in [
             ("retention.raw_days", self.retention.raw_days),
@@ -562,7 +562,7 @@ impl Config {
     }
 
     /// The threshold rules with their per-application overrides compiled.
-    pub fn compiled_rules(&self) -> Result<crate::rules::CompiledRules, String> {
+    pub fn compiled_rules(&self) -> Result<crate::rules::CompiledRules, crate::rules::RuleError> {
         crate::rules::CompiledRules::new(&self.rules, &self.detection, &self.trend)
     }
 

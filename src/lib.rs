@@ -19,6 +19,7 @@
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
+pub mod app_state;
 pub mod codec;
 pub mod config;
 pub mod dead_letter;
@@ -34,6 +35,7 @@ pub mod labels;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_1m;
 pub mod minute;
 pub mod processor;
 pub mod redact;

@@ -38,10 +38,11 @@ use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 
+use crate::app_state::STATE_HEADER;
 use crate::codec;
 use crate::config::{AlertEncoding, Config};
 use crate::dead_letter::DeadLetter;
-use crate::engine::{Effect, Engine, STATE_HEADER};
+use crate::engine::{Effect, Engine};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
 use crate::registry::{Backoff, Registry, RegistryError, Unavailable};
@@ -253,7 +254,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     };
     producer.init_transactions(TXN_TIMEOUT).map_err(txn_error)?;
     let mut txn = Transaction::default();
-    let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
+    let rules = config.compiled_rules().map_err(|e| ProcessorError::Rules(e.to_string()))?;
     let mut engines: HashMap<i32, Engine> = HashMap::new();
     // Partitions assigned whose engines are still to be rebuilt.
     let mut pending: BTreeSet<i32> = BTreeSet::new();
@@ -733,12 +734,11 @@ fn send_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineConfig;
-    use crate::rules::RuleSet;
+    use crate::rules::{DetectionConfig, RuleSet};
     use crate::trend::TrendConfig;
 
     fn engine(partition: i32) -> Engine {
-        let c = EngineConfig::default();
+        let c = DetectionConfig::default();
         let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
         Engine::new(partition, c, rules)
     }

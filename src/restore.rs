@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use crate::app_state::{STATE_HEADER, StateRecordError};
 use crate::config::KafkaConfig;
-use crate::engine::{Engine, EngineConfig, RestoredApps, STATE_HEADER, StateRecord, StateRecordError};
+use crate::engine::{Engine, RestoredApps, StateRecord};
 use crate::rules::CompiledRules;
+use crate::rules::DetectionConfig;
 use crate::tally::{self, End, TallyError};
 
 /// The engines rebuilt and what it took.
@@ -116,7 +118,7 @@ pub fn restore_partitions(
     kafka: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
-    config: &EngineConfig,
+    config: &DetectionConfig,
     rules: &CompiledRules,
     timeout: Duration,
 ) -> Result<Restored, TallyError> {
@@ -197,7 +199,7 @@ fn work(
     rx: Receiver<RecordBatch>,
     emptied: Sender<RecordBatch>,
     partitions: &[i32],
-    config: &EngineConfig,
+    config: &DetectionConfig,
     rules: &CompiledRules,
 ) -> WorkerResult {
     // An application's records are all in one partition, in order: the last one read wins.

@@ -32,13 +32,13 @@ use thiserror::Error;
 use tokio::runtime::Handle;
 
 use crate::alert::Alert;
+use crate::app_state::AppSnapshot;
 use crate::config::{Config, RetentionConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterError, Publisher, Record};
-use crate::engine::AppSnapshot;
-use crate::engine::rollup::Rollup;
 use crate::heartbeat::Heartbeat;
 use crate::kafka;
 use crate::metrics::METRICS;
+use crate::metrics_1m::Rollup;
 use crate::registry::{Backoff, Registry, Unavailable};
 use crate::shutdown::Shutdown;
 use crate::store::partitions::{self, Window};

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Pipeline, Run, assert_same_decisions, decisions, eventually, mid_run};
-use pulsewatch::engine::rollup::Rollup;
 use pulsewatch::loadgen::{self, LoadgenOptions};
+use pulsewatch::metrics_1m::Rollup;
 use pulsewatch::topology::names;
 use rdkafka::message::Message;
 

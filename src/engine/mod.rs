@@ -14,110 +14,17 @@ pub mod vec_map;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use serde::{Deserialize, Serialize};
-
 use crate::alert::{Alert, AlertKind, AlertState, Severity, alert_id};
+use crate::app_state::{AppSnapshot, StateRecordOut};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::metrics_1m::Rollup;
 use crate::minute::{MINUTE_MS, minute_of};
-use crate::rules::{CompiledRules, Profile, Transition};
+use crate::rules::{CompiledRules, DetectionConfig, Profile, Rule, Transition};
 use crate::trend::LeakChange;
-use crate::watermark::{Observation, Watermark, WatermarkConfig};
+use crate::watermark::{Observation, Watermark};
 use explain::Explanation;
-use rollup::{MinuteAcc, Rollup};
-pub use state::{
-    AppSnapshot, AppState, InstanceState, Liveness, RestoredApps, STATE_HEADER, STATE_VERSION, StateRecord,
-    StateRecordError, StateRecordOut,
-};
-
-/// How the engine decides.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
-    /// Event time a beat may arrive after newer ones and still count, ms.
-    pub allowed_lateness_ms: i64,
-    /// A beat stamped further than this ahead of its broker timestamp, or of the partition's
-    /// frontier carried by the broker's clock, is kept out of the watermark (and counted), ms.
-    pub max_skew_ms: i64,
-    /// Live data (its newest event within the allowed lateness of the broker's clock) has
-    /// its liveness deadlines judged this long after the broker's clock passed them, ms.
-    pub append_slack_ms: i64,
-    /// LATE once no beat for late_factor × interval.
-    pub late_factor: f64,
-    /// DOWN this long after LATE, ms; 0 means max(3 × interval, 30 s).
-    pub down_grace_ms: i64,
-    /// An instance DOWN this long is forgotten (its alerts resolve), ms.
-    pub forget_after_ms: i64,
-    /// INSTANCE_RESTARTED resolves after this long without another restart, ms.
-    pub restart_quiet_ms: i64,
-    /// FLAPPING once an instance makes this many UP/DOWN transitions within
-    /// `flap_window_ms`; 0 turns the rule off.
-    pub flap_transitions: u32,
-    /// The window the transitions are counted in, and the quiet time that ends FLAPPING, ms.
-    pub flap_window_ms: i64,
-    /// Phi-accrual liveness: LATE once phi (from the instance's own inter-arrival times)
-    /// passes this; 0 = off, LATE after late_factor x interval (per app: overrides).
-    pub phi_threshold: f64,
-    /// Smallest standard deviation of the inter-arrival times phi assumes, ms.
-    pub phi_min_std_ms: f64,
-    /// Inter-arrival times the phi estimate is weighted over.
-    pub phi_window: u32,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            allowed_lateness_ms: 5_000,
-            max_skew_ms: 60_000,
-            append_slack_ms: 500,
-            late_factor: 2.0,
-            down_grace_ms: 0,
-            forget_after_ms: 24 * 3_600_000,
-            restart_quiet_ms: 10 * 60_000,
-            flap_transitions: 6,
-            flap_window_ms: 15 * 60_000,
-            phi_threshold: 0.0,
-            phi_min_std_ms: 500.0,
-            phi_window: 100,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// The first problem with these settings: (key, problem).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, p: &str| Err((format!("detection.{k}"), p.to_owned()));
-        if !(0..=self.allowed_lateness_ms).contains(&self.append_slack_ms) {
-            return bad("append_slack_ms", "must be between 0 and allowed_lateness_ms");
-        }
-        if self.late_factor.is_nan() || self.late_factor < 1.0 {
-            return bad("late_factor", "must be at least 1");
-        }
-        if self.flap_transitions as usize > state::MAX_TRANSITIONS {
-            return bad("flap_transitions", "must be at most 32");
-        }
-        if self.flap_window_ms <= 0 {
-            return bad("flap_window_ms", "must be positive");
-        }
-        if self.phi_threshold.is_nan() || !(0.0..=30.0).contains(&self.phi_threshold) {
-            return bad("phi_threshold", "must be 0 (off) or up to 30");
-        }
-        if self.phi_min_std_ms.is_nan() || self.phi_min_std_ms <= 0.0 {
-            return bad("phi_min_std_ms", "must be positive");
-        }
-        if self.phi_window < 2 {
-            return bad("phi_window", "must be at least 2");
-        }
-        Ok(())
-    }
-
-    pub fn watermark(&self) -> WatermarkConfig {
-        WatermarkConfig {
-            allowed_lateness_ms: self.allowed_lateness_ms,
-            max_skew_ms: self.max_skew_ms,
-            append_slack_ms: self.append_slack_ms,
-        }
-    }
-}
+use rollup::MinuteAcc;
+pub use state::{AppState, InstanceState, Liveness, RestoredApps, StateRecord};
 
 /// What processing produced, to be published.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,7 +152,7 @@ pub struct EngineStats {
 /// The state and logic of one partition.
 pub struct Engine {
     partition: i32,
-    config: EngineConfig,
+    config: DetectionConfig,
     rules: CompiledRules,
     watermark: Watermark,
     apps: HashMap<String, AppState>,
@@ -259,7 +166,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(partition: i32, config: EngineConfig, rules: CompiledRules) -> Engine {
+    pub fn new(partition: i32, config: DetectionConfig, rules: CompiledRules) -> Engine {
         Engine {
             partition,
             watermark: Watermark::new(config.watermark()),
@@ -363,7 +270,7 @@ impl Engine {
     /// restore nothing.
     pub fn restore(
         partition: i32,
-        config: EngineConfig,
+        config: DetectionConfig,
         rules: CompiledRules,
         records: impl IntoIterator<Item = StateRecord>,
     ) -> Engine {
@@ -378,7 +285,7 @@ impl Engine {
     /// become the engine's as they are, each given its rule profile and pending deadlines.
     pub fn restore_apps(
         partition: i32,
-        config: EngineConfig,
+        config: DetectionConfig,
         rules: CompiledRules,
         restored: RestoredApps,
     ) -> Engine {
@@ -574,9 +481,10 @@ impl Engine {
         let requests_per_s = instance.observe_rates(&beat, &deltas);
         let error_rate = instance.error_rate(self.rules.error_rate_min_requests);
         let values = figures_for_rules(&beat, error_rate);
-        for (i, &(kind, th)) in profile.rules.iter().enumerate() {
-            let Some(value) = values[i] else { continue };
-            if let Some(tr) = instance.rules.observe(i, t, value, &th) {
+        for &(rule, th) in &profile.rules {
+            let Some(value) = values[rule.index()] else { continue };
+            let kind = rule.kind();
+            if let Some(tr) = instance.rules.observe(rule, t, value, &th) {
                 let inst = Some(instance_id.as_str());
                 let (change, shown_threshold) = match tr {
                     Transition::Fire { severity, started_at } => {
@@ -971,23 +879,27 @@ fn announce_liveness(
     out.push(change.measured(Some(silent as f64), Some(threshold as f64)).emit(ex, ctx.origin));
 }
 
-/// The figure each threshold rule judges, in [`RuleSet::rules`] order.
-fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; 8] {
-    let pool = match (b.db_pool_in_use, b.db_pool_size, b.db_pool_waiting) {
-        (_, _, Some(w)) if w > 0 => Some(1.0),
-        (Some(u), Some(s), _) if s > 0 => Some(f64::from(u) / f64::from(s)),
-        _ => None,
-    };
-    [
-        rollup::memory_ratio(b),
-        b.cpu_ratio.map(f64::from),
-        pool,
-        b.disk_used_ratio.map(f64::from),
-        b.latency_p95_ms.map(f64::from),
-        b.request_queue_depth.map(f64::from),
-        error_rate,
-        b.db_query_p95_ms.map(f64::from),
-    ]
+/// The figure each threshold rule judges, in [`Rule::ALL`] order.
+fn figures_for_rules(b: &Heartbeat, error_rate: Option<f64>) -> [Option<f64>; Rule::COUNT] {
+    Rule::ALL.map(|rule| figure(rule, b, error_rate))
+}
+
+/// The figure `rule` judges in beat `b`.
+fn figure(rule: Rule, b: &Heartbeat, error_rate: Option<f64>) -> Option<f64> {
+    match rule {
+        Rule::Memory => rollup::memory_ratio(b),
+        Rule::Cpu => b.cpu_ratio.map(f64::from),
+        Rule::DbPool => match (b.db_pool_in_use, b.db_pool_size, b.db_pool_waiting) {
+            (_, _, Some(w)) if w > 0 => Some(1.0),
+            (Some(u), Some(s), _) if s > 0 => Some(f64::from(u) / f64::from(s)),
+            _ => None,
+        },
+        Rule::Disk => b.disk_used_ratio.map(f64::from),
+        Rule::LatencyP95 => b.latency_p95_ms.map(f64::from),
+        Rule::QueueDepth => b.request_queue_depth.map(f64::from),
+        Rule::ErrorRate => error_rate,
+        Rule::DbQueryP95 => b.db_query_p95_ms.map(f64::from),
+    }
 }
 
 /// A stable hash of an instance's identity, for the watermark to tell its sources apart.

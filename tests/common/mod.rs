@@ -440,7 +440,7 @@ pub fn rollups(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<String> 
         .iter()
         .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
         .filter(|json| {
-            let r: pulsewatch::engine::rollup::Rollup = serde_json::from_str(json).unwrap();
+            let r: pulsewatch::metrics_1m::Rollup = serde_json::from_str(json).unwrap();
             r.minute + 2 * 60_000 <= end_ms
         })
         .collect();
