@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::vec_map::VecMap;
 use crate::heartbeat::Heartbeat;
 use crate::metrics_1m::Rollup;
-use crate::minute::MINUTE_MS;
+use crate::minute::{MINUTE_MS, minute_of};
 
 /// Counter increases since an instance's previous beat (a reset counts from zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -146,6 +147,34 @@ impl MinuteAcc {
                 .then(|| d.cache_hits / (d.cache_hits + d.cache_misses)),
         }
     }
+}
+
+/// What became of a beat offered to its minute's rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// It opened its minute (starting at this time), which must be closed later.
+    Opened(i64),
+    /// It joined its minute, already open.
+    Added,
+    /// Its minute was already emitted: it counts nowhere.
+    TooLate,
+}
+
+/// Adds a beat (and its counters' `deltas`) to its minute among an application's open
+/// `rollups`, unless the watermark `wm` passed that minute's end and it was emitted.
+pub fn join(rollups: &mut VecMap<i64, Box<MinuteAcc>>, b: &Heartbeat, deltas: &Deltas, wm: i64) -> Joined {
+    let minute = minute_of(b.sent_at);
+    if minute + MINUTE_MS <= wm && !rollups.contains_key(&minute) {
+        return Joined::TooLate;
+    }
+    let mut joined = Joined::Added;
+    rollups
+        .get_or_insert_with(&minute, || {
+            joined = Joined::Opened(minute);
+            Box::new(MinuteAcc::new(minute))
+        })
+        .add(b, deltas);
+    joined
 }
 
 /// memory_used_bytes / memory_limit_bytes, when both are known.

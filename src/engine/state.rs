@@ -217,10 +217,6 @@ pub struct AppState {
     pub rollups: VecMap<i64, Box<MinuteAcc>>,
     pub last_seen: i64,
     pub labels: Labels,
-    /// The rules and liveness settings this app is judged by (from its overrides); derived
-    /// from the configuration, so not part of the persisted state.
-    #[serde(skip)]
-    pub profile: Option<std::sync::Arc<crate::rules::Profile>>,
 }
 
 impl AppState {

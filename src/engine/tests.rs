@@ -1,4 +1,5 @@
 use super::*;
+use crate::alert::{AlertKind, AlertState, Severity};
 use crate::app_state::{STATE_VERSION, StateRecordError};
 use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
 use crate::rules::{DetectionConfig, RuleSet};
