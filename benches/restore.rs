@@ -29,7 +29,7 @@ use pulsewatch::loadgen::scenario::InstanceSim;
 use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
 use pulsewatch::topology::{self, Topology, names};
 use pulsewatch::trend::TrendConfig;
-use pulsewatch::{restore, tally};
+use pulsewatch::{readback, restore};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
 
@@ -154,7 +154,7 @@ fn through_kafka(
     let started = Instant::now();
     let mut read = 0;
     let timeout = Duration::from_secs(600);
-    tally::read_partitions_in_chunks(&pw.kafka, &topic, Some(&partitions), timeout, 20_000, |c| {
+    readback::read_partitions_in_chunks(&pw.kafka, &topic, Some(&partitions), timeout, 20_000, |c| {
         read += c.len()
     })
     .unwrap();

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod metrics_1m;
 pub mod minute;
 pub mod processor;
+pub mod readback;
 pub mod redact;
 pub mod registry;
 pub mod restore;

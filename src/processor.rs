@@ -45,11 +45,11 @@ use crate::dead_letter::DeadLetter;
 use crate::engine::{Effect, Engine};
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
+use crate::readback::ReadError;
 use crate::registry::{Backoff, Registry, RegistryError, Unavailable};
 use crate::restore;
 use crate::rules::CompiledRules;
 use crate::shutdown::Shutdown;
-use crate::tally::TallyError;
 use crate::topology::names;
 
 #[derive(Debug, Error)]
@@ -61,7 +61,7 @@ pub enum ProcessorError {
     #[error("config key rules: {0}")]
     Rules(String),
     #[error("restoring partition state from app-state: {0}")]
-    Restore(#[from] TallyError),
+    Restore(#[from] ReadError),
     #[error(
         "topic {app_state} has {has} partitions, fewer than {heartbeats} ({need}): each heartbeats partition keeps its state in the app-state partition of the same number"
     )]

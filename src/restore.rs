@@ -17,9 +17,9 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use crate::app_state::{STATE_HEADER, StateRecordError};
 use crate::config::KafkaConfig;
 use crate::engine::{Engine, RestoredApps, StateRecord};
+use crate::readback::{self, End, ReadError};
 use crate::rules::CompiledRules;
 use crate::rules::DetectionConfig;
-use crate::tally::{self, End, TallyError};
 
 /// The engines rebuilt and what it took.
 pub struct Restored {
@@ -121,7 +121,7 @@ pub fn restore_partitions(
     config: &DetectionConfig,
     rules: &CompiledRules,
     timeout: Duration,
-) -> Result<Restored, TallyError> {
+) -> Result<Restored, ReadError> {
     let started = Instant::now();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len().max(1));
     std::thread::scope(|scope| {
@@ -144,15 +144,16 @@ pub fn restore_partitions(
         drop(emptied);
         let mut batches: Vec<RecordBatch> = (0..workers).map(|_| RecordBatch::default()).collect();
         let mut records = 0;
-        let read = tally::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
-            records += 1;
-            let w = worker_of(m.partition(), workers);
-            batches[w].push(m);
-            if batches[w].len() >= BATCH_RECORDS {
-                let next = reusable.try_recv().unwrap_or_default();
-                send(&senders[w], std::mem::replace(&mut batches[w], next));
-            }
-        });
+        let read =
+            readback::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
+                records += 1;
+                let w = worker_of(m.partition(), workers);
+                batches[w].push(m);
+                if batches[w].len() >= BATCH_RECORDS {
+                    let next = reusable.try_recv().unwrap_or_default();
+                    send(&senders[w], std::mem::replace(&mut batches[w], next));
+                }
+            });
         for (tx, batch) in senders.iter().zip(batches) {
             if !batch.is_empty() {
                 send(tx, batch);

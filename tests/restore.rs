@@ -143,8 +143,8 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
 fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
     use pulsewatch::app_state::{STATE_HEADER, StateRecordOut};
     use pulsewatch::engine::AppState;
+    use pulsewatch::readback::{self, End};
     use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
-    use pulsewatch::tally::{self, End};
     use pulsewatch::trend::TrendConfig;
     use pulsewatch::{kafka, restore};
     use rdkafka::message::{Header, OwnedHeaders};
@@ -164,7 +164,7 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
 
     // The transaction is open: the committed records end before its record.
     let mut current = 0;
-    tally::read_partitions_each(
+    readback::read_partitions_each(
         &config.kafka,
         &topic,
         Some(&[0]),
