@@ -8,6 +8,11 @@ use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet, RuleState};
 use pulsewatch::trend::TrendConfig;
 
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_800_000_000_000;
 
 fn beat(app: usize, instance: usize, seq: i64, t: i64) -> Heartbeat {

@@ -33,6 +33,11 @@ use pulsewatch::{readback, restore};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
 
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_800_000_000_000;
 
 fn main() {

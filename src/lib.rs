@@ -52,10 +52,3 @@ pub mod tally;
 pub mod topology;
 pub mod trend;
 pub mod watermark;
-
-/// The allocator of every program built on this library (the `pulsewatch` binary, its
-/// benches and tests): the engine allocates and frees small objects per beat, and a restore
-/// builds millions of them. Measured with `cargo bench --bench engine`: a round of a
-/// 1,000-application fleet takes ≈ 2.3 ms instead of ≈ 4.3 ms with the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
