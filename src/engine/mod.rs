@@ -3,11 +3,11 @@
 //!
 //! Pure: it takes beats (with their offsets) and wall-clock readings and returns effects
 //! (alerts, rollups) and snapshots; it knows nothing of Kafka or PostgreSQL. Deadlines live
-//! in a heap of timers keyed by event time ([`timers`]), fired when the partition's
+//! in a heap of timers keyed by event time (`timers`), fired when the partition's
 //! watermark passes them; a timer-driven alert carries the deadline it crossed as its
 //! `event_at`. A beat is applied in steps, each in a module of its own: its minute's
-//! [`rollup`], [`liveness`], [`restart`]s, [`thresholds`], [`leaks`]; the alerts they raise
-//! are [`change`]s put in words by [`explain`].
+//! [`rollup`], `liveness`, `restart`s, `thresholds`, `leaks`; the alerts they raise are
+//! `change`s put in words by [`explain`].
 
 mod change;
 pub mod explain;
