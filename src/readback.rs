@@ -212,12 +212,11 @@ impl Span<'_> {
     }
 }
 
-/// The configuration of a client that reads once and is closed. A new client learns the
-/// broker's id from the bootstrap connection, drops that connection and opens another to the
-/// broker by id; librdkafka holds such a connection back for half of `reconnect.backoff.ms`
-/// (at least 11 ms) after the last, so with the default of 100 ms about half of all first
-/// requests waited 50 ms. A short backoff makes that wait 11 ms; a broker that is away is
-/// still asked less and less often (the backoff doubles up to `reconnect.backoff.max.ms`).
+/// The configuration of a client that reads once and is closed. A new client drops its
+/// bootstrap connection once it knows the broker's id and opens another, which librdkafka
+/// holds back for half of `reconnect.backoff.ms`: a short backoff keeps that wait short (see
+/// `docs/benchmarks.md`); a broker that is away is still asked less and less often (the
+/// backoff doubles up to `reconnect.backoff.max.ms`).
 fn reader_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
     let mut config = kafka.client_config();
     config.set("reconnect.backoff.ms", "10");
