@@ -5,6 +5,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pulsewatch::codec::{self, Encoding, avro};
 use pulsewatch::heartbeat::Heartbeat;
 
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let beat = Heartbeat::example_full();
     let avro_bytes = codec::encode(&beat, Encoding::Avro);

@@ -3,10 +3,15 @@
 //! Run: `cargo bench --bench engine`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use pulsewatch::engine::{Effect, Engine, EngineConfig};
+use pulsewatch::engine::{Effect, Engine};
 use pulsewatch::heartbeat::Heartbeat;
-use pulsewatch::rules::{CompiledRules, RuleSet, RuleState};
+use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet, RuleState};
 use pulsewatch::trend::TrendConfig;
+
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -24,7 +29,7 @@ fn beat(app: usize, instance: usize, seq: i64, t: i64) -> Heartbeat {
 }
 
 fn engine() -> Engine {
-    let c = EngineConfig::default();
+    let c = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }

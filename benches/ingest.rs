@@ -15,6 +15,11 @@ use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::ingest::client::Client;
 use pulsewatch::topology::{self, Topology};
 
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let seconds: f64 = std::env::var("PULSEWATCH_BENCH_SECONDS")

@@ -19,9 +19,14 @@ use pulsewatch::loadgen::{self, LoadgenOptions};
 use pulsewatch::metrics::METRICS;
 use pulsewatch::shutdown::Shutdown;
 use pulsewatch::topology::{self, Topology, names};
-use pulsewatch::{processor, sink, store, tally};
+use pulsewatch::{processor, readback, sink, store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -128,7 +133,7 @@ fn main() {
     worker.join().unwrap();
     let alerts_topic = config.kafka.name(names::ALERTS);
     let alerts: Vec<pulsewatch::alert::Alert> =
-        tally::read_to_end(&config.kafka, &alerts_topic, Duration::from_secs(60))
+        readback::read_to_end(&config.kafka, &alerts_topic, Duration::from_secs(60))
             .unwrap()
             .iter()
             .filter_map(|m| {

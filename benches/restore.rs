@@ -21,16 +21,22 @@
 
 use std::time::{Duration, Instant};
 
+use pulsewatch::app_state::StateRecordOut;
 use pulsewatch::config::Config;
-use pulsewatch::engine::{AppState, Effect, Engine, EngineConfig, StateRecord, StateRecordOut};
+use pulsewatch::engine::{AppState, Effect, Engine, StateRecord};
 use pulsewatch::kafka;
 use pulsewatch::loadgen::scenario::InstanceSim;
-use pulsewatch::rules::{CompiledRules, RuleSet};
+use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
 use pulsewatch::topology::{self, Topology, names};
 use pulsewatch::trend::TrendConfig;
-use pulsewatch::{restore, tally};
+use pulsewatch::{readback, restore};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
+
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -44,7 +50,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 2_000 } else { 20 });
-    let config = EngineConfig::default();
+    let config = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &config, &TrendConfig::default()).unwrap();
     let mut engine = Engine::new(0, config.clone(), rules.clone());
     let mut sims: Vec<InstanceSim> = (0..apps)
@@ -118,7 +124,7 @@ fn through_kafka(
     mut pw: Config,
     templates: &[AppState],
     apps: usize,
-    config: &EngineConfig,
+    config: &DetectionConfig,
     rules: &CompiledRules,
 ) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -136,7 +142,7 @@ fn through_kafka(
         let record = StateRecordOut::new(&state.snapshot(&app_id, 1_800_000_000_000), Some(state));
         bytes += record.value.len() + record.header.len();
         let header = OwnedHeaders::new()
-            .insert(Header { key: pulsewatch::engine::STATE_HEADER, value: Some(&record.header) });
+            .insert(Header { key: pulsewatch::app_state::STATE_HEADER, value: Some(&record.header) });
         let partition = Some(partitions[i % partitions.len()]);
         kafka::send_to(&producer, &topic, partition, &app_id, &record.value, Some(header)).unwrap();
         producer.poll(Duration::ZERO);
@@ -153,7 +159,7 @@ fn through_kafka(
     let started = Instant::now();
     let mut read = 0;
     let timeout = Duration::from_secs(600);
-    tally::read_partitions_in_chunks(&pw.kafka, &topic, Some(&partitions), timeout, 20_000, |c| {
+    readback::read_partitions_in_chunks(&pw.kafka, &topic, Some(&partitions), timeout, 20_000, |c| {
         read += c.len()
     })
     .unwrap();

@@ -8,6 +8,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::trend::{InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, judge};
 
+/// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
+/// the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_800_000_000_000;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 

@@ -2,14 +2,9 @@
 //! (`processor.transparent_huge_pages`).
 //!
 //! The allocator asks for huge pages on its arenas, and where the kernel grants them each
-//! first touch of fresh memory clears 2 MB at once. On the 2-core virtual machine the project
-//! is measured on, such a page costs several times per byte what the 4 KB pages do: a restore
-//! of 100,000 applications took 1.1-1.3 s with huge pages and 0.75-1.0 s without, and
-//! touching 650 MB of fresh memory 0.7-0.8 s against 0.14-0.2 s (`cargo bench --bench
-//! restore`). The steady state gained little from them: the processor stage ran at
-//! 85,000-95,000 beats/s either way (`cargo bench --bench pipeline`), the engine bench's
-//! largest round 5-10 % faster with them, inside its noise. So they are off by default; on
-//! hosts where they pay, an operator turns them on.
+//! first touch of fresh memory clears 2 MB at once: on the machines measured that made a
+//! restore slower and the steady state no faster (figures in `docs/benchmarks.md`), so they
+//! are off by default; on hosts where they pay, an operator turns them on.
 
 use std::io;
 

@@ -1,8 +1,8 @@
 //! [`Labels`]: the small map of strings a heartbeat carries and an application keeps, in
-//! one sorted vector. A `BTreeMap<String, String>` takes a node of ≈ 540 bytes however few
-//! its pairs are, and the engine keeps one per application and one per instance: for the
-//! usual two to five labels a vector takes a fifth to a half of that. It is read and
-//! written as a map, in the same JSON and binary forms as the B-tree map it replaced.
+//! one sorted vector: the engine keeps one per application and one per instance, and a
+//! `BTreeMap<String, String>` takes a whole node however few its pairs are (a vector takes a
+//! fifth to a half of that for the usual two to five labels). It is read and written as a
+//! map, in the same JSON and binary forms as the B-tree map it replaced.
 
 use std::fmt;
 

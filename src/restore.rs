@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
+use crate::app_state::{STATE_HEADER, StateRecordError};
 use crate::config::KafkaConfig;
-use crate::engine::{Engine, EngineConfig, RestoredApps, STATE_HEADER, StateRecord, StateRecordError};
+use crate::engine::{Engine, RestoredApps, StateRecord};
+use crate::readback::{self, End, ReadError};
 use crate::rules::CompiledRules;
-use crate::tally::{self, End, TallyError};
+use crate::rules::DetectionConfig;
 
 /// The engines rebuilt and what it took.
 pub struct Restored {
@@ -116,10 +118,10 @@ pub fn restore_partitions(
     kafka: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
-    config: &EngineConfig,
+    config: &DetectionConfig,
     rules: &CompiledRules,
     timeout: Duration,
-) -> Result<Restored, TallyError> {
+) -> Result<Restored, ReadError> {
     let started = Instant::now();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len().max(1));
     std::thread::scope(|scope| {
@@ -142,15 +144,16 @@ pub fn restore_partitions(
         drop(emptied);
         let mut batches: Vec<RecordBatch> = (0..workers).map(|_| RecordBatch::default()).collect();
         let mut records = 0;
-        let read = tally::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
-            records += 1;
-            let w = worker_of(m.partition(), workers);
-            batches[w].push(m);
-            if batches[w].len() >= BATCH_RECORDS {
-                let next = reusable.try_recv().unwrap_or_default();
-                send(&senders[w], std::mem::replace(&mut batches[w], next));
-            }
-        });
+        let read =
+            readback::read_partitions_each(kafka, topic, Some(partitions), End::Settled, timeout, |m| {
+                records += 1;
+                let w = worker_of(m.partition(), workers);
+                batches[w].push(m);
+                if batches[w].len() >= BATCH_RECORDS {
+                    let next = reusable.try_recv().unwrap_or_default();
+                    send(&senders[w], std::mem::replace(&mut batches[w], next));
+                }
+            });
         for (tx, batch) in senders.iter().zip(batches) {
             if !batch.is_empty() {
                 send(tx, batch);
@@ -197,7 +200,7 @@ fn work(
     rx: Receiver<RecordBatch>,
     emptied: Sender<RecordBatch>,
     partitions: &[i32],
-    config: &EngineConfig,
+    config: &DetectionConfig,
     rules: &CompiledRules,
 ) -> WorkerResult {
     // An application's records are all in one partition, in order: the last one read wins.

@@ -12,14 +12,15 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::loadgen::Manifest;
+use crate::readback::ReadError;
 use crate::store::{self, QueryContext, StoreError, quoted_schema};
-use crate::tally::{self, Tally, TallyError};
+use crate::tally::{self, Tally};
 use crate::topology::names;
 
 #[derive(Debug, Error)]
 pub enum SummaryError {
     #[error("{0}")]
-    Tally(#[from] TallyError),
+    Tally(#[from] ReadError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("the sink stored {stored} of {expected} beats within {secs} s")]

@@ -129,7 +129,7 @@ fn an_outside_producer_and_consumer_work_with_the_pipeline() {
     });
     assert_eq!(query_i64(&config, &format!("SELECT count(*) FROM \"{schema}\".heartbeat_event")), total);
     assert_eq!(p.metric("pulsewatch_legacy_fingerprint_records_total{schema=\"heartbeat\""), 1.0);
-    let dlq = pulsewatch::tally::read_to_end(
+    let dlq = pulsewatch::readback::read_to_end(
         &config.kafka,
         &config.kafka.name(names::HEARTBEATS_DLQ),
         Duration::from_secs(30),

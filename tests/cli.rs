@@ -58,6 +58,17 @@ fn a_bad_config_names_the_key_and_the_problem() {
 }
 
 #[test]
+fn a_bad_rule_override_is_reported_by_config_show() {
+    let file = std::env::temp_dir().join(format!("pulsewatch-cli-rules-{}.toml", std::process::id()));
+    std::fs::write(&file, "[[rules.overrides]]\napp = \"batch-*\"\ncpu = { warning = 0.95 }\n").unwrap();
+    let out = pulsewatch(&["--config", file.to_str().unwrap(), "config", "show"], &[]);
+    std::fs::remove_file(&file).ok();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("rules.overrides[0].cpu") && err.contains("CPU_HIGH"), "{err}");
+}
+
+#[test]
 fn topology_check_exits_non_zero_until_apply() {
     let config = common::isolated_config("cli_topology");
     let env = [

@@ -69,7 +69,7 @@ fn publish(producer: &TrackedProducer, topic: &str, live: Duration) -> i64 {
 
 /// What a fresh engine decides on the partition's records as the broker stored them.
 fn replay(config: &pulsewatch::config::Config, topic: &str) -> Vec<Alert> {
-    let records = pulsewatch::tally::read_to_end(&config.kafka, topic, Duration::from_secs(60)).unwrap();
+    let records = pulsewatch::readback::read_to_end(&config.kafka, topic, Duration::from_secs(60)).unwrap();
     let mut engine = Engine::new(0, config.detection.clone(), config.compiled_rules().unwrap());
     let mut out = Vec::new();
     for m in records.iter().filter(|m| m.partition() == 0) {

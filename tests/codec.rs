@@ -4,10 +4,11 @@
 
 use base64::Engine as _;
 use proptest::prelude::*;
+use pulsewatch::app_state::STATE_VERSION;
 use pulsewatch::codec::{self, DecodeError, Encoding, avro, json};
-use pulsewatch::engine::{Engine, EngineConfig, STATE_VERSION, StateRecord};
+use pulsewatch::engine::{Engine, StateRecord};
 use pulsewatch::heartbeat::{Heartbeat, InstanceStatus};
-use pulsewatch::rules::{CompiledRules, RuleSet};
+use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
 use pulsewatch::trend::TrendConfig;
 
 fn status() -> impl Strategy<Value = InstanceStatus> {
@@ -95,7 +96,7 @@ proptest! {
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let config = EngineConfig::default();
+        let config = DetectionConfig::default();
         let rules = CompiledRules::new(&RuleSet::default(), &config, &TrendConfig::default()).unwrap();
         let mut engine = Engine::new(0, config, rules);
         let (app_id, sent_at) = (b.app_id.clone(), b.sent_at);
@@ -149,14 +150,14 @@ fn app_state_records_of_version_3_read_back_to_the_state_they_held() {
         records.push(back);
     }
     // Restored, and written again at the current version: the same state, in fewer bytes.
-    let config = EngineConfig::default();
+    let config = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &config, &TrendConfig::default()).unwrap();
     let engine = Engine::restore(0, config, rules, records);
     assert_eq!((engine.app_count(), engine.instance_count()), (3, 6));
     for (app_id, r) in fixture.iter().map(|r| (r["app_id"].as_str().unwrap(), r)) {
         let state = engine.app(app_id).unwrap();
         let snapshot = state.snapshot(app_id, 0);
-        let out = pulsewatch::engine::StateRecordOut::new(&snapshot, Some(state));
+        let out = pulsewatch::app_state::StateRecordOut::new(&snapshot, Some(state));
         let back = StateRecord::decode(&out.value, Some(&out.header)).unwrap();
         assert_eq!(back.version, STATE_VERSION);
         // (The restore schedules each instance's deadline anew: compared with the engine's.)

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Pipeline, Run, assert_same_decisions, decisions, eventually, mid_run};
-use pulsewatch::engine::rollup::Rollup;
 use pulsewatch::loadgen::{self, LoadgenOptions};
+use pulsewatch::metrics_1m::Rollup;
 use pulsewatch::topology::names;
 use rdkafka::message::Message;
 
@@ -56,7 +56,7 @@ fn a_paused_processor_is_fenced_by_its_successor_and_nothing_is_written_twice() 
     });
     // Every closed minute of every application is published once (read_committed): what the
     // fenced instance had in flight was aborted, not repeated.
-    let rollups = pulsewatch::tally::read_to_end(
+    let rollups = pulsewatch::readback::read_to_end(
         &config.kafka,
         &config.kafka.name(names::METRICS_1M),
         Duration::from_secs(60),

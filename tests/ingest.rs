@@ -29,7 +29,7 @@ fn rows(config: &Config, app: &str) -> i64 {
 fn records(config: &Config, app: &str) -> usize {
     use rdkafka::message::Message;
     let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
-    pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(30))
+    pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(30))
         .unwrap()
         .iter()
         .filter(|m| m.key() == Some(app.as_bytes()))
@@ -330,7 +330,7 @@ fn the_load_generator_posts_through_the_ingest() {
     assert!(m.beats_total >= 2_000, "{}", m.beats_total);
     let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
     let on_topic =
-        pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap().len();
+        pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap().len();
     assert_eq!(on_topic as u64, m.beats_total, "every beat produced once");
     let s = &config.postgres.schema;
     eventually(Duration::from_secs(60), "every beat stored", || {

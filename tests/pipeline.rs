@@ -215,7 +215,7 @@ fn check_tables(config: &Config, m: &Manifest) {
 
 fn check_dead_letters(config: &Config, m: &Manifest) {
     let topic = config.kafka.name(names::HEARTBEATS_DLQ);
-    let dead = pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(60)).unwrap();
+    let dead = pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(60)).unwrap();
     assert_eq!(dead.len() as u64, m.poison_total, "every poison record is dead-lettered, nothing else");
     for msg in &dead {
         let headers = msg.headers().expect("dead letters carry headers");

@@ -113,7 +113,7 @@ fn healthy(now: i64, codec: &str, apps: usize, beats: i64) -> Vec<Heartbeat> {
 
 fn dead_letters(config: &Config) -> Vec<rdkafka::message::OwnedMessage> {
     let dlq = config.kafka.name(names::HEARTBEATS_DLQ);
-    pulsewatch::tally::read_to_end(&config.kafka, &dlq, Duration::from_secs(60)).unwrap()
+    pulsewatch::readback::read_to_end(&config.kafka, &dlq, Duration::from_secs(60)).unwrap()
 }
 
 fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {

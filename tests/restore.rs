@@ -69,8 +69,9 @@ fn the_state_of_100000_apps_comes_back_after_a_restart_and_readyz_waits_for_it()
 /// that cannot be read back are counted with a reason instead of stopping the restore.
 #[test]
 fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
-    use pulsewatch::engine::{AppState, EngineConfig, STATE_HEADER, StateRecordOut};
-    use pulsewatch::rules::{CompiledRules, RuleSet};
+    use pulsewatch::app_state::{STATE_HEADER, StateRecordOut};
+    use pulsewatch::engine::AppState;
+    use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
     use pulsewatch::trend::TrendConfig;
     use pulsewatch::{kafka, restore};
     use rdkafka::message::{Header, OwnedHeaders};
@@ -105,7 +106,7 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
     producer.flush(Duration::from_secs(60)).unwrap();
     assert_eq!(producer.context().failed(), 0);
 
-    let engine_config = EngineConfig::default();
+    let engine_config = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
     let restored = restore::restore_partitions(
         &config.kafka,
@@ -140,9 +141,10 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
 /// a read to the current end of the committed records would stop before that state.
 #[test]
 fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
-    use pulsewatch::engine::{AppState, EngineConfig, STATE_HEADER, StateRecordOut};
-    use pulsewatch::rules::{CompiledRules, RuleSet};
-    use pulsewatch::tally::{self, End};
+    use pulsewatch::app_state::{STATE_HEADER, StateRecordOut};
+    use pulsewatch::engine::AppState;
+    use pulsewatch::readback::{self, End};
+    use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
     use pulsewatch::trend::TrendConfig;
     use pulsewatch::{kafka, restore};
     use rdkafka::message::{Header, OwnedHeaders};
@@ -162,7 +164,7 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
 
     // The transaction is open: the committed records end before its record.
     let mut current = 0;
-    tally::read_partitions_each(
+    readback::read_partitions_each(
         &config.kafka,
         &topic,
         Some(&[0]),
@@ -175,7 +177,7 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
 
     let kafka_config = config.kafka.clone();
     let restoring = std::thread::spawn(move || {
-        let engine_config = EngineConfig::default();
+        let engine_config = DetectionConfig::default();
         let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
         restore::restore_partitions(
             &kafka_config,

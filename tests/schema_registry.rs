@@ -97,7 +97,7 @@ fn stored(config: &Config, filter: &str) -> i64 {
 /// Every dead letter, with its error code.
 fn dead_letters(config: &Config) -> Vec<String> {
     let dlq = config.kafka.name(names::HEARTBEATS_DLQ);
-    pulsewatch::tally::read_to_end(&config.kafka, &dlq, Duration::from_secs(60))
+    pulsewatch::readback::read_to_end(&config.kafka, &dlq, Duration::from_secs(60))
         .unwrap()
         .iter()
         .map(|m| {

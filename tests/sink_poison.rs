@@ -99,7 +99,7 @@ type Letter = (String, i64, String);
 /// The dead letters on the topic, and their messages.
 fn dead_letters(config: &Config) -> Vec<(Letter, String)> {
     let topic = config.kafka.name(names::HEARTBEATS_DLQ);
-    let records = pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap();
+    let records = pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap();
     let mut letters: Vec<(Letter, String)> = records
         .iter()
         .map(|m| {

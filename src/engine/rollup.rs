@@ -1,16 +1,13 @@
 //! One-minute event-time rollups per application: count, mean and max of each gauge, and
-//! rates from counter deltas. A minute is emitted when the watermark passes its end.
+//! rates from counter deltas. A minute is emitted, as a [`Rollup`], when the watermark passes
+//! its end.
 
 use serde::{Deserialize, Serialize};
 
+use super::vec_map::VecMap;
 use crate::heartbeat::Heartbeat;
-
-pub const MINUTE_MS: i64 = 60_000;
-
-/// The start of the minute holding `t`.
-pub fn minute_of(t: i64) -> i64 {
-    t.div_euclid(MINUTE_MS) * MINUTE_MS
-}
+use crate::metrics_1m::Rollup;
+use crate::minute::{MINUTE_MS, minute_of};
 
 /// Counter increases since an instance's previous beat (a reset counts from zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -152,6 +149,34 @@ impl MinuteAcc {
     }
 }
 
+/// What became of a beat offered to its minute's rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// It opened its minute (starting at this time), which must be closed later.
+    Opened(i64),
+    /// It joined its minute, already open.
+    Added,
+    /// Its minute was already emitted: it counts nowhere.
+    TooLate,
+}
+
+/// Adds a beat (and its counters' `deltas`) to its minute among an application's open
+/// `rollups`, unless the watermark `wm` passed that minute's end and it was emitted.
+pub fn join(rollups: &mut VecMap<i64, Box<MinuteAcc>>, b: &Heartbeat, deltas: &Deltas, wm: i64) -> Joined {
+    let minute = minute_of(b.sent_at);
+    if minute + MINUTE_MS <= wm && !rollups.contains_key(&minute) {
+        return Joined::TooLate;
+    }
+    let mut joined = Joined::Added;
+    rollups
+        .get_or_insert_with(&minute, || {
+            joined = Joined::Opened(minute);
+            Box::new(MinuteAcc::new(minute))
+        })
+        .add(b, deltas);
+    joined
+}
+
 /// memory_used_bytes / memory_limit_bytes, when both are known.
 pub fn memory_ratio(b: &Heartbeat) -> Option<f64> {
     match (b.memory_used_bytes, b.memory_limit_bytes) {
@@ -160,53 +185,9 @@ pub fn memory_ratio(b: &Heartbeat) -> Option<f64> {
     }
 }
 
-/// One closed minute of one application, as published on `metrics-1m` (JSON) and stored in
-/// `metric_rollup_1m`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rollup {
-    pub app_id: String,
-    /// Start of the minute, ms since the epoch.
-    pub minute: i64,
-    pub beats: u32,
-    pub instances: u32,
-    pub memory_used_bytes_mean: Option<f64>,
-    pub memory_used_bytes_max: Option<i64>,
-    pub memory_used_ratio_max: Option<f64>,
-    pub cpu_ratio_mean: Option<f64>,
-    pub cpu_ratio_max: Option<f64>,
-    pub disk_used_ratio_max: Option<f64>,
-    pub db_pool_in_use_mean: Option<f64>,
-    pub db_pool_in_use_max: Option<i32>,
-    pub db_pool_waiting_max: Option<i32>,
-    pub threads_mean: Option<f64>,
-    pub threads_max: Option<i32>,
-    pub open_fds_mean: Option<f64>,
-    pub open_fds_max: Option<i32>,
-    pub request_queue_depth_max: Option<i32>,
-    pub sessions_active_mean: Option<f64>,
-    pub sessions_active_max: Option<i64>,
-    pub latency_p95_ms_mean: Option<f64>,
-    pub latency_p95_ms_max: Option<f64>,
-    pub latency_p99_ms_max: Option<f64>,
-    pub db_query_p95_ms_max: Option<f64>,
-    pub requests_per_s: f64,
-    pub errors_per_s: f64,
-    pub slow_requests_per_s: f64,
-    pub error_ratio: Option<f64>,
-    pub cache_hit_ratio: Option<f64>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn minutes_start_on_the_minute() {
-        assert_eq!(minute_of(0), 0);
-        assert_eq!(minute_of(59_999), 0);
-        assert_eq!(minute_of(60_000), 60_000);
-        assert_eq!(minute_of(-1), -60_000);
-    }
 
     #[test]
     fn accumulates_means_maxes_and_rates() {

@@ -1,5 +1,5 @@
-//! Per-application and per-instance state, and the snapshot of an application published on
-//! `app-state` and upserted into the `application` table.
+//! Per-application and per-instance state, persisted in `app-state` records, and the
+//! snapshot made of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use super::vec_map::VecMap;
 use crate::alert::{AlertKind, Severity};
+use crate::app_state::AppSnapshot;
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
-use crate::rules::RuleStates;
+use crate::rules::{MAX_FLAP_TRANSITIONS, Rule, RuleStates};
 use crate::trend::InstanceTrend;
 
 /// Where an instance stands on liveness.
@@ -27,21 +28,6 @@ const RATE_WINDOW_MS: i64 = 60_000;
 /// Most deltas kept in the window, whatever the beat rate: a producer beating far faster than
 /// once a second (or repeating one timestamp) must not grow the state without bound.
 const MAX_RATE_SAMPLES: usize = 120;
-
-/// Most UP/DOWN transition times kept per instance (the flapping rule counts them).
-pub const MAX_TRANSITIONS: usize = 32;
-
-/// The kinds of the threshold rules, in the order of `RuleSet::rules`.
-const RULE_KINDS: [AlertKind; 8] = [
-    AlertKind::MemoryHigh,
-    AlertKind::CpuHigh,
-    AlertKind::DbPoolSaturated,
-    AlertKind::DiskHigh,
-    AlertKind::SlowResponses,
-    AlertKind::QueueBacklog,
-    AlertKind::ErrorRateHigh,
-    AlertKind::SlowQueries,
-];
 
 /// One instance of an application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +169,7 @@ impl InstanceState {
 
     pub fn record_transition(&mut self, t: i64) {
         self.transitions.push_back(t);
-        while self.transitions.len() > MAX_TRANSITIONS {
+        while self.transitions.len() > MAX_FLAP_TRANSITIONS {
             self.transitions.pop_front();
         }
     }
@@ -208,9 +194,9 @@ impl InstanceState {
         if let Some(s) = self.flapping_since {
             open.push((AlertKind::Flapping, Severity::Warning, s));
         }
-        for (kind, rule) in RULE_KINDS.iter().zip(self.rules.iter()) {
-            if let (Some(sev), Some(s)) = (rule.firing, rule.started_at()) {
-                open.push((*kind, sev, s));
+        for (rule, state) in Rule::ALL.into_iter().zip(self.rules.iter()) {
+            if let (Some(sev), Some(s)) = (state.firing, state.started_at()) {
+                open.push((rule.kind(), sev, s));
             }
         }
         open.extend(self.trend.open_alerts());
@@ -231,10 +217,6 @@ pub struct AppState {
     pub rollups: VecMap<i64, Box<MinuteAcc>>,
     pub last_seen: i64,
     pub labels: Labels,
-    /// The rules and liveness settings this app is judged by (from its overrides); derived
-    /// from the configuration, so not part of the persisted state.
-    #[serde(skip)]
-    pub profile: Option<std::sync::Arc<crate::rules::Profile>>,
 }
 
 impl AppState {
@@ -299,94 +281,8 @@ impl AppState {
     }
 }
 
-/// The current state of one application, as published on `app-state` (JSON, key app_id)
-/// and stored in the `application` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppSnapshot {
-    pub app_id: String,
-    /// UP, DEGRADED, LATE, DOWN or STOPPED.
-    pub status: String,
-    /// healthy, warning or critical.
-    pub health: String,
-    pub instances_up: u32,
-    pub instances_total: u32,
-    pub last_seen_ms: Option<i64>,
-    pub last_figures: BTreeMap<String, f64>,
-    pub open_alerts: u32,
-    pub labels: Labels,
-    /// The partition's watermark when the snapshot was taken.
-    pub updated_at_ms: i64,
-}
-
-/// The version of the engine state `app-state` records carry. 1: the snapshot alone (no
-/// state to restore); 2: the snapshot and the application's whole engine state, in JSON;
-/// 3: the snapshot in JSON for the sink and analysts, and what a restore reads in the
-/// record's [`STATE_HEADER`]: a version byte, then postcard's binary form of the app id, the
-/// watermark and the [`AppState`] (about two thirds of version 2's JSON, and read back about
-/// three times faster); 4: as 3, with each trend window's points coded against the points
-/// before them ([`crate::trend::Window`]), as the engine keeps them in memory (the header of
-/// an application of two instances with full windows: ≈ 3.4 KB instead of ≈ 4.9). Records of
-/// versions 1 to 3 still restore.
-pub const STATE_VERSION: u32 = 4;
-
-/// The header of an `app-state` record that carries the engine state (version 3 on).
-pub const STATE_HEADER: &str = "pulsewatch-state";
-
-/// An `app-state` record ready to send: the key, the JSON value (the snapshot and the
-/// version), and the [`STATE_HEADER`].
-#[derive(Debug, Clone)]
-pub struct StateRecordOut {
-    pub app_id: String,
-    pub value: Vec<u8>,
-    pub header: Vec<u8>,
-}
-
-/// The binary part of a record, as written.
-#[derive(Serialize)]
-struct StateBodyOut<'a> {
-    app_id: &'a str,
-    updated_at_ms: i64,
-    state: Option<&'a AppState>,
-}
-
-/// The binary part of a record, as read back.
-#[derive(Deserialize)]
-struct StateBody {
-    app_id: String,
-    updated_at_ms: i64,
-    state: Option<AppState>,
-}
-
-impl StateRecordOut {
-    /// The record of `snapshot`, with `state` (absent for an application the engine no
-    /// longer tracks).
-    pub fn new(snapshot: &AppSnapshot, state: Option<&AppState>) -> StateRecordOut {
-        #[derive(Serialize)]
-        struct Value<'a> {
-            #[serde(flatten)]
-            snapshot: &'a AppSnapshot,
-            version: u32,
-        }
-        let value = serde_json::to_vec(&Value { snapshot, version: STATE_VERSION });
-        let body = StateBodyOut { app_id: &snapshot.app_id, updated_at_ms: snapshot.updated_at_ms, state };
-        let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
-        StateRecordOut {
-            app_id: snapshot.app_id.clone(),
-            value: value.expect("a snapshot serialises"),
-            header: header.expect("the engine state serialises"),
-        }
-    }
-}
-
-/// An `app-state` record as read back, of any version: what a restore needs.
-#[derive(Debug, Clone)]
-pub struct StateRecord {
-    pub app_id: String,
-    pub version: u32,
-    /// The partition's watermark when the record was written.
-    pub updated_at_ms: i64,
-    pub state: Option<AppState>,
-}
+/// An `app-state` record as read back, with the engine state of this version.
+pub type StateRecord = crate::app_state::StateRecord<AppState>;
 
 /// What a partition's `app-state` records restore: each application's state from its newest
 /// record, and the newest watermark they carry.
@@ -411,74 +307,5 @@ impl RestoredApps {
                 self.apps.remove(&r.app_id);
             }
         }
-    }
-}
-
-/// Records up to version 2: everything in the JSON value.
-#[derive(Deserialize)]
-struct JsonStateRecord {
-    #[serde(flatten)]
-    snapshot: AppSnapshot,
-    #[serde(default = "first_version")]
-    version: u32,
-    #[serde(default)]
-    state: Option<AppState>,
-}
-
-fn first_version() -> u32 {
-    1
-}
-
-/// Why an `app-state` record could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum StateRecordError {
-    #[error("app-state value is not a snapshot: {0}")]
-    Value(#[from] serde_json::Error),
-    #[error("app-state header {STATE_HEADER} does not hold an engine state of version {version}: {source}")]
-    State { version: u32, source: postcard::Error },
-    #[error("app-state record of version {0}, newer than this processor reads ({STATE_VERSION})")]
-    Newer(u32),
-    #[error("app-state record of version {0} without its {STATE_HEADER} header")]
-    MissingHeader(u32),
-}
-
-impl StateRecord {
-    /// Reads a record from its [`STATE_HEADER`] when it has one (version 3 on), else from
-    /// its JSON value.
-    pub fn decode(value: &[u8], header: Option<&[u8]>) -> Result<StateRecord, StateRecordError> {
-        if let Some(header) = header {
-            let (&version, body) =
-                header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
-            let version = u32::from(version);
-            if version > STATE_VERSION {
-                return Err(StateRecordError::Newer(version));
-            }
-            let body: StateBody =
-                postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })?;
-            return Ok(StateRecord {
-                app_id: body.app_id,
-                version,
-                updated_at_ms: body.updated_at_ms,
-                state: body.state,
-            });
-        }
-        let json: JsonStateRecord = serde_json::from_slice(value)?;
-        match json.version {
-            v if v > STATE_VERSION => Err(StateRecordError::Newer(v)),
-            v if v >= 3 => Err(StateRecordError::MissingHeader(v)),
-            version => Ok(StateRecord {
-                app_id: json.snapshot.app_id,
-                version,
-                updated_at_ms: json.snapshot.updated_at_ms,
-                state: json.state,
-            }),
-        }
-    }
-}
-
-impl AppSnapshot {
-    /// The snapshot of an application the engine no longer tracks.
-    pub fn gone(app_id: &str, updated_at_ms: i64) -> AppSnapshot {
-        AppState::default().snapshot(app_id, updated_at_ms)
     }
 }

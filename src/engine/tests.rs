@@ -1,13 +1,15 @@
 use super::*;
+use crate::alert::{AlertKind, AlertState, Severity};
+use crate::app_state::{STATE_VERSION, StateRecordError};
 use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
-use crate::rules::RuleSet;
+use crate::rules::{DetectionConfig, RuleSet};
 use crate::trend::TrendConfig;
 
 const S: i64 = 1_000;
 const T0: i64 = 1_800_000_000_000;
 
 fn engine() -> Engine {
-    let c = EngineConfig::default();
+    let c = DetectionConfig::default();
     let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }
@@ -525,7 +527,7 @@ fn per_app_overrides_change_liveness_and_thresholds() {
         }),
         ..Default::default()
     });
-    let c = EngineConfig::default();
+    let c = DetectionConfig::default();
     let compiled = CompiledRules::new(&rules, &c, &TrendConfig::default()).unwrap();
     let mut out = Vec::new();
     for (app, gap) in [("batch-1", 30 * S), ("web", 30 * S)] {
@@ -652,7 +654,7 @@ fn an_instance_down_when_the_flapping_ends_is_announced_down_then() {
 
 /// An instance declaring 10 s whose beats come every 5 to 25 s, then stop at minute 30.
 fn run_jittery(phi_threshold: f64) -> Vec<Alert> {
-    let c = EngineConfig { phi_threshold, ..EngineConfig::default() };
+    let c = DetectionConfig { phi_threshold, ..DetectionConfig::default() };
     let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     let mut e = Engine::new(0, c, rules);
     let mut out = Vec::new();
@@ -784,7 +786,7 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                             // The cut, right after a batch that closed a minute: a new owner
                             // restores what was committed so far.
                             let parsed = records.iter().map(|r| read_back(r, version));
-                            let c = EngineConfig::default();
+                            let c = DetectionConfig::default();
                             let rules =
                                 CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
                             restored = Some(Engine::restore(0, c, rules, parsed));
@@ -888,4 +890,9 @@ fn in_a_backfill_a_missed_beat_waits_for_the_allowed_lateness() {
         }
     }
     assert_eq!(fired_by, Some(T0 + 15 * S), "the deadline plus the allowed lateness of event time");
+}
+
+#[test]
+fn the_snapshot_of_an_application_gone_is_that_of_an_empty_state() {
+    assert_eq!(AppSnapshot::gone("a", T0), AppState::default().snapshot("a", T0));
 }

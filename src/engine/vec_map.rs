@@ -1,12 +1,11 @@
 //! A map kept as one vector sorted by key: the instances of an application and its open
 //! rollup minutes, a handful each.
 //!
-//! A B-tree map allocates a node with room for 11 entries whatever it holds: ≈ 390 bytes for
-//! an application's two instances, ≈ 190 for its open minutes. Here two entries take 64 and
-//! 32 bytes. Lookups are binary searches; an insert or a removal shifts the entries after it,
-//! which stays cheap for the tens of entries an application has (a thousand instances shift
-//! 32 KB, once per instance that comes or goes). It iterates, compares and is persisted as a
-//! B-tree map would be (in key order, as a map), so the state's forms are unchanged.
+//! A B-tree map allocates a node with room for 11 entries whatever it holds; here an entry
+//! takes its own size (the memory per application is in `docs/benchmarks.md`). Lookups are
+//! binary searches; an insert or a removal shifts the entries after it, which stays cheap for
+//! the tens of entries an application has. It iterates, compares and is persisted as a B-tree
+//! map would be (in key order, as a map), so the state's forms are unchanged.
 
 use std::borrow::Borrow;
 use std::fmt;

@@ -23,8 +23,8 @@ use thiserror::Error;
 use crate::alert::{Alert, AlertKind, AlertState};
 use crate::config::{Config, KafkaConfig};
 use crate::loadgen::{self, LoadgenError, LoadgenOptions};
+use crate::readback::{self, ReadError};
 use crate::shutdown::Shutdown;
-use crate::tally::{self, TallyError};
 use crate::topology::{self, Topology, TopologyError, names};
 use crate::{codec, kafka, processor};
 use baseline::PredictLinear;
@@ -42,7 +42,7 @@ pub enum EvaluateError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("{0}")]
-    Tally(#[from] TallyError),
+    Tally(#[from] ReadError),
     #[error("processor stage: {0}")]
     Processor(String),
     #[error("the processor did not reach the end of {topic} within {secs} s ({left} records left)")]
@@ -304,7 +304,7 @@ fn pulsewatch_detections(
     end_ms: i64,
 ) -> Result<Vec<Detection>, EvaluateError> {
     let mut out = Vec::new();
-    for msg in tally::read_to_end(kafka, &kafka.name(names::ALERTS), timeout)? {
+    for msg in readback::read_to_end(kafka, &kafka.name(names::ALERTS), timeout)? {
         let Some(alert) = msg.payload().and_then(|p| Alert::decode(p).ok()) else { continue };
         if alert.state == AlertState::Firing
             && alert.kind.as_str().ends_with("_LEAK_SUSPECTED")
@@ -324,7 +324,7 @@ fn baseline_detections(
 ) -> Result<Vec<Detection>, EvaluateError> {
     let kafka = &config.kafka;
     let mut detector = PredictLinear::default();
-    for msg in tally::read_to_end(kafka, &kafka.name(names::HEARTBEATS), timeout)? {
+    for msg in readback::read_to_end(kafka, &kafka.name(names::HEARTBEATS), timeout)? {
         let reference = msg.timestamp().to_millis().unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         if let Some(beat) =
             msg.payload().and_then(|p| codec::decode(p, reference, config.input.max_sent_at_drift_ms).ok())

@@ -43,7 +43,7 @@ use crate::kafka;
 use crate::metrics::METRICS;
 use crate::registry::{Registry, RegistryError, Unavailable};
 use crate::shutdown::Shutdown;
-use crate::tally::TallyError;
+use crate::readback::ReadError;
 use crate::topology::{Topics, names};
 
 mod batch;
@@ -65,7 +65,7 @@ pub enum ProcessorError {
     #[error("config key rules: {0}")]
     Rules(String),
     #[error("restoring partition state from app-state: {0}")]
-    Restore(#[from] TallyError),
+    Restore(#[from] ReadError),
     #[error(
         "topic {app_state} has {has} partitions, fewer than {heartbeats} ({need}): each heartbeats partition keeps its state in the app-state partition of the same number"
     )]
@@ -145,7 +145,7 @@ impl<'a> Processor<'a> {
         consumer.subscribe(&[&topics.heartbeats])?;
         let transactional_id = config.processor.transactional_id(k);
         let txn = Transaction::new(kafka::transactional_producer(k, &transactional_id)?);
-        let rules = config.compiled_rules().map_err(ProcessorError::Rules)?;
+        let rules = config.compiled_rules().map_err(|e| ProcessorError::Rules(e.to_string()))?;
         tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
         let processor = Processor {
             config,

@@ -5,7 +5,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::dead_letter::DeadLetter;
-use crate::engine::{Effect, STATE_HEADER, StateRecordOut};
+use crate::app_state::{STATE_HEADER, StateRecordOut};
+use crate::engine::Effect;
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
 use crate::topology::Topics;

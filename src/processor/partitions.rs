@@ -269,12 +269,12 @@ impl Starts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineConfig;
+    use crate::rules::DetectionConfig;
     use crate::rules::RuleSet;
     use crate::trend::TrendConfig;
 
     fn engine(partition: i32) -> Engine {
-        let c = EngineConfig::default();
+        let c = DetectionConfig::default();
         let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
         Engine::new(partition, c, rules)
     }

@@ -13,8 +13,8 @@ use super::decode::Decoded;
 use crate::alert::Alert;
 use crate::config::RetentionConfig;
 use crate::dead_letter::{DeadLetter, Record};
-use crate::engine::AppSnapshot;
-use crate::engine::rollup::Rollup;
+use crate::app_state::AppSnapshot;
+use crate::metrics_1m::Rollup;
 use crate::heartbeat::Heartbeat;
 use crate::store::partitions::{self, Window};
 

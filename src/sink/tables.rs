@@ -11,9 +11,9 @@ use tokio_postgres::{Statement, Transaction};
 
 use super::{Row, millis};
 use crate::alert::Alert;
-use crate::engine::AppSnapshot;
-use crate::engine::rollup::Rollup;
+use crate::app_state::AppSnapshot;
 use crate::heartbeat::Heartbeat;
+use crate::metrics_1m::Rollup;
 use crate::store::{QueryContext, StoreError};
 
 /// A kind of row and its table.

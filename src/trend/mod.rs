@@ -485,7 +485,7 @@ impl InstanceTrend {
     /// Adds a beat (with the requests it reports since the previous one). When it opens a
     /// new minute, the previous one is closed and judged; the changes are returned.
     pub fn observe(&mut self, b: &Heartbeat, requests: f64, c: &TrendConfig, out: &mut Vec<LeakChange>) {
-        let minute = crate::engine::rollup::minute_of(b.sent_at);
+        let minute = crate::minute::minute_of(b.sent_at);
         match &mut self.open_minute {
             Some(open) if open.minute == minute => open.add(b, requests),
             Some(open) if open.minute > minute => {} // older than the minute being built

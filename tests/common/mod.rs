@@ -300,7 +300,7 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
 pub fn alerts(config: &Config) -> Vec<pulsewatch::alert::Alert> {
     use rdkafka::message::Message;
     let topic = config.kafka.name(pulsewatch::topology::names::ALERTS);
-    pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
+    pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
         .unwrap()
         .iter()
         .map(|m| pulsewatch::alert::Alert::decode(m.payload().unwrap()).unwrap())
@@ -443,15 +443,16 @@ pub fn transitions(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<Tran
 pub fn rollups(config: &pulsewatch::config::Config, end_ms: i64) -> Vec<String> {
     use rdkafka::message::Message;
     let topic = config.kafka.name(names::METRICS_1M);
-    let mut all: Vec<String> = pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
-        .unwrap()
-        .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
-        .filter(|json| {
-            let r: pulsewatch::engine::rollup::Rollup = serde_json::from_str(json).unwrap();
-            r.minute + 2 * 60_000 <= end_ms
-        })
-        .collect();
+    let mut all: Vec<String> =
+        pulsewatch::readback::read_to_end(&config.kafka, &topic, Duration::from_secs(60))
+            .unwrap()
+            .iter()
+            .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+            .filter(|json| {
+                let r: pulsewatch::metrics_1m::Rollup = serde_json::from_str(json).unwrap();
+                r.minute + 2 * 60_000 <= end_ms
+            })
+            .collect();
     all.sort();
     all
 }

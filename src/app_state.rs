@@ -1,0 +1,183 @@
+//! The `app-state` topic's records (compacted, key app_id): the [`AppSnapshot`] of an
+//! application in JSON, which the sink upserts into the `application` table, and the
+//! engine's state of that application in the [`STATE_HEADER`] header, which a restore reads.
+//!
+//! The engine state itself is the engine's own type: this module owns the envelope (the
+//! version, the header's layout, the older versions still read back), generic over it.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+
+/// The version of the envelope and engine state `app-state` records carry: 3 on, the state
+/// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot. Records of
+/// versions 1 to 3 still restore; the history of the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 4;
+
+/// The header of an `app-state` record that carries the engine state (version 3 on).
+pub const STATE_HEADER: &str = "pulsewatch-state";
+
+/// The current state of one application, as published on `app-state` (JSON, key app_id)
+/// and stored in the `application` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSnapshot {
+    pub app_id: String,
+    /// UP, DEGRADED, LATE, DOWN or STOPPED.
+    pub status: String,
+    /// healthy, warning or critical.
+    pub health: String,
+    /// Instances beating on time.
+    pub instances_up: u32,
+    /// Instances tracked (a stopped or forgotten one no longer is).
+    pub instances_total: u32,
+    /// Event time of the newest beat, if any.
+    pub last_seen_ms: Option<i64>,
+    /// The newest beat's gauges, by name (`memory_used_ratio`, `cpu_ratio`, ...).
+    pub last_figures: BTreeMap<String, f64>,
+    /// Alerts open on the application and its instances.
+    pub open_alerts: u32,
+    pub labels: Labels,
+    /// The partition's watermark when the snapshot was taken.
+    pub updated_at_ms: i64,
+}
+
+impl AppSnapshot {
+    /// The snapshot of an application the engine no longer tracks: STOPPED, no instance.
+    pub fn gone(app_id: &str, updated_at_ms: i64) -> AppSnapshot {
+        AppSnapshot {
+            app_id: app_id.to_owned(),
+            status: "STOPPED".to_owned(),
+            health: "healthy".to_owned(),
+            instances_up: 0,
+            instances_total: 0,
+            last_seen_ms: None,
+            last_figures: BTreeMap::new(),
+            open_alerts: 0,
+            labels: Labels::new(),
+            updated_at_ms,
+        }
+    }
+}
+
+/// An `app-state` record ready to send: the key, the JSON value (the snapshot and the
+/// version), and the [`STATE_HEADER`].
+#[derive(Debug, Clone)]
+pub struct StateRecordOut {
+    pub app_id: String,
+    pub value: Vec<u8>,
+    pub header: Vec<u8>,
+}
+
+/// The binary part of a record, as written.
+#[derive(Serialize)]
+struct StateBodyOut<'a, S> {
+    app_id: &'a str,
+    updated_at_ms: i64,
+    state: Option<&'a S>,
+}
+
+/// The binary part of a record, as read back.
+#[derive(Deserialize)]
+struct StateBody<S> {
+    app_id: String,
+    updated_at_ms: i64,
+    state: Option<S>,
+}
+
+impl StateRecordOut {
+    /// The record of `snapshot`, with the engine's `state` of the application (absent for
+    /// an application the engine no longer tracks).
+    pub fn new<S: Serialize>(snapshot: &AppSnapshot, state: Option<&S>) -> StateRecordOut {
+        #[derive(Serialize)]
+        struct Value<'a> {
+            #[serde(flatten)]
+            snapshot: &'a AppSnapshot,
+            version: u32,
+        }
+        let value = serde_json::to_vec(&Value { snapshot, version: STATE_VERSION });
+        let body = StateBodyOut { app_id: &snapshot.app_id, updated_at_ms: snapshot.updated_at_ms, state };
+        let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
+        StateRecordOut {
+            app_id: snapshot.app_id.clone(),
+            value: value.expect("a snapshot serialises"),
+            header: header.expect("the engine state serialises"),
+        }
+    }
+}
+
+/// An `app-state` record as read back, of any version: what a restore needs. `S` is the
+/// engine's state of one application.
+#[derive(Debug, Clone)]
+pub struct StateRecord<S> {
+    pub app_id: String,
+    pub version: u32,
+    /// The partition's watermark when the record was written.
+    pub updated_at_ms: i64,
+    /// The engine's state of the application; none in version 1, or once it is gone.
+    pub state: Option<S>,
+}
+
+/// Records up to version 2: everything in the JSON value.
+#[derive(Deserialize)]
+struct JsonStateRecord<S> {
+    #[serde(flatten)]
+    snapshot: AppSnapshot,
+    #[serde(default = "first_version")]
+    version: u32,
+    #[serde(default = "Option::default")]
+    state: Option<S>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// Why an `app-state` record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRecordError {
+    #[error("app-state value is not a snapshot: {0}")]
+    Value(#[from] serde_json::Error),
+    #[error("app-state header {STATE_HEADER} does not hold an engine state of version {version}: {source}")]
+    State { version: u32, source: postcard::Error },
+    #[error("app-state record of version {0}, newer than this processor reads ({STATE_VERSION})")]
+    Newer(u32),
+    #[error("app-state record of version {0} without its {STATE_HEADER} header")]
+    MissingHeader(u32),
+}
+
+impl<S: DeserializeOwned> StateRecord<S> {
+    /// Reads a record from its [`STATE_HEADER`] when it has one (version 3 on), else from
+    /// its JSON value.
+    pub fn decode(value: &[u8], header: Option<&[u8]>) -> Result<StateRecord<S>, StateRecordError> {
+        if let Some(header) = header {
+            let (&version, body) =
+                header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
+            let version = u32::from(version);
+            if version > STATE_VERSION {
+                return Err(StateRecordError::Newer(version));
+            }
+            let body: StateBody<S> =
+                postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })?;
+            return Ok(StateRecord {
+                app_id: body.app_id,
+                version,
+                updated_at_ms: body.updated_at_ms,
+                state: body.state,
+            });
+        }
+        let json: JsonStateRecord<S> = serde_json::from_slice(value)?;
+        match json.version {
+            v if v > STATE_VERSION => Err(StateRecordError::Newer(v)),
+            v if v >= 3 => Err(StateRecordError::MissingHeader(v)),
+            version => Ok(StateRecord {
+                app_id: json.snapshot.app_id,
+                version,
+                updated_at_ms: json.snapshot.updated_at_ms,
+                state: json.state,
+            }),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Restarts: a seq that goes back means a new process. INSTANCE_RESTARTED fires, and
+//! resolves on its own after a quiet period without another restart.
+
+use super::change::{Change, Origin};
+use super::explain;
+use super::state::InstanceState;
+use super::timers::Timer;
+use super::{BeatContext, Effect, Engine};
+use crate::alert::{AlertKind, AlertState, Severity};
+use crate::heartbeat::Heartbeat;
+use crate::trend::LeakChange;
+
+/// Judges whether `beat` comes from a new process of a known instance. If so,
+/// INSTANCE_RESTARTED fires (or, while it is open, its quiet period starts again; while the
+/// instance flaps, FLAPPING speaks for it), the instance's resources start a new trend series
+/// (closing its leak alerts into `leak_changes`), and the end of the quiet period is returned.
+pub(super) fn on_beat(
+    ctx: &BeatContext<'_>,
+    instance: &mut InstanceState,
+    beat: &Heartbeat,
+    quiet_ms: i64,
+    leak_changes: &mut Vec<LeakChange>,
+    out: &mut Vec<Effect>,
+) -> Option<i64> {
+    if beat.seq >= instance.last.seq {
+        return None;
+    }
+    let t = ctx.t;
+    match instance.restarted {
+        Some((started, _)) => instance.restarted = Some((started, t)),
+        None if instance.flapping_since.is_some() => {}
+        None => {
+            let kind = AlertKind::InstanceRestarted;
+            let silent = t - instance.last.sent_at;
+            let mut ex = explain::liveness(
+                kind,
+                AlertState::Firing,
+                ctx.app_id,
+                ctx.instance_id,
+                &instance.last,
+                silent,
+            );
+            ex.evidence.insert("previous_seq".into(), instance.last.seq.to_string());
+            ex.evidence.insert("new_seq".into(), beat.seq.to_string());
+            let change = Change::firing(ctx.app_id, Some(ctx.instance_id), kind, Severity::Warning, t, t);
+            out.push(change.emit(ex, ctx.origin));
+            instance.restarted = Some((t, t));
+        }
+    }
+    instance.trend.restart(leak_changes);
+    Some(t + quiet_ms)
+}
+
+impl Engine {
+    /// The quiet period of an INSTANCE_RESTARTED alert ended: it resolves, unless a later
+    /// restart extended it.
+    pub(super) fn fire_restart_quiet(&mut self, timer: &Timer, wall_ms: i64, out: &mut Vec<Effect>) {
+        let quiet = self.config.restart_quiet_ms;
+        let origin = Origin { partition: self.partition, offset: self.last_offset, wall_ms };
+        let Some(inst) =
+            self.apps.get_mut(&timer.app_id).and_then(|a| a.state.instances.get_mut(&timer.instance_id))
+        else {
+            return;
+        };
+        let Some((started, last)) = inst.restarted else { return };
+        if last + quiet != timer.at {
+            return; // a later restart extended the quiet period
+        }
+        inst.restarted = None;
+        let mut ex = explain::liveness(
+            AlertKind::InstanceRestarted,
+            AlertState::Resolved,
+            &timer.app_id,
+            &timer.instance_id,
+            &inst.last,
+            0,
+        );
+        ex.summary = format!("{}/{}: no restart for {} min", timer.app_id, timer.instance_id, quiet / 60_000);
+        let kind = AlertKind::InstanceRestarted;
+        let change = Change::resolved(
+            &timer.app_id,
+            Some(&timer.instance_id),
+            kind,
+            Severity::Warning,
+            started,
+            timer.at,
+        );
+        out.push(change.emit(ex, origin));
+        self.dirty.insert(timer.app_id.clone());
+    }
+}
