@@ -204,6 +204,29 @@ fn a_seq_reset_fires_restarted_once_and_it_resolves_after_the_quiet_period() {
     );
 }
 
+#[test]
+fn a_restart_after_the_quiet_period_of_another_fires_anew_whatever_the_watermark_says() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 60 * S, 0, &mut out);
+    // A restart at 65 s, whose quiet period ends at 665 s; beats until then.
+    let seq = run_app(&mut e, "a", T0 + 65 * S, T0 + 665 * S, 0, &mut out);
+    out.clear();
+    // The next restart 2 s later: the watermark, 5 s of lateness behind the newest beat, has
+    // not passed 665 s, but the first alert's quiet period ended before this beat all the same.
+    e.on_beat(beat("a", "i0", 1, T0 + 667 * S), seq + 1, 0, &mut out);
+    let restarted =
+        |state, at| (AlertKind::InstanceRestarted, state, Severity::Warning, at, Some("a-i0".to_owned()));
+    assert_eq!(
+        alerts(&out),
+        vec![restarted(AlertState::Resolved, T0 + 665 * S), restarted(AlertState::Firing, T0 + 667 * S)]
+    );
+    // The first alert's timer, due later, finds nothing left to resolve.
+    out.clear();
+    run_app(&mut e, "a", T0 + 670 * S, T0 + 1_300 * S, 1, &mut out);
+    assert_eq!(alerts(&out), vec![restarted(AlertState::Resolved, T0 + 1_267 * S)]);
+}
+
 fn run_cpu(minutes_high: i64) -> Vec<(AlertKind, AlertState, Severity, i64, Option<String>)> {
     let mut e = engine();
     let mut out = Vec::new();

@@ -41,9 +41,9 @@ use crate::backoff::Backoff;
 use crate::config::{AlertEncoding, Config};
 use crate::kafka;
 use crate::metrics::METRICS;
+use crate::readback::ReadError;
 use crate::registry::{Registry, RegistryError, Unavailable};
 use crate::shutdown::Shutdown;
-use crate::readback::ReadError;
 use crate::topology::{Topics, names};
 
 mod batch;

@@ -4,8 +4,8 @@
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::dead_letter::DeadLetter;
 use crate::app_state::{STATE_HEADER, StateRecordOut};
+use crate::dead_letter::DeadLetter;
 use crate::engine::Effect;
 use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;

@@ -11,11 +11,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 use super::OUTSIDE_RETENTION;
 use super::decode::Decoded;
 use crate::alert::Alert;
+use crate::app_state::AppSnapshot;
 use crate::config::RetentionConfig;
 use crate::dead_letter::{DeadLetter, Record};
-use crate::app_state::AppSnapshot;
-use crate::metrics_1m::Rollup;
 use crate::heartbeat::Heartbeat;
+use crate::metrics_1m::Rollup;
 use crate::store::partitions::{self, Window};
 
 /// (topic, partition) → (offset a batch starts from, next offset after it).

@@ -9,11 +9,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::batch::{Batch, place};
 use crate::alert::Alert;
-use crate::config::Config;
 use crate::app_state::AppSnapshot;
-use crate::metrics_1m::Rollup;
+use crate::config::Config;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::METRICS;
+use crate::metrics_1m::Rollup;
 use crate::registry::{Registry, Unavailable};
 use crate::topology::Topics;
 
