@@ -1,0 +1,152 @@
+//! The engine's state records: an engine rebuilt from them goes on as the original.
+
+use super::*;
+
+/// What an output says, without when it was emitted or the offset it points at (a restored
+/// engine has read no record yet when its first timer fires).
+fn comparable(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Alert(a) => {
+                let mut a = a.clone();
+                a.emitted_at = 0;
+                a.source_offset = 0;
+                format!("{a:?}")
+            }
+            Effect::Rollup(r) => format!("{r:?}"),
+        })
+        .collect()
+}
+
+/// A state record read back as written, or after rewriting it in the form of version 2
+/// (the state in the JSON value).
+fn read_back(r: &StateRecordOut, version: u32) -> StateRecord {
+    let record = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+    if version == STATE_VERSION {
+        return record;
+    }
+    assert_eq!(version, 2);
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        #[serde(flatten)]
+        snapshot: &'a AppSnapshot,
+        version: u32,
+        state: Option<&'a AppState>,
+    }
+    let snapshot: AppSnapshot = serde_json::from_slice(&r.value).unwrap();
+    let json = serde_json::to_vec(&V2 { snapshot: &snapshot, version: 2, state: record.state.as_ref() });
+    let old = StateRecord::decode(&json.unwrap(), None).unwrap();
+    assert_eq!((old.version, old.updated_at_ms), (2, record.updated_at_ms));
+    assert_eq!(old.state.is_some(), record.state.is_some());
+    old
+}
+
+#[test]
+fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
+    use FaultKind::*;
+    let interval = 5_000;
+    let kinds =
+        [Crash, Leak, CpuHigh, Restart, ErrorBurst, Flapping, GcSawtooth, PoolSaturation, ConnectionLeak];
+    let faults: Vec<ActiveFault> = kinds
+        .iter()
+        .enumerate()
+        .map(|(app, &kind)| ActiveFault {
+            kind,
+            params: FaultParams::default(),
+            app,
+            instance: None,
+            from_ms: T0 + 20 * 60 * S,
+            to_ms: T0 + 60 * 60 * S,
+        })
+        .collect();
+    // The second cut restores from records of the previous version (the state in JSON).
+    for (cut_minute, version) in [(25, STATE_VERSION), (47, 2), (70, STATE_VERSION)] {
+        let mut original = engine();
+        let mut restored: Option<Engine> = None;
+        let mut records: Vec<StateRecordOut> = Vec::new();
+        let (mut out_original, mut out_restored) = (Vec::new(), Vec::new());
+        let mut sims: Vec<InstanceSim> = (0..kinds.len())
+            .flat_map(|app| (0..2).map(move |i| (app, i)))
+            .map(|(app, i)| InstanceSim::new(9, app, i, format!("app-{app}"), interval))
+            .collect();
+        let mut offset = 0;
+        let mut batch_from = 0;
+        for round in 0..(90 * 12) {
+            for sim in sims.iter_mut() {
+                let t = T0 + round * interval + sim.phase_ms;
+                let active: Vec<&ActiveFault> =
+                    faults.iter().filter(|f| f.covers(sim.app, sim.instance)).collect();
+                if let Some(b) = sim.beat(t, interval as i32, &active) {
+                    offset += 1;
+                    if let Some(r) = restored.as_mut() {
+                        r.on_beat(b.clone(), offset, 0, &mut out_restored);
+                    }
+                    original.on_beat(b, offset, 0, &mut out_original);
+                    // A commit every few beats, so that a commit may hold some apps of a
+                    // round and not others: an app's minute then closes in a batch that
+                    // has no beat of it.
+                    if offset % 5 == 0 {
+                        records.extend(original.take_state_records());
+                        if let Some(r) = restored.as_mut() {
+                            r.take_state_records();
+                        } else if round >= cut_minute * 12
+                            && out_original[batch_from..].iter().any(|e| matches!(e, Effect::Rollup(_)))
+                        {
+                            // The cut, right after a batch that closed a minute: a new owner
+                            // restores what was committed so far.
+                            let parsed = records.iter().map(|r| read_back(r, version));
+                            let c = DetectionConfig::default();
+                            let rules =
+                                CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+                            restored = Some(Engine::restore(0, c, rules, parsed));
+                            out_original.clear();
+                        }
+                        batch_from = out_original.len();
+                    }
+                }
+            }
+        }
+        let restored = restored.unwrap();
+        assert_eq!(restored.app_count(), original.app_count());
+        let (a, b) = (comparable(&out_original), comparable(&out_restored));
+        assert!(a.iter().any(|o| o.contains("Alert")), "cut at {cut_minute}: the rest has alerts to compare");
+        assert_eq!(a.len(), b.len(), "cut at {cut_minute}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x, y, "cut at {cut_minute}");
+        }
+    }
+}
+
+#[test]
+fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    run_app(&mut e, "a", T0, T0 + 120 * S, 0, &mut out);
+    let r = e.take_state_records().pop().unwrap();
+    let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+    assert_eq!((back.version, back.app_id.as_str()), (STATE_VERSION, "a"));
+    assert_eq!(back.state.as_ref().map(|s| s.instances.len()), Some(1));
+    // Version 1: the snapshot alone restores nothing, and is no error.
+    let v1 = br#"{"app_id":"a","status":"UP","health":"healthy","instances_up":1,"instances_total":1,
+        "last_seen_ms":1,"last_figures":{},"open_alerts":0,"labels":{},"updated_at_ms":5}"#;
+    let old = StateRecord::decode(v1, None).unwrap();
+    assert_eq!((old.version, old.updated_at_ms, old.state.is_none()), (1, 5, true));
+    // A damaged header, a newer version, a value of version 3 on without its header, a value
+    // that is no snapshot: refused, each with its reason.
+    let half = &r.header[..r.header.len() / 2];
+    let err = StateRecord::decode(&r.value, Some(half)).unwrap_err();
+    assert!(matches!(err, StateRecordError::State { version: STATE_VERSION, .. }), "{err}");
+    let mut newer = r.header.clone();
+    newer[0] += 1;
+    let err = StateRecord::decode(&r.value, Some(&newer)).unwrap_err();
+    assert!(matches!(err, StateRecordError::Newer(v) if v == STATE_VERSION + 1), "{err}");
+    let err = StateRecord::decode(&r.value, None).unwrap_err();
+    assert!(matches!(err, StateRecordError::MissingHeader(STATE_VERSION)), "{err}");
+    assert!(matches!(StateRecord::decode(b"[1,2]", None), Err(StateRecordError::Value(_))));
+}
+
+#[test]
+fn the_snapshot_of_an_application_gone_is_that_of_an_empty_state() {
+    assert_eq!(AppSnapshot::gone("a", T0), AppState::default().snapshot("a", T0));
+}
