@@ -10,6 +10,7 @@
 pub mod manifest;
 pub mod outlet;
 pub mod scenario;
+pub mod shape;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -122,6 +123,7 @@ pub fn mix() -> Vec<(FaultKind, f64, Option<f64>)> {
         (StepChange, 0.5, None),
         (Diurnal, 0.1, None),
         (BusyPool, 0.1, None),
+        (Wander, 0.1, None),
     ]
 }
 

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::shape::{self, Shape};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 
 /// The kinds of fault the generator can inject.
@@ -38,7 +39,8 @@ pub enum FaultKind {
     SessionLeak,
     /// Memory grows with the workload: not a leak.
     WorkloadRamp,
-    /// Memory rises and falls back in a saw-tooth: not a leak.
+    /// Memory rises and falls back in a saw-tooth (shaped by `period`, `amplitude`, `drain`,
+    /// `phase`): not a leak.
     GcSawtooth,
     /// Undecodable records, sent beside the app's real beats.
     Poison,
@@ -53,10 +55,13 @@ pub enum FaultKind {
     /// The pool is busy (55 % ± 15 % of its size, swinging over 20 minutes) but returns
     /// every connection: not a leak.
     BusyPool,
+    /// Memory wanders (each minute close to the last, no drift; `period`, `amplitude`): not
+    /// a leak.
+    Wander,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 22] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::Steady,
         FaultKind::Crash,
         FaultKind::CleanStop,
@@ -79,6 +84,7 @@ impl FaultKind {
         FaultKind::StepChange,
         FaultKind::Diurnal,
         FaultKind::BusyPool,
+        FaultKind::Wander,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +111,7 @@ impl FaultKind {
             FaultKind::StepChange => "step-change",
             FaultKind::Diurnal => "diurnal",
             FaultKind::BusyPool => "busy-pool",
+            FaultKind::Wander => "wander",
         }
     }
 
@@ -126,7 +133,8 @@ impl FaultKind {
             | FaultKind::WorkloadRamp
             | FaultKind::GcSawtooth
             | FaultKind::Diurnal
-            | FaultKind::BusyPool => {
+            | FaultKind::BusyPool
+            | FaultKind::Wander => {
                 vec![]
             }
             FaultKind::StepChange => vec!["INSTANCE_RESTARTED"],
@@ -179,7 +187,8 @@ pub struct FaultSpec {
     pub length: Option<Duration>,
 }
 
-/// How strong a fault is: `KIND(exhaust=3h,noise=4)`.
+/// How strong a fault is: `KIND(exhaust=3h,noise=4)`, and how it shapes memory
+/// (`period=20m,amplitude=0.3,drain=0.2,phase=0.5,sigma=0.02`: see [`Shape`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaultParams {
     /// Leaks: the time the leak takes from the baseline to the limit (memory: default 6 h;
@@ -187,11 +196,12 @@ pub struct FaultParams {
     pub exhaust: Option<Duration>,
     /// Multiplies every figure's noise on the covered instances (default 1).
     pub noise: f64,
+    pub shape: Shape,
 }
 
 impl Default for FaultParams {
     fn default() -> Self {
-        FaultParams { exhaust: None, noise: 1.0 }
+        FaultParams { exhaust: None, noise: 1.0, shape: Shape::default() }
     }
 }
 
@@ -209,8 +219,11 @@ impl FromStr for FaultParams {
                         .filter(|n| n.is_finite() && *n >= 0.0)
                         .ok_or_else(|| format!("noise={v:?} is not a non-negative number"))?;
                 }
+                Some((k, v)) if p.shape.set(k, v)? => {}
                 _ => {
-                    return Err(format!("unknown fault parameter {item:?} (exhaust=DURATION, noise=FACTOR)"));
+                    return Err(format!(
+                        "unknown fault parameter {item:?} (exhaust=DURATION, noise=FACTOR, period=DURATION, amplitude, drain, phase, sigma=SHARE)"
+                    ));
                 }
             }
         }
@@ -371,6 +384,8 @@ pub struct InstanceSim {
     restarted_for: Option<i64>,
     /// Event time the current process started (0: before the run).
     process_start: i64,
+    /// Draws the shapes that depend on the instance (a wander).
+    shape_seed: u64,
     rng: ChaCha8Rng,
 }
 
@@ -395,6 +410,7 @@ impl InstanceSim {
             silent: false,
             restarted_for: None,
             process_start: 0,
+            shape_seed: instance_rng(seed, app, instance, 2).random(),
             rng,
         }
     }
@@ -445,7 +461,8 @@ impl InstanceSim {
         };
         let b = &self.baseline;
         let limit = b.memory_limit as f64;
-        let mut memory = limit * b.memory_ratio * noise(&mut self.rng, 0.02);
+        let jitter = noise(&mut self.rng, 0.02);
+        let mut memory = limit * b.memory_ratio * jitter;
         let mut cpu = b.cpu * noise(&mut self.rng, 0.10);
         let mut in_use = f64::from(b.pool_size) * b.pool_in_use * noise(&mut self.rng, 0.2);
         let mut waiting = 0.0;
@@ -498,7 +515,7 @@ impl InstanceSim {
                     memory += limit * 0.1 * lived / 3600.0;
                 }
                 // The new process's cache fills: +20 % of the limit, time constant 5 min.
-                FaultKind::StepChange => memory += limit * 0.2 * (1.0 - (-lived / 300.0).exp()),
+                FaultKind::StepChange => memory += limit * shape::warm_up(&f.params.shape, lived),
                 FaultKind::Diurnal => {
                     let factor = 1.0 + 0.6 * (s / 86_400.0 * std::f64::consts::TAU).sin();
                     rps *= factor;
@@ -519,11 +536,12 @@ impl InstanceSim {
                     cpu = (cpu * factor).min(0.75);
                 }
                 // Rises 30 % of the limit over five minutes, then collected.
-                FaultKind::GcSawtooth => memory += limit * 0.3 * ((s % 300.0) / 300.0),
+                FaultKind::GcSawtooth => memory += limit * shape::sawtooth(&f.params.shape, s),
+                FaultKind::Wander => memory += limit * shape::wander(&f.params.shape, self.shape_seed, s),
                 _ => {}
             }
         }
-        memory = memory.min(limit);
+        memory = self.memory_noise(faults, t, memory, jitter).clamp(0.0, limit);
         self.requests += rps * dt;
         self.errors += rps * dt * error_ratio;
         self.slow += rps * dt * slow_ratio;
@@ -555,6 +573,17 @@ impl InstanceSim {
         hb.labels.insert("env".into(), "loadgen".into());
         hb.labels.insert("team".into(), format!("team-{}", self.app % 7));
         Some(hb)
+    }
+
+    /// `memory` with the noise a fault states as a share of the limit (`sigma`) in place of
+    /// the level's own ±2 % (`jitter`, its factor), if one does.
+    fn memory_noise(&self, faults: &[&ActiveFault], t: i64, memory: f64, jitter: f64) -> f64 {
+        let Some(sigma) = faults.iter().filter(|f| f.active_at(t)).find_map(|f| f.params.shape.sigma) else {
+            return memory;
+        };
+        let limit = self.baseline.memory_limit as f64;
+        let own = limit * self.baseline.memory_ratio * (jitter - 1.0);
+        memory - own + sigma * limit * shape::gaussian(self.shape_seed, t as u64)
     }
 
     /// A new process, started at `t`: counters and seq start over.
@@ -604,7 +633,13 @@ mod tests {
         assert_eq!(f.app, AppRef::Id("checkout".into()));
         assert_eq!(f.length, None);
         let f: FaultSpec = "leak(exhaust=2h,noise=3):4@10m".parse().unwrap();
-        assert_eq!(f.params, FaultParams { exhaust: Some(Duration::from_secs(7200)), noise: 3.0 });
+        assert_eq!(
+            f.params,
+            FaultParams { exhaust: Some(Duration::from_secs(7200)), noise: 3.0, ..Default::default() }
+        );
+        let f: FaultSpec = "gc-sawtooth(period=20m,amplitude=0.4,drain=0.3,sigma=0.02):1@0s".parse().unwrap();
+        assert_eq!(f.params.shape.period, Some(Duration::from_secs(1200)));
+        assert_eq!((f.params.shape.amplitude, f.params.shape.sigma), (Some(0.4), Some(0.02)));
         assert!("leak(speed=2):4@1s".parse::<FaultSpec>().unwrap_err().contains("unknown fault parameter"));
         assert!("nope:1@1s".parse::<FaultSpec>().unwrap_err().contains("unknown scenario"));
         assert!("crash:1".parse::<FaultSpec>().is_err());
