@@ -24,8 +24,9 @@ impl Swings {
         !self.peaks.is_empty()
     }
 
-    /// The longest rise from a trough (or the series' start) to the peak after it, in the
-    /// units of `xs`: a tooth may last that long, so a rise no longer than it is no leak.
+    /// The longest rise from a trough to the peak after it, in the units of `xs`: a tooth may
+    /// last that long, so a rise no longer than it is no leak. A rise from the series' first
+    /// point may have begun before it, so it does not count.
     pub fn longest_rise(&self, xs: &[f64]) -> f64 {
         let mut start = 0;
         let mut longest: f64 = 0.0;
@@ -38,7 +39,9 @@ impl Swings {
                 start = t;
                 troughs.next();
             }
-            longest = longest.max(xs[p] - xs[start]);
+            if start > 0 {
+                longest = longest.max(xs[p] - xs[start]);
+            }
         }
         longest
     }
@@ -136,6 +139,9 @@ mod tests {
         assert_eq!(s.troughs, vec![0, 20, 40, 60, 80]);
         let xs: Vec<f64> = (0..100).map(f64::from).collect();
         assert_eq!(s.longest_rise(&xs), 19.0);
+        let first_two = swings(&ys[..45], 5.0, 0.25);
+        assert_eq!(first_two.longest_rise(&xs), 19.0, "the second tooth, whole");
+        assert_eq!(swings(&ys[..30], 5.0, 0.25).longest_rise(&xs), 0.0, "the first may have begun before");
         assert!((s.typical_amplitude(&ys) - 9.5).abs() < 1e-9);
         assert!(s.fell());
     }

@@ -49,6 +49,8 @@ const SWING_NOISE: f64 = 5.0;
 const SWING_RANGE: f64 = 0.25;
 /// A rise after the last fall is judged once it lasts this many times the longest tooth seen.
 const OUTLAST: f64 = 1.5;
+/// A rise judged must be this many times steeper than any of the same length before it.
+const UNLIKE_PAST: f64 = 1.5;
 /// Fewest quarter-hour points on which slow growth is judged.
 const MIN_COARSE_POINTS: usize = 8;
 
@@ -80,7 +82,21 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
     let rising = since_last_fall(fine, &fine_swings);
     let found = judge(rising, c).or_else(|| judge_recent_onset(rising, c));
     if let Some(g) = found {
-        return (g.span_minutes >= OUTLAST * longest).then_some(g);
+        let past = &fine[..fine.len() - g.points.min(fine.len())];
+        let judged = &fine[past.len()..];
+        // After a fall, a rise is a tooth until it outlasts every whole tooth seen, or takes
+        // the series above every level it reached before.
+        let before = &fine[..fine.len() - rising.len()];
+        let highest = before.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let above = judged.iter().rev().take(5).map(|p| p.1).fold(f64::INFINITY, f64::min)
+            > highest + fine_swings.threshold;
+        let outlasts = longest > 0.0 && g.span_minutes >= OUTLAST * longest;
+        let new_ground = !fine_swings.fell() && longest == 0.0 || outlasts || above;
+        // A series younger than `young_minutes` (a new process) is not judged yet: a warm-up
+        // or a wandering level turns by then.
+        let age = fine[fine.len() - 1].0 - fine[0].0 + 1.0;
+        let young = age < f64::from(c.young_minutes);
+        return (new_ground && !young && unlike_its_past(judged, past, c)).then_some(g);
     }
     let fell = fine_swings.fell() || coarse_swings.as_ref().is_some_and(Swings::fell);
     if !fell && coarse.len() >= MIN_COARSE_POINTS {
@@ -89,6 +105,25 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
         return judge(coarse, &slow);
     }
     None
+}
+
+/// Whether the growth of `judged` is new to the series: its least-squares slope steeper, by
+/// [`UNLIKE_PAST`], than that of every stretch of as many points (or of all there are) in
+/// the history before it. What the series did before — a saw-tooth's ramps, a wandering
+/// level's rises — it may do again without leaking; a series with less history than
+/// `min_points` before the rise is judged on the rise alone.
+fn unlike_its_past(judged: &[SeriesPoint], past: &[SeriesPoint], c: &TrendConfig) -> bool {
+    if past.len() < c.min_points as usize {
+        return true;
+    }
+    let slope = |s: &[SeriesPoint]| {
+        let (xs, ys): (Vec<f64>, Vec<f64>) = s.iter().map(|p| (p.0, p.1)).unzip();
+        ols_t(&xs, &ys).map_or(0.0, |(slope, _)| slope)
+    };
+    let now = slope(judged);
+    let len = judged.len().min(past.len());
+    let steepest = past.windows(len).map(slope).fold(f64::NEG_INFINITY, f64::max);
+    now > UNLIKE_PAST * steepest
 }
 
 /// The swings of a series' values.

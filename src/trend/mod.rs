@@ -35,6 +35,9 @@ pub struct TrendConfig {
     pub history_hours: u32,
     /// Fewest minute points before a series is judged.
     pub min_points: u32,
+    /// A series (a new process) is judged once it spans this many minutes: a cache warming
+    /// up or a wandering level has turned by then.
+    pub young_minutes: u32,
     /// One-sided Mann–Kendall z a growth must reach (3.09 ≈ p < 0.001); each half of the
     /// window must reach half of it.
     pub significance_z: f64,
@@ -74,6 +77,7 @@ impl Default for TrendConfig {
             lookback_minutes: 120,
             history_hours: 24,
             min_points: 20,
+            young_minutes: 29,
             significance_z: 3.09,
             workload_z: 1.0,
             persistence: 0.5,
@@ -104,6 +108,9 @@ impl TrendConfig {
         }
         if self.min_points < 8 || self.min_points > self.lookback_minutes {
             return bad("min_points", "must be at least 8 and at most lookback_minutes");
+        }
+        if self.young_minutes > self.lookback_minutes {
+            return bad("young_minutes", "must be at most lookback_minutes");
         }
         if self.significance_z.is_nan() || self.significance_z <= 0.0 {
             return bad("significance_z", "must be positive");
