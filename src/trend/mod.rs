@@ -81,7 +81,7 @@ impl Default for TrendConfig {
             significance_z: 3.09,
             workload_z: 1.0,
             persistence: 0.5,
-            min_rise_to_scatter: 1.0,
+            min_rise_to_scatter: 2.0,
             critical_horizon_ms: 3_600_000,
             warning_horizon_ms: 72 * 3_600_000,
             unbounded_growth_per_day: 1.0,
