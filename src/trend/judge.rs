@@ -141,7 +141,7 @@ fn since_last_fall<'a>(series: &'a [SeriesPoint], s: &Swings) -> &'a [SeriesPoin
 
 /// A saw-tooth judged by its troughs: at least `min_troughs` of them, on a line that rises
 /// significantly (its least-squares t against Student's quantile at `significance_z`), the
-/// Theil–Sen line rising too.
+/// Theil–Sen line rising too, and faster than a rising workload explains.
 fn judge_troughs(series: &[SeriesPoint], s: &Swings, c: &TrendConfig) -> Option<Growth> {
     let k = s.troughs.len();
     if k < c.min_troughs as usize {
@@ -157,7 +157,15 @@ fn judge_troughs(series: &[SeriesPoint], s: &Swings, c: &TrendConfig) -> Option<
     if line.slope <= 0.0 {
         return None;
     }
+    let all_xs: Vec<f64> = series.iter().map(|p| p.0).collect();
     let all_ys: Vec<f64> = series.iter().map(|p| p.1).collect();
+    let rps: Vec<f64> = series.iter().map(|p| p.2).collect();
+    if rps.iter().all(|r| r.is_finite())
+        && mann_kendall(&rps).z >= c.workload_z
+        && follows_workload(&all_xs, &all_ys, &rps, line.slope)
+    {
+        return None;
+    }
     let now = series.last()?.0;
     Some(Growth {
         slope_per_min: line.slope,
