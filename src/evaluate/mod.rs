@@ -66,6 +66,8 @@ pub struct EvaluateOptions {
     pub families: Vec<String>,
     /// How many copies of each case run (each on an application of its own).
     pub repeat: usize,
+    /// These cases instead of the suite (`families` and `repeat` then do not apply).
+    pub cases: Option<Vec<Case>>,
     /// Longest wait for the processor to go through the load, and for each read-back.
     pub timeout: Duration,
     pub progress: bool,
@@ -80,6 +82,7 @@ impl Default for EvaluateOptions {
             seed: 1,
             families: Vec::new(),
             repeat: 3,
+            cases: None,
             timeout: Duration::from_secs(600),
             progress: true,
         }
@@ -127,9 +130,12 @@ pub struct Report {
     pub goals: Vec<Goal>,
 }
 
-/// The cases `opts` selects: the standard suite, each case `repeat` times, and twice as many
+/// The cases `opts` selects: its own if it has some, else the standard suite, each case `repeat` times, and twice as many
 /// cases of each randomly drawn family, drawn from the seed.
 pub fn select(opts: &EvaluateOptions) -> Result<Vec<Case>, EvaluateError> {
+    if let Some(cases) = &opts.cases {
+        return Ok(cases.clone());
+    }
     let repeat = opts.repeat.max(1);
     let mut cases = suite::repeated(suite::standard(opts.span), repeat);
     cases.extend(random::drawn(opts.seed, opts.span, 2 * repeat));
