@@ -404,3 +404,5 @@ impl InstanceTrend {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shapes;
