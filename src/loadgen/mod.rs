@@ -123,7 +123,6 @@ pub fn mix() -> Vec<(FaultKind, f64, Option<f64>)> {
         (StepChange, 0.5, None),
         (Diurnal, 0.1, None),
         (BusyPool, 0.1, None),
-        (Wander, 0.1, None),
     ]
 }
 
@@ -340,7 +339,9 @@ mod tests {
     #[test]
     fn the_mix_covers_every_fault_kind() {
         let kinds: Vec<FaultKind> = mix().into_iter().map(|(k, _, _)| k).collect();
-        for k in FaultKind::ALL.into_iter().filter(|k| *k != FaultKind::Steady) {
+        // A wandering level is measured by `pulsewatch evaluate`, where leak detection still
+        // mistakes some wanders for leaks (docs/leak-detection.md): not in the mix.
+        for k in FaultKind::ALL.into_iter().filter(|k| ![FaultKind::Steady, FaultKind::Wander].contains(k)) {
             assert!(kinds.contains(&k), "{k:?} missing from the mix");
         }
     }
