@@ -1,12 +1,13 @@
 //! Cost and size of leak detection per instance: one minute of beats (twelve at 5 s) whose
-//! last one closes a minute, which is pushed into the window and judged — for a steady
+//! last one closes a minute, which is pushed into the history and judged — for a steady
 //! instance (the incremental Mann–Kendall gate stops it) and for a leaking one (the full
 //! robust judgement of every resource, every minute). Prints the bytes an instance's trend
-//! state takes, its window's points coded as the engine keeps them. Run: `cargo bench --bench trend`.
+//! state takes once its history is full (two hours of minute points, a day of quarter-hour
+//! ones), coded as the engine keeps them. Run: `cargo bench --bench trend`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pulsewatch::heartbeat::Heartbeat;
-use pulsewatch::trend::{InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, judge};
+use pulsewatch::trend::{InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, assess};
 
 /// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
 /// the binary's.
@@ -34,6 +35,8 @@ fn jitter(i: i64) -> f64 {
 fn bench(c: &mut Criterion) {
     let config = TrendConfig::default();
     let capacity = config.lookback_minutes as usize + 1;
+    // Minutes until the history is full: the minute window, then the day before it.
+    let fill = capacity + config.history_hours as usize * 60;
     let mut g = c.benchmark_group("trend");
     g.throughput(Throughput::Elements(1));
     for (name, slope_per_min) in [("steady instance", 0.0), ("leaking instance", 0.6 * GIB / 360.0)] {
@@ -44,22 +47,22 @@ fn bench(c: &mut Criterion) {
         let mut out: Vec<LeakChange> = Vec::new();
         let mut hb = Heartbeat::example_full();
         let mut i = 0i64;
-        // A full window first.
-        while i < 12 * capacity as i64 {
+        // A full history first.
+        while i < 12 * fill as i64 {
             set_beat(&mut hb, i, memory(i));
             trend.observe(&hb, 500.0, &config, &mut out);
             i += 1;
         }
         let fired = out.iter().filter(|c| matches!(c, LeakChange::Fire { .. })).count();
-        let w = &trend.window;
+        let h = &trend.window;
+        let ((coded, buffers), points) = (h.coded_bytes(), h.len() + h.coarse().len());
         println!(
-            "{name}: {fired} leak alert(s) raised while its window filled; trend state {} bytes ({} B struct + {} points coded in {} B, {} B raw; buffer {} B)",
-            std::mem::size_of::<InstanceTrend>() + w.coded_capacity(),
+            "{name}: {fired} leak alert(s) raised while its history filled; trend state {} bytes ({} B struct + {} minute and {} quarter-hour points coded in {coded} B, {} B raw; buffers {buffers} B)",
+            std::mem::size_of::<InstanceTrend>() + buffers,
             std::mem::size_of::<InstanceTrend>(),
-            w.len(),
-            w.coded_bytes(),
-            w.len() * POINT_BYTES,
-            w.coded_capacity()
+            h.len(),
+            h.coarse().len(),
+            points * POINT_BYTES,
         );
         g.bench_function(format!("one minute of beats, closed and judged: {name}"), |b| {
             b.iter(|| {
@@ -75,8 +78,8 @@ fn bench(c: &mut Criterion) {
     let series: Vec<(f64, f64, f64)> = (0..capacity as i64)
         .map(|m| (m as f64, (0.4 * GIB + 0.6 * GIB * m as f64 / 360.0) * jitter(m), 20.0))
         .collect();
-    g.bench_function(format!("judge, {capacity} points of a leak"), |b| {
-        b.iter(|| judge(std::hint::black_box(&series), &config))
+    g.bench_function(format!("assess, {capacity} points of a leak"), |b| {
+        b.iter(|| assess(std::hint::black_box(&series), &[], &config))
     });
     g.finish();
 }

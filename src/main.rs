@@ -223,8 +223,10 @@ struct EvaluateArgs {
     /// Instances per application.
     #[arg(long, default_value_t = 2)]
     instances: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// The seed (repeatable: one run per seed, then a summary side by side); it draws the
+    /// random families' cases and every figure's noise.
+    #[arg(long = "seed", default_values_t = [1])]
+    seeds: Vec<u64>,
     /// Only this family of the suite (repeatable), e.g. memory-leak, gc-sawtooth.
     #[arg(long = "family")]
     families: Vec<String>,
@@ -370,24 +372,36 @@ fn maintain_partitions(config: &Config, today: Option<chrono::NaiveDate>) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// `evaluate`: runs the suite, prints the report and writes it as JSON.
+/// `evaluate`: runs the suite once per seed, prints each report (and, for several seeds, a
+/// summary side by side) and writes them as JSON.
 fn run_evaluation(config: &Config, args: EvaluateArgs) -> Result<ExitCode> {
-    let opts = EvaluateOptions {
-        span: args.span,
-        instances: args.instances,
-        seed: args.seed,
-        families: args.families,
-        repeat: args.repeat,
-        progress: !args.quiet,
-        ..EvaluateOptions::default()
-    };
-    let report = evaluate::run(config, &opts)?;
-    print!("{}", report.render());
+    let mut runs = Vec::new();
+    for &seed in &args.seeds {
+        let opts = EvaluateOptions {
+            span: args.span,
+            instances: args.instances,
+            seed,
+            families: args.families.clone(),
+            repeat: args.repeat,
+            progress: !args.quiet,
+            ..EvaluateOptions::default()
+        };
+        let report = evaluate::run(config, &opts)?;
+        println!("== seed {seed}");
+        print!("{}", report.render());
+        runs.push((seed, report));
+    }
+    if runs.len() > 1 {
+        print!("\n{}", evaluate::seeds::summarise(&runs));
+    }
     if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", args.report.display()))?;
+    let json = match &runs[..] {
+        [(_, one)] => serde_json::to_vec_pretty(one)?,
+        many => serde_json::to_vec_pretty(&many.iter().map(|(_, r)| r).collect::<Vec<_>>())?,
+    };
+    std::fs::write(&args.report, json).with_context(|| format!("writing {}", args.report.display()))?;
     println!("report: {}", args.report.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,10 @@
 //! median time to detect, per family and overall, and whether the project's goals are met.
 
 pub mod baseline;
+mod goals;
+pub mod random;
 pub mod score;
+pub mod seeds;
 pub mod suite;
 
 use std::fmt::Write as _;
@@ -63,6 +66,8 @@ pub struct EvaluateOptions {
     pub families: Vec<String>,
     /// How many copies of each case run (each on an application of its own).
     pub repeat: usize,
+    /// These cases instead of the suite (`families` and `repeat` then do not apply).
+    pub cases: Option<Vec<Case>>,
     /// Longest wait for the processor to go through the load, and for each read-back.
     pub timeout: Duration,
     pub progress: bool,
@@ -77,6 +82,7 @@ impl Default for EvaluateOptions {
             seed: 1,
             families: Vec::new(),
             repeat: 3,
+            cases: None,
             timeout: Duration::from_secs(600),
             progress: true,
         }
@@ -124,9 +130,15 @@ pub struct Report {
     pub goals: Vec<Goal>,
 }
 
-/// The cases `opts` selects from the standard suite.
+/// The cases `opts` selects: its own if it has some, else the standard suite, each case `repeat` times, and twice as many
+/// cases of each randomly drawn family, drawn from the seed.
 pub fn select(opts: &EvaluateOptions) -> Result<Vec<Case>, EvaluateError> {
-    let mut cases = suite::standard(opts.span);
+    if let Some(cases) = &opts.cases {
+        return Ok(cases.clone());
+    }
+    let repeat = opts.repeat.max(1);
+    let mut cases = suite::repeated(suite::standard(opts.span), repeat);
+    cases.extend(random::drawn(opts.seed, opts.span, 2 * repeat));
     let known = suite::families(&cases);
     if let Some(bad) = opts.families.iter().find(|f| !known.contains(&f.as_str())) {
         return Err(EvaluateError::UnknownFamily(bad.clone(), known.join(", ")));
@@ -134,7 +146,7 @@ pub fn select(opts: &EvaluateOptions) -> Result<Vec<Case>, EvaluateError> {
     if !opts.families.is_empty() {
         cases.retain(|c| opts.families.iter().any(|f| f == c.family));
     }
-    Ok(suite::repeated(cases, opts.repeat.max(1)))
+    Ok(cases)
 }
 
 /// Runs the selected suite through the stack `config` points at, on topics of its own
@@ -194,7 +206,7 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
     let families =
         suite::families(&cases).into_iter().map(|f| family_result(f, &|c: &Case| c.family == f)).collect();
     let overall = family_result("overall", &|_: &Case| true);
-    let goals = goals(&cases, &results, &overall);
+    let goals = goals::goals(&cases, &results, &overall);
     Ok(Report {
         topic_prefix: kafka.topic_prefix.clone(),
         span_ms: manifest.end_ms - manifest.start_ms,
@@ -335,66 +347,7 @@ fn baseline_detections(
     Ok(detector.detections().into_iter().filter(|d| d.at_ms < end_ms).collect())
 }
 
-/// The goals the issue of leak detection set, judged on this run.
-fn goals(cases: &[Case], results: &[CaseResult], overall: &FamilyResult) -> Vec<Goal> {
-    let (p, b) = (&overall.pulsewatch, &overall.baseline);
-    let mut goals = vec![
-        Goal {
-            goal: "precision >= 0.95 and recall >= 0.95 over the suite",
-            met: p.precision >= 0.95 && p.recall >= 0.95,
-            measured: format!("precision {:.2}, recall {:.2}", p.precision, p.recall),
-        },
-        Goal {
-            goal: "precision and recall both strictly better than the baseline's",
-            met: p.precision > b.precision && p.recall > b.recall,
-            measured: format!(
-                "precision {:.2} vs {:.2}, recall {:.2} vs {:.2}",
-                p.precision, b.precision, p.recall, b.recall
-            ),
-        },
-    ];
-    let six_hours: Vec<&CaseResult> = cases
-        .iter()
-        .zip(results)
-        .filter(|(c, _)| {
-            c.expected == Some(AlertKind::MemoryLeakSuspected)
-                && c.faults.first().is_some_and(|f| f.0 == crate::loadgen::scenario::FaultKind::Leak)
-                && c.faults[0].1.exhaust == Some(Duration::from_secs(6 * 3600))
-        })
-        .map(|(_, r)| r)
-        .collect();
-    if !six_hours.is_empty() {
-        let slowest = six_hours.iter().map(|r| r.pulsewatch.detect_after_ms).max().flatten();
-        let all_found = six_hours.iter().all(|r| r.pulsewatch.detected);
-        goals.push(Goal {
-            goal: "a memory leak exhausting in 6 h is flagged within 30 minutes of its start",
-            met: all_found && slowest.is_some_and(|ms| ms <= 30 * 60_000),
-            measured: match (all_found, slowest) {
-                (true, Some(ms)) => format!("{} cases, slowest after {}", six_hours.len(), minutes(ms)),
-                _ => format!(
-                    "{} of {} cases found",
-                    six_hours.iter().filter(|r| r.pulsewatch.detected).count(),
-                    six_hours.len()
-                ),
-            },
-        });
-    }
-    let look_alikes: Vec<&CaseResult> = results
-        .iter()
-        .filter(|r| ["gc-sawtooth", "workload-ramp", "step-change", "diurnal"].contains(&r.family))
-        .collect();
-    if !look_alikes.is_empty() {
-        let alarms = look_alikes.iter().filter(|r| r.pulsewatch.false_alarm).count();
-        goals.push(Goal {
-            goal: "no alert on the saw-tooth, ramp, step and diurnal scenarios",
-            met: alarms == 0,
-            measured: format!("{alarms} of {} cases raised a leak alert", look_alikes.len()),
-        });
-    }
-    goals
-}
-
-fn minutes(ms: i64) -> String {
+pub(crate) fn minutes(ms: i64) -> String {
     format!("{:.0} min", ms as f64 / 60_000.0)
 }
 

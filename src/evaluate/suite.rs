@@ -58,7 +58,7 @@ fn minutes(m: u64) -> Duration {
 }
 
 fn params(exhaust_minutes: Option<u64>, noise: f64) -> FaultParams {
-    FaultParams { exhaust: exhaust_minutes.map(minutes), noise }
+    FaultParams { exhaust: exhaust_minutes.map(minutes), noise, ..FaultParams::default() }
 }
 
 fn variant(exhaust_minutes: Option<u64>, noise: f64, extra: &str) -> String {

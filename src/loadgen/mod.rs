@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod outlet;
 mod plan;
 pub mod scenario;
+pub mod shape;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -327,7 +328,9 @@ mod tests {
     #[test]
     fn the_mix_covers_every_fault_kind() {
         let kinds: Vec<FaultKind> = mix().into_iter().map(|(k, _, _)| k).collect();
-        for k in FaultKind::ALL.into_iter().filter(|k| *k != FaultKind::Steady) {
+        // A wandering level is measured by `pulsewatch evaluate`, where leak detection still
+        // mistakes some wanders for leaks (docs/leak-detection.md): not in the mix.
+        for k in FaultKind::ALL.into_iter().filter(|k| ![FaultKind::Steady, FaultKind::Wander].contains(k)) {
             assert!(kinds.contains(&k), "{k:?} missing from the mix");
         }
     }

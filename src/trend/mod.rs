@@ -1,34 +1,43 @@
-//! Leak and trend detection over one-minute points per instance: memory (its floor per
-//! minute), db pool in use, sessions, threads and open fds, each beside the request rate.
+//! Leak and trend detection per instance over a two-scale history of memory used, db pool
+//! in use, sessions, threads and open fds, each beside the request rate: the last two hours
+//! at one-minute resolution and the day before at a quarter-hour's ([`History`]).
 //!
-//! Each instance keeps a bounded window of minute points (a restart starts a new one). The
-//! Mann–Kendall statistic of every series is kept up to date incrementally (O(window) per
-//! minute); only when it hints at growth does [`judge`] run the full, robust judgement:
-//! saw-tooth series are judged on their troughs, growth that follows a trending workload is
-//! regressed out, the Theil–Sen slope must hold in both halves of the window (a step is not a
-//! leak), and the projected time to exhaustion against the resource's limit sets the
-//! severity.
+//! A restart starts a new history. The Mann–Kendall statistic of every minute series is
+//! kept up to date incrementally (O(window) per minute); only when it hints at growth does
+//! [`assess`] run the full, robust judgement ([`judge`](mod@judge)): a series that rises
+//! and falls is judged by its troughs, whatever its period; autocorrelation, a trending
+//! workload, steps and plateaus are allowed for; and the projected time to exhaustion
+//! against the resource's limit sets the severity.
 
+pub mod envelope;
+pub mod history;
+pub mod judge;
 pub mod stats;
 mod window;
 
+pub use history::{COARSE_MINUTES, History, SeriesPoint};
+pub use judge::{Growth, assess, judge, judge_recent_onset};
 pub use window::{COLUMNS, POINT_BYTES, Point, Points, RPS, Window};
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertKind, Severity};
 use crate::heartbeat::Heartbeat;
-use stats::{Line, mann_kendall, median, theil_sen};
 
 /// How leaks are judged. Section `[trend]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrendConfig {
     pub enabled: bool,
-    /// Minutes of points judged (and kept) per instance.
+    /// Minutes of one-minute points judged (and kept) per instance.
     pub lookback_minutes: u32,
+    /// Hours of quarter-hour points kept before them (0: none).
+    pub history_hours: u32,
     /// Fewest minute points before a series is judged.
     pub min_points: u32,
+    /// A series (a new process) is judged once it spans this many minutes: a cache warming
+    /// up or a wandering level has turned by then.
+    pub young_minutes: u32,
     /// One-sided Mann–Kendall z a growth must reach (3.09 ≈ p < 0.001); each half of the
     /// window must reach half of it.
     pub significance_z: f64,
@@ -39,7 +48,7 @@ pub struct TrendConfig {
     /// The slower half of the window must grow at least this fraction of the faster one's
     /// slope.
     pub persistence: f64,
-    /// The rise of the fitted line over the window must be at least this many times the
+    /// The rise of the fitted line over what is judged must be at least this many times the
     /// scatter around it (10th to 90th percentile of the residuals).
     pub min_rise_to_scatter: f64,
     /// CRITICAL when the projected exhaustion is nearer than this, ms.
@@ -51,7 +60,7 @@ pub struct TrendConfig {
     pub unbounded_growth_per_day: f64,
     /// An open leak alert resolves after this many minutes in a row without evidence.
     pub resolve_after_minutes: u32,
-    /// A saw-tooth is judged on its troughs once it has at least this many.
+    /// A series that rises and falls is judged on its troughs once it has at least this many.
     pub min_troughs: u32,
     /// Limits used when the heartbeat does not carry one; 0 = none (no projection).
     pub memory_limit_bytes: f64,
@@ -65,14 +74,16 @@ impl Default for TrendConfig {
     fn default() -> Self {
         TrendConfig {
             enabled: true,
-            lookback_minutes: 60,
+            lookback_minutes: 120,
+            history_hours: 24,
             min_points: 20,
+            young_minutes: 29,
             significance_z: 3.09,
             workload_z: 1.0,
             persistence: 0.5,
             min_rise_to_scatter: 2.0,
             critical_horizon_ms: 3_600_000,
-            warning_horizon_ms: 24 * 3_600_000,
+            warning_horizon_ms: 72 * 3_600_000,
             unbounded_growth_per_day: 1.0,
             resolve_after_minutes: 15,
             min_troughs: 5,
@@ -92,8 +103,14 @@ impl TrendConfig {
         if !(8..=1440).contains(&self.lookback_minutes) {
             return bad("lookback_minutes", "must be between 8 and 1440");
         }
+        if self.history_hours > 72 {
+            return bad("history_hours", "must be between 0 and 72");
+        }
         if self.min_points < 8 || self.min_points > self.lookback_minutes {
             return bad("min_points", "must be at least 8 and at most lookback_minutes");
+        }
+        if self.young_minutes > self.lookback_minutes {
+            return bad("young_minutes", "must be at most lookback_minutes");
         }
         if self.significance_z.is_nan() || self.significance_z <= 0.0 {
             return bad("significance_z", "must be positive");
@@ -113,8 +130,8 @@ impl TrendConfig {
         if self.unbounded_growth_per_day.is_nan() || self.unbounded_growth_per_day <= 0.0 {
             return bad("unbounded_growth_per_day", "must be positive");
         }
-        if self.min_troughs < 4 {
-            return bad("min_troughs", "must be at least 4");
+        if self.min_troughs < 5 {
+            return bad("min_troughs", "must be at least 5");
         }
         for (k, v) in [
             ("memory_limit_bytes", self.memory_limit_bytes),
@@ -158,7 +175,7 @@ impl Resource {
     /// What the series measures, for explanations.
     pub fn describe(self) -> &'static str {
         match self {
-            Resource::Memory => "memory used (floor per minute), bytes",
+            Resource::Memory => "memory used (mean per minute), bytes",
             Resource::DbPool => "db pool connections in use",
             Resource::Sessions => "active sessions",
             Resource::Threads => "threads",
@@ -188,7 +205,9 @@ impl Resource {
     }
 }
 
-/// The minute being accumulated: sums for means, the memory floor, requests served.
+/// The minute being accumulated: sums for means, requests served. (`memory_floor`, the
+/// memory column's minimum, is what earlier versions judged; it still stands in for the mean
+/// of a minute restored from them.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct OpenMinute {
     minute: i64,
@@ -218,6 +237,7 @@ impl OpenMinute {
         }
         if let Some(m) = b.memory_used_bytes {
             self.memory_floor = self.memory_floor.min(m as f64);
+            self.sums[0] += m as f64;
             self.counts[0] = self.counts[0].saturating_add(1);
         }
     }
@@ -231,7 +251,8 @@ impl OpenMinute {
             }
         }
         if self.counts[0] > 0 {
-            values[0] = self.memory_floor as f32;
+            let mean = self.sums[0] / f64::from(self.counts[0]);
+            values[0] = if mean >= self.memory_floor { mean } else { self.memory_floor } as f32;
         }
         if self.counts[RPS] > 0 {
             // Requests served during the minute, per second.
@@ -239,182 +260,6 @@ impl OpenMinute {
         }
         Point { minute: (self.minute / 60_000).max(0) as u32, values }
     }
-}
-
-/// A growth judged to be real.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Growth {
-    /// Theil–Sen slope of what was judged (the troughs, or the part the workload does not
-    /// explain), units per minute.
-    pub slope_per_min: f64,
-    /// Theil–Sen slope of the raw points, units per minute.
-    pub raw_slope_per_min: f64,
-    /// Mann–Kendall z of what was judged.
-    pub z: f64,
-    /// Points judged.
-    pub points: usize,
-    /// The value's change per unit of request rate, when a trending workload was regressed out.
-    pub per_request_rate: Option<f64>,
-    /// Troughs judged, when the series is a saw-tooth.
-    pub troughs: Option<usize>,
-    /// The current level: the judged line at the newest point, or the newest raw values'
-    /// median when the workload was regressed out.
-    pub level: f64,
-}
-
-/// The largest relative growth of a resource per relative growth of the request rate that a
-/// rising workload is taken to explain (a connection pool in use follows traffic about 1:1;
-/// memory, with its fixed base, far less).
-const MAX_ELASTICITY: f64 = 1.5;
-
-/// Judges one series `(minute, value, requests/s)`: `Some` when it grows steadily, for
-/// reasons other than its workload, and not as a single step.
-pub fn judge(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
-    if series.len() < c.min_points as usize {
-        return None;
-    }
-    let values: Vec<f64> = series.iter().map(|p| p.1).collect();
-    // A saw-tooth: judge the troughs (the points right after the big falls).
-    let troughs = trough_indices(&values);
-    let judged: Vec<(f64, f64, f64)> = match &troughs {
-        Some(idx) if idx.len() >= c.min_troughs as usize => idx.iter().map(|&i| series[i]).collect(),
-        Some(_) => return None,
-        None => series.to_vec(),
-    };
-    let xs: Vec<f64> = judged.iter().map(|p| p.0).collect();
-    let mut ys: Vec<f64> = judged.iter().map(|p| p.1).collect();
-    // A workload that trends clearly explains growth that follows it: regress it out.
-    let rps: Vec<f64> = judged.iter().map(|p| p.2).collect();
-    let rps_known = rps.iter().all(|r| r.is_finite());
-    let rps_z = if rps_known { mann_kendall(&rps).z } else { 0.0 };
-    let mut per_request_rate = None;
-    if rps_z.abs() >= c.significance_z
-        && let Some(fit) = theil_sen(&rps, &ys)
-    {
-        for (y, r) in ys.iter_mut().zip(&rps) {
-            *y -= fit.slope * r;
-        }
-        per_request_rate = Some(fit.slope);
-    }
-    let mk = mann_kendall(&ys);
-    if mk.z < c.significance_z {
-        return None;
-    }
-    let line = theil_sen(&xs, &ys)?;
-    if line.slope <= 0.0 {
-        return None;
-    }
-    // A rising workload too noisy to regress on still explains growth that is, relatively,
-    // no faster than MAX_ELASTICITY times its own (a diurnal rise, a pool following traffic).
-    if per_request_rate.is_none() && rps_z >= c.workload_z {
-        let span = xs[xs.len() - 1] - xs[0];
-        let relative = |slope: f64, values: &[f64]| {
-            let mut v = values.to_vec();
-            median(&mut v).filter(|m| *m > 0.0).map_or(f64::INFINITY, |m| slope * span / m)
-        };
-        let traffic = theil_sen(&xs, &rps).map_or(0.0, |l| relative(l.slope, &rps));
-        if relative(line.slope, &ys) <= MAX_ELASTICITY * traffic {
-            return None;
-        }
-    }
-    // Signal over noise: the line's rise over the window must stand well above the scatter
-    // around it (a step, or a swing such as a busy pool's, leaves a wide scatter).
-    let rise = line.slope * (xs[xs.len() - 1] - xs[0]);
-    let residuals: Vec<f64> = xs.iter().zip(&ys).map(|(x, y)| y - line.at(*x)).collect();
-    if rise < c.min_rise_to_scatter * spread(&residuals) {
-        return None;
-    }
-    // Persistence: both halves grow, at comparable rates (a step grows in one half only; a
-    // cache warming up grows fast, then slower and slower).
-    let half = xs.len() / 2;
-    let mut slopes = [0.0; 2];
-    for (slope, (hx, hy)) in slopes.iter_mut().zip([(&xs[..half], &ys[..half]), (&xs[half..], &ys[half..])]) {
-        *slope = theil_sen(hx, hy)?.slope;
-        if *slope <= 0.0 || mann_kendall(hy).z < c.significance_z / 2.0 {
-            return None;
-        }
-    }
-    if slopes[0].min(slopes[1]) < c.persistence * slopes[0].max(slopes[1]) {
-        return None;
-    }
-    let raw = theil_sen(&series.iter().map(|p| p.0).collect::<Vec<_>>(), &values).map_or(0.0, |l| l.slope);
-    let last_x = *xs.last()?;
-    let level = if per_request_rate.is_some() {
-        let mut newest: Vec<f64> = values.iter().rev().take(5).copied().collect();
-        median(&mut newest)?
-    } else {
-        Line::at(&line, last_x)
-    };
-    Some(Growth {
-        slope_per_min: line.slope,
-        raw_slope_per_min: raw,
-        z: mk.z,
-        points: xs.len(),
-        per_request_rate,
-        troughs: troughs.map(|t| t.len()),
-        level,
-    })
-}
-
-/// Judges the newest part of a series whose whole window failed: a leak that began in a
-/// process that had been steady grows in the later points only, which the persistence test
-/// over the whole window refuses until the leak fills both halves. Tries the newest two
-/// thirds, half, and `min_points` of the points, longest first. The points before the part
-/// judged must have grown slower than it by the persistence factor: growth that begins is a
-/// leak's onset, growth that slows down (a cache warming up) is not. Not tried while the
-/// request rate over the whole window rises (`workload_z`).
-pub fn judge_recent_onset(series: &[(f64, f64, f64)], c: &TrendConfig) -> Option<Growth> {
-    let n = series.len();
-    // Over a rising workload the whole window's judgement, which weighs the traffic, stands.
-    let rps: Vec<f64> = series.iter().map(|p| p.2).collect();
-    if rps.iter().all(|r| r.is_finite()) && mann_kendall(&rps).z >= c.workload_z {
-        return None;
-    }
-    let mut sizes = [2 * n / 3, n / 2, c.min_points as usize];
-    sizes.sort_unstable_by(|a, b| b.cmp(a));
-    let mut tried = n;
-    for size in sizes {
-        if size >= tried || size < c.min_points as usize {
-            continue;
-        }
-        tried = size;
-        let (before, recent) = series.split_at(n - size);
-        let Some(g) = judge(recent, c) else { continue };
-        let xs: Vec<f64> = before.iter().map(|p| p.0).collect();
-        let ys: Vec<f64> = before.iter().map(|p| p.1).collect();
-        let earlier = theil_sen(&xs, &ys).map_or(0.0, |l| l.slope);
-        if earlier <= c.persistence * g.raw_slope_per_min {
-            return Some(g);
-        }
-    }
-    None
-}
-
-/// The distance between the 10th and the 90th percentile.
-fn spread(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    at(0.9) - at(0.1)
-}
-
-/// The indices of a saw-tooth's troughs (the point after each fall larger than a quarter of
-/// the range and three times the typical step), or `None` when there are fewer than two falls.
-fn trough_indices(values: &[f64]) -> Option<Vec<usize>> {
-    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
-    let range = hi - lo;
-    if range.is_nan() || range <= 0.0 {
-        return None;
-    }
-    let mut steps: Vec<f64> = values.windows(2).map(|w| (w[1] - w[0]).abs()).collect();
-    let typical = median(&mut steps)?;
-    let falls: Vec<usize> = (1..values.len())
-        .filter(|&i| {
-            let d = values[i] - values[i - 1];
-            d < -0.25 * range && d < -3.0 * typical
-        })
-        .collect();
-    (falls.len() >= 2).then_some(falls)
 }
 
 /// What a growth means for its resource: severity and time to exhaustion.
@@ -477,7 +322,7 @@ pub enum LeakChange {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceTrend {
     open_minute: Option<OpenMinute>,
-    pub window: Window,
+    pub window: History,
     pub open: [Option<OpenLeak>; 5],
 }
 
@@ -491,7 +336,7 @@ impl InstanceTrend {
             Some(open) if open.minute > minute => {} // older than the minute being built
             _ => {
                 if let Some(done) = self.open_minute.take() {
-                    self.window.push(done.close(), c.lookback_minutes as usize);
+                    self.window.push(done.close(), c);
                     self.judge_all(b, c, out);
                 }
                 let mut open = OpenMinute::new(minute);
@@ -519,10 +364,8 @@ impl InstanceTrend {
             // The cheap look first: the full judgement only when the series hints at growth.
             let z = self.window.quick_z(r);
             let found = if self.window.len() >= c.min_points as usize && z >= 1.0 {
-                let series = self.window.series(r);
-                judge(&series, c)
-                    .or_else(|| if z >= c.significance_z { judge_recent_onset(&series, c) } else { None })
-                    .and_then(|g| verdict(g, r.limit(b, c), c))
+                let coarse = if c.history_hours > 0 { self.window.coarse_series(r) } else { Vec::new() };
+                assess(&self.window.series(r), &coarse, c).and_then(|g| verdict(g, r.limit(b, c), c))
             } else {
                 None
             };
@@ -561,3 +404,5 @@ impl InstanceTrend {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shapes;

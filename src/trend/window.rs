@@ -330,7 +330,7 @@ impl Window {
     }
 
     /// A window of `points`, oldest first, its statistics computed.
-    fn of_points(points: impl ExactSizeIterator<Item = Point>) -> Window {
+    pub(super) fn of_points(points: impl ExactSizeIterator<Item = Point>) -> Window {
         let count = points.len();
         let mut window = Window::default();
         for point in points {
@@ -353,6 +353,14 @@ impl Window {
             return Err(format!("a trend window of {len} coded points does not decode to them"));
         }
         Ok(Window { coded, len, s, valid })
+    }
+
+    /// A window of the JSON form: its points raw, in base64.
+    pub(super) fn of_text(text: &str) -> Result<Window, String> {
+        use base64::Engine as _;
+        let bytes =
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(|e| e.to_string())?;
+        Ok(Window::of_points(of_raw(&bytes)?))
     }
 
     /// The points raw: per point the minute, then the columns, little-endian.
@@ -431,16 +439,13 @@ impl Serialize for Window {
 
 impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use base64::Engine as _;
         use serde::de::Error;
         if !deserializer.is_human_readable() {
             // The form's elements depend on its first number, so there is no fixed count.
             return deserializer.deserialize_tuple(usize::MAX, BinaryVisitor);
         }
         let text = String::deserialize(deserializer)?;
-        let bytes =
-            base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(D::Error::custom)?;
-        Ok(Window::of_points(of_raw(&bytes).map_err(D::Error::custom)?))
+        Window::of_text(&text).map_err(D::Error::custom)
     }
 }
 
@@ -455,34 +460,47 @@ impl<'de> serde::de::Visitor<'de> for BinaryVisitor {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Window, A::Error> {
-        use serde::de::Error;
-        let next = |what: &str| Error::custom(format!("a trend window ends before its {what}"));
-        let head: u32 = seq.next_element()?.ok_or_else(|| next("form"))?;
-        if head == CODED_FORM {
-            let coded: Bytes<'_> = seq.next_element()?.ok_or_else(|| next("points"))?;
-            let len: u32 = seq.next_element()?.ok_or_else(|| next("point count"))?;
-            let s = seq.next_element()?.ok_or_else(|| next("statistics"))?;
-            let valid = seq.next_element()?.ok_or_else(|| next("statistics"))?;
-            return Window::of_coded(coded.0.into_owned(), len, s, valid).map_err(Error::custom);
-        }
-        // Version 3: `head` raw bytes of points, then the statistics.
-        if !(head as usize).is_multiple_of(POINT_BYTES) {
-            return Err(Error::custom(format!("a trend window of unknown form {head}")));
-        }
-        let mut raw = Vec::with_capacity(head as usize);
-        for _ in 0..head {
-            raw.push(seq.next_element::<u8>()?.ok_or_else(|| next("points"))?);
-        }
-        let s: [i64; COLUMNS] = seq.next_element()?.ok_or_else(|| next("statistics"))?;
-        let valid: [u32; COLUMNS] = seq.next_element()?.ok_or_else(|| next("statistics"))?;
-        let points = of_raw(&raw).map_err(Error::custom)?;
-        let mut window = Window { coded: Vec::new(), len: 0, s, valid };
-        let mut coder = Coder::default();
-        for p in points {
-            coder.encode(&p, &mut window.coded);
-            window.len += 1;
-        }
-        window.coded.shrink_to_fit();
-        Ok(window)
+        let head: u32 = seq.next_element()?.ok_or_else(|| ends_before::<A::Error>("form"))?;
+        read_form(head, &mut seq)
     }
+}
+
+fn ends_before<E: serde::de::Error>(what: &str) -> E {
+    E::custom(format!("a trend window ends before its {what}"))
+}
+
+/// Reads the rest of a binary window whose first number, `head`, was read: version 4's
+/// coded points, or version 3's raw ones.
+pub(super) fn read_form<'de, A: serde::de::SeqAccess<'de>>(
+    head: u32,
+    seq: &mut A,
+) -> Result<Window, A::Error> {
+    use serde::de::Error;
+    let next = ends_before::<A::Error>;
+    if head == CODED_FORM {
+        let coded: Bytes<'_> = seq.next_element()?.ok_or_else(|| next("points"))?;
+        let len: u32 = seq.next_element()?.ok_or_else(|| next("point count"))?;
+        let s = seq.next_element()?.ok_or_else(|| next("statistics"))?;
+        let valid = seq.next_element()?.ok_or_else(|| next("statistics"))?;
+        return Window::of_coded(coded.0.into_owned(), len, s, valid).map_err(Error::custom);
+    }
+    // Version 3: `head` raw bytes of points, then the statistics.
+    if !(head as usize).is_multiple_of(POINT_BYTES) {
+        return Err(Error::custom(format!("a trend window of unknown form {head}")));
+    }
+    let mut raw = Vec::with_capacity(head as usize);
+    for _ in 0..head {
+        raw.push(seq.next_element::<u8>()?.ok_or_else(|| next("points"))?);
+    }
+    let s: [i64; COLUMNS] = seq.next_element()?.ok_or_else(|| next("statistics"))?;
+    let valid: [u32; COLUMNS] = seq.next_element()?.ok_or_else(|| next("statistics"))?;
+    let points = of_raw(&raw).map_err(Error::custom)?;
+    let mut window = Window { coded: Vec::new(), len: 0, s, valid };
+    let mut coder = Coder::default();
+    for p in points {
+        coder.encode(&p, &mut window.coded);
+        window.len += 1;
+    }
+    window.coded.shrink_to_fit();
+    Ok(window)
 }

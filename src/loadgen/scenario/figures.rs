@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::sim::Baseline;
 use super::{ActiveFault, FaultKind};
+use crate::loadgen::shape;
 
 /// Noise on the figures: factors around 1 drawn from the instance's generator, their spread
 /// multiplied by the `noise` of the faults active.
@@ -32,10 +33,22 @@ impl<'a> Noise<'a> {
     }
 }
 
+/// When a beat is: its event time, the current process's start, and the instance's seed for
+/// shapes of its own.
+#[derive(Clone, Copy)]
+pub(super) struct Moment {
+    pub t: i64,
+    pub process_start: i64,
+    pub shape_seed: u64,
+}
+
 /// What one beat reports, before it is rounded into a heartbeat: gauges, and the ratios
 /// and rate that the instance's counters grow by.
 pub(super) struct Figures {
     pub memory: f64,
+    /// The factor of the memory level's own noise (±2 %), for a fault that states its noise
+    /// otherwise.
+    pub memory_jitter: f64,
     pub cpu: f64,
     pub in_use: f64,
     pub waiting: f64,
@@ -56,8 +69,10 @@ impl Figures {
     /// The instance's healthy figures, with noise.
     pub(super) fn healthy(b: &Baseline, noise: &mut Noise) -> Figures {
         let limit = b.memory_limit as f64;
+        let memory_jitter = noise.draw(0.02);
         Figures {
-            memory: limit * b.memory_ratio * noise.draw(0.02),
+            memory: limit * b.memory_ratio * memory_jitter,
+            memory_jitter,
             cpu: b.cpu * noise.draw(0.10),
             in_use: f64::from(b.pool_size) * b.pool_in_use * noise.draw(0.2),
             waiting: 0.0,
@@ -75,15 +90,10 @@ impl Figures {
     }
 
     /// Moves the figures as fault `f`, active at `t`, does; `process_start` is when the
-    /// current process started (what a process accumulates starts over with it).
-    pub(super) fn apply(
-        &mut self,
-        f: &ActiveFault,
-        t: i64,
-        process_start: i64,
-        b: &Baseline,
-        noise: &mut Noise,
-    ) {
+    /// current process started (what a process accumulates starts over with it);
+    /// `shape_seed` draws the shapes that depend on the instance (a wander).
+    pub(super) fn apply(&mut self, f: &ActiveFault, at: Moment, b: &Baseline, noise: &mut Noise) {
+        let Moment { t, process_start, shape_seed } = at;
         use FaultKind::*;
         let lived = f.process_elapsed_s(t, process_start);
         match f.kind {
@@ -91,7 +101,11 @@ impl Figures {
             | SlowQueries | DiskHigh => self.resource_fault(f.kind, b, noise),
             Leak | ConnectionLeak | SessionLeak => self.leak(f, lived, b),
             StepChange | Diurnal | BusyPool | WorkloadRamp | GcSawtooth => {
-                self.workload(f.kind, f.elapsed_s(t), lived, b, noise)
+                self.workload(f, f.elapsed_s(t), lived, b, noise)
+            }
+            Wander => {
+                let limit = b.memory_limit as f64;
+                self.memory += limit * shape::wander(&f.params.shape, shape_seed, f.elapsed_s(t));
             }
             // Liveness faults and poison leave the figures alone.
             Steady | Crash | CleanStop | Restart | Poison | Flapping => {}
@@ -151,11 +165,11 @@ impl Figures {
     /// Workloads that move memory or the pool without leaking: the shapes a leak detector
     /// must not mistake for a leak. `s` is the time since the fault started, `lived` since
     /// the later of that and the process's start.
-    fn workload(&mut self, kind: FaultKind, s: f64, lived: f64, b: &Baseline, noise: &mut Noise) {
+    fn workload(&mut self, f: &ActiveFault, s: f64, lived: f64, b: &Baseline, noise: &mut Noise) {
         let limit = b.memory_limit as f64;
-        match kind {
-            // The new process's cache fills: +20 % of the limit, time constant 5 min.
-            FaultKind::StepChange => self.memory += limit * 0.2 * (1.0 - (-lived / 300.0).exp()),
+        match f.kind {
+            // The new process's cache fills: +20 % of the limit, time constant 5 min (or as shaped).
+            FaultKind::StepChange => self.memory += limit * shape::warm_up(&f.params.shape, lived),
             FaultKind::Diurnal => {
                 let factor = 1.0 + 0.6 * (s / 86_400.0 * TAU).sin();
                 self.rps *= factor;
@@ -175,8 +189,8 @@ impl Figures {
                 self.in_use = (self.in_use * factor).min(f64::from(b.pool_size) * 0.8);
                 self.cpu = (self.cpu * factor).min(0.75);
             }
-            // Rises 30 % of the limit over five minutes, then collected.
-            FaultKind::GcSawtooth => self.memory += limit * 0.3 * ((s % 300.0) / 300.0),
+            // Rises 30 % of the limit over five minutes, then collected (or as shaped).
+            FaultKind::GcSawtooth => self.memory += limit * shape::sawtooth(&f.params.shape, s),
             _ => {}
         }
     }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::shape::Shape;
+
 pub use sim::{Baseline, InstanceSim, instance_rng, poison_bytes};
 
 /// The kinds of fault the generator can inject.
@@ -43,7 +45,8 @@ pub enum FaultKind {
     SessionLeak,
     /// Memory grows with the workload: not a leak.
     WorkloadRamp,
-    /// Memory rises and falls back in a saw-tooth: not a leak.
+    /// Memory rises and falls back in a saw-tooth (shaped by `period`, `amplitude`, `drain`,
+    /// `phase`): not a leak.
     GcSawtooth,
     /// Undecodable records, sent beside the app's real beats.
     Poison,
@@ -58,10 +61,13 @@ pub enum FaultKind {
     /// The pool is busy (55 % ± 15 % of its size, swinging over 20 minutes) but returns
     /// every connection: not a leak.
     BusyPool,
+    /// Memory wanders (each minute close to the last, no drift; `period`, `amplitude`): not
+    /// a leak.
+    Wander,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 22] = [
+    pub const ALL: [FaultKind; 23] = [
         FaultKind::Steady,
         FaultKind::Crash,
         FaultKind::CleanStop,
@@ -84,6 +90,7 @@ impl FaultKind {
         FaultKind::StepChange,
         FaultKind::Diurnal,
         FaultKind::BusyPool,
+        FaultKind::Wander,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +117,7 @@ impl FaultKind {
             FaultKind::StepChange => "step-change",
             FaultKind::Diurnal => "diurnal",
             FaultKind::BusyPool => "busy-pool",
+            FaultKind::Wander => "wander",
         }
     }
 
@@ -131,7 +139,8 @@ impl FaultKind {
             | FaultKind::WorkloadRamp
             | FaultKind::GcSawtooth
             | FaultKind::Diurnal
-            | FaultKind::BusyPool => {
+            | FaultKind::BusyPool
+            | FaultKind::Wander => {
                 vec![]
             }
             FaultKind::StepChange => vec!["INSTANCE_RESTARTED"],
@@ -184,7 +193,8 @@ pub struct FaultSpec {
     pub length: Option<Duration>,
 }
 
-/// How strong a fault is: `KIND(exhaust=3h,noise=4)`.
+/// How strong a fault is: `KIND(exhaust=3h,noise=4)`, and how it shapes memory
+/// (`period=20m,amplitude=0.3,drain=0.2,phase=0.5,sigma=0.02`: see [`Shape`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaultParams {
     /// Leaks: the time the leak takes from the baseline to the limit (memory: default 6 h;
@@ -192,11 +202,13 @@ pub struct FaultParams {
     pub exhaust: Option<Duration>,
     /// Multiplies every figure's noise on the covered instances (default 1).
     pub noise: f64,
+    /// How memory is shaped (saw-tooth, wander, warm-up, noise as a share of the limit).
+    pub shape: Shape,
 }
 
 impl Default for FaultParams {
     fn default() -> Self {
-        FaultParams { exhaust: None, noise: 1.0 }
+        FaultParams { exhaust: None, noise: 1.0, shape: Shape::default() }
     }
 }
 
@@ -214,8 +226,11 @@ impl FromStr for FaultParams {
                         .filter(|n| n.is_finite() && *n >= 0.0)
                         .ok_or_else(|| format!("noise={v:?} is not a non-negative number"))?;
                 }
+                Some((k, v)) if p.shape.set(k, v)? => {}
                 _ => {
-                    return Err(format!("unknown fault parameter {item:?} (exhaust=DURATION, noise=FACTOR)"));
+                    return Err(format!(
+                        "unknown fault parameter {item:?} (exhaust=DURATION, noise=FACTOR, period=DURATION, amplitude, drain, phase, sigma=SHARE)"
+                    ));
                 }
             }
         }
@@ -327,7 +342,13 @@ mod tests {
         assert_eq!(f.app, AppRef::Id("checkout".into()));
         assert_eq!(f.length, None);
         let f: FaultSpec = "leak(exhaust=2h,noise=3):4@10m".parse().unwrap();
-        assert_eq!(f.params, FaultParams { exhaust: Some(Duration::from_secs(7200)), noise: 3.0 });
+        assert_eq!(
+            f.params,
+            FaultParams { exhaust: Some(Duration::from_secs(7200)), noise: 3.0, ..Default::default() }
+        );
+        let f: FaultSpec = "gc-sawtooth(period=20m,amplitude=0.4,drain=0.3,sigma=0.02):1@0s".parse().unwrap();
+        assert_eq!(f.params.shape.period, Some(Duration::from_secs(1200)));
+        assert_eq!((f.params.shape.amplitude, f.params.shape.sigma), (Some(0.4), Some(0.02)));
         assert!("leak(speed=2):4@1s".parse::<FaultSpec>().unwrap_err().contains("unknown fault parameter"));
         assert!("nope:1@1s".parse::<FaultSpec>().unwrap_err().contains("unknown scenario"));
         assert!("crash:1".parse::<FaultSpec>().is_err());

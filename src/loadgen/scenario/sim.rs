@@ -5,9 +5,10 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::figures::{Figures, Noise};
+use super::figures::{Figures, Moment, Noise};
 use super::{ActiveFault, FaultKind};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
+use crate::loadgen::shape;
 
 /// The healthy figures of one instance, fixed by the seed.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub struct InstanceSim {
     restarted_for: Option<i64>,
     /// Event time the current process started (0: before the run).
     process_start: i64,
+    /// Draws the shapes that depend on the instance (a wander).
+    shape_seed: u64,
     rng: ChaCha8Rng,
 }
 
@@ -98,6 +101,7 @@ impl InstanceSim {
             silent: false,
             restarted_for: None,
             process_start: 0,
+            shape_seed: instance_rng(seed, app, instance, 2).random(),
             rng,
         }
     }
@@ -112,10 +116,12 @@ impl InstanceSim {
         let scale: f64 = faults.iter().filter(|f| f.active_at(t)).map(|f| f.params.noise).product();
         let mut noise = Noise::new(&mut self.rng, scale);
         let mut figures = Figures::healthy(&self.baseline, &mut noise);
+        let at = Moment { t, process_start: self.process_start, shape_seed: self.shape_seed };
         for f in faults.iter().filter(|f| f.active_at(t)) {
-            figures.apply(f, t, self.process_start, &self.baseline, &mut noise);
+            figures.apply(f, at, &self.baseline, &mut noise);
         }
-        figures.memory = figures.memory.min(self.baseline.memory_limit as f64);
+        let memory = self.memory_noise(faults, t, &figures);
+        figures.memory = memory.clamp(0.0, self.baseline.memory_limit as f64);
         self.count_requests(&figures, interval_ms);
         self.seq += 1;
         Some(self.heartbeat(t, interval_ms, status, &figures))
@@ -217,6 +223,17 @@ impl InstanceSim {
         hb.labels.insert("env".into(), "loadgen".into());
         hb.labels.insert("team".into(), format!("team-{}", self.app % 7));
         hb
+    }
+
+    /// The memory figure with the noise a fault states as a share of the limit (`sigma`) in
+    /// place of the level's own ±2 %, if one does.
+    fn memory_noise(&self, faults: &[&ActiveFault], t: i64, figures: &Figures) -> f64 {
+        let Some(sigma) = faults.iter().filter(|f| f.active_at(t)).find_map(|f| f.params.shape.sigma) else {
+            return figures.memory;
+        };
+        let limit = self.baseline.memory_limit as f64;
+        let own = limit * self.baseline.memory_ratio * (figures.memory_jitter - 1.0);
+        figures.memory - own + sigma * limit * shape::gaussian(self.shape_seed, t as u64)
     }
 
     /// A new process, started at `t`: counters and seq start over.
