@@ -85,96 +85,147 @@ pub fn threshold(
     Explanation { summary, evidence, recommendations }
 }
 
+/// What a beat shows beside the alert's own figure: the signs the recommendations follow.
+struct Signs {
+    /// Requests waiting for a database connection.
+    waiting: i32,
+    /// The pool is (nearly) exhausted: 90 % in use, or anyone waiting.
+    pool_full: bool,
+    /// Database queries take two seconds or more (p95).
+    slow_queries: bool,
+    /// CPU at 80 % or more.
+    cpu_hot: bool,
+    /// Memory at 80 % of its limit or more.
+    mem_hot: bool,
+}
+
+impl Signs {
+    fn of(b: &Heartbeat) -> Signs {
+        let waiting = b.db_pool_waiting.unwrap_or(0);
+        let pool_full = match (b.db_pool_in_use, b.db_pool_size) {
+            (Some(u), Some(s)) if s > 0 => f64::from(u) / f64::from(s) >= 0.9 || waiting > 0,
+            _ => waiting > 0,
+        };
+        Signs {
+            waiting,
+            pool_full,
+            slow_queries: b.db_query_p95_ms.is_some_and(|q| q >= 2_000.0),
+            cpu_hot: b.cpu_ratio.is_some_and(|c| c >= 0.8),
+            mem_hot: memory_ratio(b).is_some_and(|m| m >= 0.8),
+        }
+    }
+}
+
 fn recommend(kind: AlertKind, b: &Heartbeat) -> Vec<String> {
-    let waiting = b.db_pool_waiting.unwrap_or(0);
-    let pool_full = match (b.db_pool_in_use, b.db_pool_size) {
-        (Some(u), Some(s)) if s > 0 => f64::from(u) / f64::from(s) >= 0.9 || waiting > 0,
-        _ => waiting > 0,
-    };
-    let slow_queries = b.db_query_p95_ms.is_some_and(|q| q >= 2_000.0);
-    let cpu_hot = b.cpu_ratio.is_some_and(|c| c >= 0.8);
-    let mem_hot = memory_ratio(b).is_some_and(|m| m >= 0.8);
-    let mut r = Vec::new();
+    let s = Signs::of(b);
     match kind {
-        AlertKind::MemoryHigh => {
-            r.push("If memory keeps growing while traffic is flat, suspect a leak: take a heap profile (tracemalloc, objgraph) and compare two snapshots.".into());
-            if b.sessions_active.is_some() {
-                r.push("Check that sessions are expired and cleaned up; a growing sessions_active points at session accumulation.".into());
-            }
-            r.push("If the working set is legitimate, raise the memory limit or spread load over more instances.".into());
-        }
-        AlertKind::CpuHigh => {
-            r.push("Profile the hot path (py-spy top / perf) to find what burns CPU.".into());
-            if pool_full {
-                r.push(
-                    "The database pool is also saturated: requests may spin on retries; fix the pool first."
-                        .into(),
-                );
-            }
-            r.push(
-                "If the load is legitimate, add workers or instances; move heavy work to a background queue."
-                    .into(),
-            );
-        }
-        AlertKind::DbPoolSaturated => {
-            if waiting > 0 && b.latency_p95_ms.is_some_and(|l| l >= 1_000.0) {
-                r.push(format!("{waiting} requests wait for a connection while latency rises: connections are held too long (long or idle-in-transaction sessions, unreleased connections) or the pool is too small."));
-            }
-            if slow_queries {
-                r.push("Queries are slow too: find them in pg_stat_statements and EXPLAIN ANALYZE them; a missing index holds connections longer.".into());
-            }
-            r.push("Look for connections not returned to the pool (sessions not closed on error paths) in pg_stat_activity, state 'idle in transaction'.".into());
-            r.push(
-                "Only if each connection is used briefly, raise the pool size (or put PgBouncer in front)."
-                    .into(),
-            );
-        }
-        AlertKind::DiskHigh => {
-            r.push("Free space: rotate and compress logs, purge temporary files and old uploads.".into());
-            r.push("Grow the volume or move bulky data off the instance.".into());
-        }
-        AlertKind::SlowResponses => {
-            if pool_full {
-                r.push(
-                    "The database pool is saturated: requests wait for connections; see DB_POOL_SATURATED."
-                        .into(),
-                );
-            }
-            if slow_queries {
-                r.push("Database queries are slow (p95 query time high): EXPLAIN ANALYZE the slowest in pg_stat_statements, look for N+1 queries and missing indexes.".into());
-            }
-            if cpu_hot {
-                r.push("CPU is saturated: profile the request handlers or add workers.".into());
-            }
-            if mem_hot {
-                r.push("Memory is near its limit: garbage collection or swapping may stall requests.".into());
-            }
-            if r.is_empty() {
-                r.push("Resources look normal: look for blocking I/O in request handlers (external calls without timeouts, synchronous logging) and too few workers.".into());
-            }
-        }
-        AlertKind::ErrorRateHigh => {
-            r.push("Read the application's logs for the dominant error; compare with the last deploy (label version).".into());
-            if pool_full {
-                r.push("The database pool is saturated: errors may be connection timeouts.".into());
-            }
-        }
-        AlertKind::QueueBacklog => {
-            r.push("Requests arrive faster than they are served: add workers or instances.".into());
-            if slow_queries || pool_full {
-                r.push(
-                    "Requests are slowed by the database (slow queries or a full pool): fix that first."
-                        .into(),
-                );
-            }
-        }
-        AlertKind::SlowQueries => {
-            r.push("Find the slowest statements in pg_stat_statements and EXPLAIN ANALYZE them; add missing indexes, remove N+1 query patterns.".into());
-            r.push("Check for lock waits and long transactions in pg_stat_activity.".into());
-        }
-        _ => {}
+        AlertKind::MemoryHigh => memory_high(b),
+        AlertKind::CpuHigh => cpu_high(&s),
+        AlertKind::DbPoolSaturated => pool_saturated(b, &s),
+        AlertKind::DiskHigh => disk_high(),
+        AlertKind::SlowResponses => slow_responses(&s),
+        AlertKind::ErrorRateHigh => error_rate_high(&s),
+        AlertKind::QueueBacklog => queue_backlog(&s),
+        AlertKind::SlowQueries => slow_queries(),
+        _ => Vec::new(),
+    }
+}
+
+fn memory_high(b: &Heartbeat) -> Vec<String> {
+    let mut r = vec!["If memory keeps growing while traffic is flat, suspect a leak: take a heap profile (tracemalloc, objgraph) and compare two snapshots.".into()];
+    if b.sessions_active.is_some() {
+        r.push("Check that sessions are expired and cleaned up; a growing sessions_active points at session accumulation.".into());
+    }
+    r.push("If the working set is legitimate, raise the memory limit or spread load over more instances.".into());
+    r
+}
+
+fn cpu_high(s: &Signs) -> Vec<String> {
+    let mut r = vec!["Profile the hot path (py-spy top / perf) to find what burns CPU.".into()];
+    if s.pool_full {
+        r.push(
+            "The database pool is also saturated: requests may spin on retries; fix the pool first."
+                .into(),
+        );
+    }
+    r.push(
+        "If the load is legitimate, add workers or instances; move heavy work to a background queue."
+            .into(),
+    );
+    r
+}
+
+fn pool_saturated(b: &Heartbeat, s: &Signs) -> Vec<String> {
+    let mut r = Vec::new();
+    let waiting = s.waiting;
+    if waiting > 0 && b.latency_p95_ms.is_some_and(|l| l >= 1_000.0) {
+        r.push(format!("{waiting} requests wait for a connection while latency rises: connections are held too long (long or idle-in-transaction sessions, unreleased connections) or the pool is too small."));
+    }
+    if s.slow_queries {
+        r.push("Queries are slow too: find them in pg_stat_statements and EXPLAIN ANALYZE them; a missing index holds connections longer.".into());
+    }
+    r.push("Look for connections not returned to the pool (sessions not closed on error paths) in pg_stat_activity, state 'idle in transaction'.".into());
+    r.push(
+        "Only if each connection is used briefly, raise the pool size (or put PgBouncer in front)."
+            .into(),
+    );
+    r
+}
+
+fn disk_high() -> Vec<String> {
+    vec![
+        "Free space: rotate and compress logs, purge temporary files and old uploads.".into(),
+        "Grow the volume or move bulky data off the instance.".into(),
+    ]
+}
+
+fn slow_responses(s: &Signs) -> Vec<String> {
+    let mut r = Vec::new();
+    if s.pool_full {
+        r.push(
+            "The database pool is saturated: requests wait for connections; see DB_POOL_SATURATED."
+                .into(),
+        );
+    }
+    if s.slow_queries {
+        r.push("Database queries are slow (p95 query time high): EXPLAIN ANALYZE the slowest in pg_stat_statements, look for N+1 queries and missing indexes.".into());
+    }
+    if s.cpu_hot {
+        r.push("CPU is saturated: profile the request handlers or add workers.".into());
+    }
+    if s.mem_hot {
+        r.push("Memory is near its limit: garbage collection or swapping may stall requests.".into());
+    }
+    if r.is_empty() {
+        r.push("Resources look normal: look for blocking I/O in request handlers (external calls without timeouts, synchronous logging) and too few workers.".into());
     }
     r
+}
+
+fn error_rate_high(s: &Signs) -> Vec<String> {
+    let mut r = vec!["Read the application's logs for the dominant error; compare with the last deploy (label version).".into()];
+    if s.pool_full {
+        r.push("The database pool is saturated: errors may be connection timeouts.".into());
+    }
+    r
+}
+
+fn queue_backlog(s: &Signs) -> Vec<String> {
+    let mut r = vec!["Requests arrive faster than they are served: add workers or instances.".into()];
+    if s.slow_queries || s.pool_full {
+        r.push(
+            "Requests are slowed by the database (slow queries or a full pool): fix that first."
+                .into(),
+        );
+    }
+    r
+}
+
+fn slow_queries() -> Vec<String> {
+    vec![
+        "Find the slowest statements in pg_stat_statements and EXPLAIN ANALYZE them; add missing indexes, remove N+1 query patterns.".into(),
+        "Check for lock waits and long transactions in pg_stat_activity.".into(),
+    ]
 }
 
 /// Explains a liveness transition of an instance (late, down, back, restarted).

@@ -28,6 +28,7 @@ use crate::heartbeat::Heartbeat;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrendConfig {
+    /// Whether leaks are looked for at all.
     pub enabled: bool,
     /// Minutes of one-minute points judged (and kept) per instance.
     pub lookback_minutes: u32,
@@ -63,10 +64,15 @@ pub struct TrendConfig {
     /// A series that rises and falls is judged on its troughs once it has at least this many.
     pub min_troughs: u32,
     /// Limits used when the heartbeat does not carry one; 0 = none (no projection).
+    /// Memory, bytes.
     pub memory_limit_bytes: f64,
+    /// The database pool's size, connections.
     pub db_pool_size: f64,
+    /// Active sessions.
     pub sessions_limit: f64,
+    /// Threads.
     pub threads_limit: f64,
+    /// Open file descriptors.
     pub open_fds_limit: f64,
 }
 
