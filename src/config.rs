@@ -271,6 +271,9 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Most connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// How long the API's hot reads (`/api/v1/health`, `/api/v1/apps`) are answered from
+    /// memory before PostgreSQL is asked again, ms; also their `Cache-Control: max-age`.
+    pub api_cache_ttl_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -280,6 +283,7 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 128,
+            api_cache_ttl_ms: 2_000,
         }
     }
 }

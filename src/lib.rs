@@ -7,6 +7,7 @@
 //! - Decisions, pure and clock-free: [`watermark`] (event time per partition), [`rules`]
 //!   (thresholds, overrides), [`engine`] (per-partition state, liveness timers, rollups,
 //!   snapshots, explanations).
+//! - Operators: [`api`] (the JSON API under `/api/v1`).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out), [`sink`]
 //!   (topics into PostgreSQL, exactly once), [`ingest`] (heartbeats over HTTP),
 //!   [`service`] (`pulsewatch run`), [`http`] and
@@ -20,6 +21,7 @@
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
 pub mod alert;
+pub mod api;
 pub mod assignment;
 pub mod backoff;
 pub mod codec;
