@@ -278,3 +278,49 @@ fn insert_app(config: &Config, app: &str) {
         client.execute(&sql, &[&app]).await.unwrap();
     });
 }
+
+/// The alert ids the `open_alerts` view holds for `app` (all apps: `None`).
+fn open_in_database(config: &Config, app: Option<&str>) -> BTreeSet<String> {
+    let s = &config.postgres.schema;
+    let filter = app.map_or(String::new(), |a| format!("WHERE app_id = '{a}'"));
+    common::query_strings(config, &format!("SELECT alert_id FROM \"{s}\".open_alerts {filter}"))
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn the_pipelines_own_findings_are_served() {
+    let config = prepare("api_pipeline");
+    let pipeline = Pipeline::start(&config, "all", &[("PULSEWATCH_HTTP_API_CACHE_TTL_MS", "200")]);
+    let addr = pipeline.http.as_str();
+    let opts = pulsewatch::loadgen::LoadgenOptions {
+        apps: 6,
+        instances: 2,
+        backfill: Some(Duration::from_secs(15 * 60)),
+        mix: true,
+        seed: 16,
+        progress: false,
+        ..pulsewatch::loadgen::LoadgenOptions::default()
+    };
+    let m = pulsewatch::loadgen::run(&config.kafka, &opts).unwrap();
+    let apps = m.per_app.len() as i64;
+    eventually(Duration::from_secs(90), "every application in the API", || {
+        get(addr, "/api/v1/health").json()["applications"]["total"] == apps
+    });
+    eventually(Duration::from_secs(30), "the open alerts of the API are the database's", || {
+        let listed = ids(&ok(addr, "/api/v1/alerts?limit=1000")["alerts"], "alert_id");
+        !listed.is_empty() && listed.into_iter().collect::<BTreeSet<_>>() == open_in_database(&config, None)
+    });
+    let alerts = ok(addr, "/api/v1/alerts?limit=1000");
+    let first = &alerts["alerts"][0];
+    assert!(!first["summary"].as_str().unwrap().is_empty(), "{first}");
+    let app_id = first["app_id"].as_str().unwrap();
+    let app = ok(addr, &format!("/api/v1/apps/{app_id}"));
+    assert_eq!(app["instances"].as_array().unwrap().len(), m.instances_per_app, "{app}");
+    let shown: BTreeSet<String> = ids(&app["alerts"], "alert_id").into_iter().collect();
+    assert!(shown.contains(first["alert_id"].as_str().unwrap()), "{app}");
+    let metrics = ok(addr, &format!("/api/v1/apps/{app_id}/metrics?fields=beats,memory_used_ratio_max"));
+    assert!(metrics["points"].as_array().unwrap().len() >= 10, "{metrics}");
+    let page = ok(addr, "/api/v1/apps?limit=5&sort=-health");
+    assert_eq!((page["total"].as_i64(), page["apps"].as_array().unwrap().len()), (Some(apps), 5));
+}
