@@ -20,6 +20,8 @@ const ENV_PREFIX: &str = "PULSEWATCH_";
 /// Variables under this prefix size the benchmarks (`benches/`); the configuration leaves
 /// them alone.
 const BENCH_ENV_PREFIX: &str = "PULSEWATCH_BENCH_";
+/// List keys that an environment variable sets as comma-separated strings.
+const COMMA_LISTS: &[&str] = &["http.api_tokens"];
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -258,8 +260,8 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
-/// The HTTP endpoint for metrics and health.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The HTTP endpoint for metrics, health and the JSON API.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address `/metrics`, `/healthz` and `/readyz` listen on.
@@ -274,6 +276,24 @@ pub struct HttpConfig {
     /// How long the API's hot reads (`/api/v1/health`, `/api/v1/apps`) are answered from
     /// memory before PostgreSQL is asked again, ms; also their `Cache-Control: max-age`.
     pub api_cache_ttl_ms: u64,
+    /// Bearer tokens the API's state-changing routes accept (`Authorization: Bearer …`),
+    /// compared in constant time; with none, such requests are refused. Env
+    /// `PULSEWATCH_HTTP_API_TOKENS`, comma-separated; masked in `config show`.
+    pub api_tokens: Vec<String>,
+}
+
+/// Shown with its tokens masked.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .field("api_cache_ttl_ms", &self.api_cache_ttl_ms)
+            .field("api_tokens", &vec![redact::MASK; self.api_tokens.len()])
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -284,6 +304,7 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             max_connections: 128,
             api_cache_ttl_ms: 2_000,
+            api_tokens: Vec::new(),
         }
     }
 }
@@ -530,6 +551,9 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("http.listen", format!("is not an address like 127.0.0.1:9464: {e}")))?;
+        if self.http.api_tokens.iter().any(|t| t.trim().is_empty() || t.trim() != t) {
+            return Err(invalid("http.api_tokens", "a token is empty or has spaces around it"));
+        }
         for (key, value) in [
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
             ("http.idle_timeout_ms", self.http.idle_timeout_ms),
@@ -581,6 +605,9 @@ impl Config {
         for t in shown.ingest.tokens.iter_mut() {
             t.token = redact::MASK.to_owned();
         }
+        for t in shown.http.api_tokens.iter_mut() {
+            *t = redact::MASK.to_owned();
+        }
         toml::to_string_pretty(&shown).expect("the config always serialises")
     }
 }
@@ -629,6 +656,11 @@ fn apply_env(
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 value.trim().parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?,
             ),
+            Some(toml::Value::Array(_)) if COMMA_LISTS.contains(&format!("{section}.{key}").as_str()) => {
+                toml::Value::Array(
+                    value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| v.into()).collect(),
+                )
+            }
             Some(toml::Value::Array(_)) => {
                 return Err(env_err(format!("{section}.{key} is a list: set it in the config file")));
             }
@@ -822,6 +854,18 @@ mod tests {
         let err =
             load_str("[[ingest.tokens]]\ntoken = \"t\"\napps = [\"a[\"]\n", &[]).unwrap_err().to_string();
         assert!(err.contains("ingest.tokens[0].apps"), "{err}");
+    }
+
+    #[test]
+    fn api_tokens_come_from_the_file_or_a_comma_separated_variable_and_are_masked() {
+        let c = load_str("[http]\napi_tokens = [\"tok-file-1\"]\n", &[]).unwrap();
+        assert_eq!(c.http.api_tokens, ["tok-file-1"]);
+        let c = Config::load(None, env(&[("PULSEWATCH_HTTP_API_TOKENS", "tok-env-1, tok-env-2,")])).unwrap();
+        assert_eq!(c.http.api_tokens, ["tok-env-1", "tok-env-2"]);
+        let shown = format!("{}{c:?}", c.to_masked_toml());
+        assert!(!shown.contains("tok-env") && shown.contains("****"), "{shown}");
+        let err = load_str("[http]\napi_tokens = [\" \"]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("http.api_tokens"), "{err}");
     }
 
     #[test]

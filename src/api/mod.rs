@@ -8,6 +8,7 @@
 //! Parameters are checked by [`params`]: a bad one is answered 400 with a JSON message
 //! naming it, an unknown id 404.
 
+pub mod auth;
 pub mod cache;
 pub mod params;
 pub mod queries;
