@@ -92,7 +92,7 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
         Stage::All | Stage::Ingest => Some(rt.block_on(ingest::Server::bind(&config))?),
         Stage::Processor | Stage::Sink => None,
     };
-    let reader = crate::api::queries::Reader::of(&config.postgres)?;
+    let reader = crate::api::queries::Reader::of(&config)?;
     let shutdown = Shutdown::new();
     let config = Arc::new(config);
     let Started { mut flags, stages } = start_stages(&config, stage, &shutdown, &rt)?;

@@ -13,8 +13,8 @@ use common::{Pipeline, TestConfig, eventually, prepare};
 use pulsewatch::config::Config;
 use serde_json::Value;
 
-/// Six applications, their alerts (three open, two resolved), beats and rollups; times are
-/// relative to now, in yesterday's and today's partitions.
+/// Six applications, their alerts (three open, two resolved), beats (one instance's long
+/// ago) and rollups; times are relative to now, in yesterday's and today's partitions.
 const SEED: &str = r#"
 INSERT INTO {q}.application (app_id, status, health, instances_up, instances_total, last_seen,
                              last_figures, open_alerts, labels, updated_at) VALUES
@@ -47,6 +47,8 @@ INSERT INTO {q}.alert_event (alert_id, app_id, instance_id, kind, severity, stat
 INSERT INTO {q}.heartbeat_event (app_id, instance_id, seq, sent_at, interval_ms, status, kafka_partition, kafka_offset)
 SELECT 'shop-web', 'i-' || i, s, now() - (10 - s) * interval '5 s', 5000, 'OK', 0, i * 100 + s
 FROM generate_series(1, 2) i, generate_series(1, 3) s;
+INSERT INTO {q}.heartbeat_event (app_id, instance_id, seq, sent_at, interval_ms, status, kafka_partition, kafka_offset)
+VALUES ('shop-web', 'i-gone', 9, now() - interval '2 hours', 5000, 'OK', 0, 999);
 INSERT INTO {q}.metric_rollup_1m (app_id, minute, beats, instances, memory_used_ratio_max, cpu_ratio_mean)
 SELECT 'shop-web', date_trunc('minute', now()) - m * interval '1 min', 24, 2, 0.6 + m * 0.01, 0.2
 FROM generate_series(1, 5) m;
@@ -149,7 +151,8 @@ fn apps_are_filtered_sorted_and_paged_by_cursor() {
 
 #[test]
 fn one_app_shows_its_instances_alerts_leaks_and_rollups() {
-    let (_config, pipeline) = seeded("api_app", &[]);
+    // i-gone beat two hours before the others: forgotten after one.
+    let (_config, pipeline) = seeded("api_app", &[("PULSEWATCH_DETECTION_FORGET_AFTER_MS", "3600000")]);
     let addr = pipeline.http.as_str();
     let app = ok(addr, "/api/v1/apps/shop-web");
     assert_eq!(

@@ -29,6 +29,9 @@ pub struct Reader {
     pool: deadpool_postgres::Pool,
     /// The schema, quoted.
     q: String,
+    /// An instance whose last beat is this much older than its app's is left out, s: the
+    /// engine has forgotten it (`detection.forget_after_ms`).
+    forget_after_s: f64,
 }
 
 /// One page of applications.
@@ -130,8 +133,12 @@ fn alert_json(row: &Row) -> Value {
 impl Reader {
     /// A reader of `config`'s database with a pool of its own, so the API never takes a
     /// connection the sink waits for (connections are opened on first use).
-    pub fn of(config: &crate::config::PostgresConfig) -> Result<Reader, StoreError> {
-        Ok(Reader { pool: store::pool(config)?, q: quoted_schema(&config.schema)? })
+    pub fn of(config: &crate::config::Config) -> Result<Reader, StoreError> {
+        Ok(Reader {
+            pool: store::pool(&config.postgres)?,
+            q: quoted_schema(&config.postgres.schema)?,
+            forget_after_s: config.detection.forget_after_ms as f64 / 1000.0,
+        })
     }
 
     /// Runs `statements` (SQL, parameters) in one read-only transaction; the rows of each.
@@ -211,17 +218,22 @@ impl Reader {
     pub async fn app(&self, app_id: &str) -> Result<Option<Value>, StoreError> {
         let q = &self.q;
         let app = format!("SELECT {APP_COLUMNS}, last_figures FROM {q}.application WHERE app_id = $1");
+        // Within the forget period before the app's last beat: an index range, not the whole
+        // retention of its beats.
         let instances = format!(
             "SELECT DISTINCT ON (instance_id) instance_id, seq, sent_at, status, interval_ms
-             FROM {q}.heartbeat_event WHERE app_id = $1 ORDER BY instance_id, sent_at DESC, seq DESC"
+             FROM {q}.heartbeat_event WHERE app_id = $1 AND sent_at >=
+               (SELECT max(sent_at) FROM {q}.heartbeat_event WHERE app_id = $1) - $2::float8 * interval '1 second'
+             ORDER BY instance_id, sent_at DESC, seq DESC"
         );
         let alerts = format!(
             "SELECT * FROM (SELECT DISTINCT ON (alert_id) {ALERT_COLUMNS} FROM {q}.alert_event
              WHERE app_id = $1 {LATEST}) latest WHERE state = 'FIRING' ORDER BY severity = 'CRITICAL' DESC, started_at"
         );
         let params: Params = vec![Box::new(app_id.to_owned())];
+        let window: Params = vec![Box::new(app_id.to_owned()), Box::new(self.forget_after_s)];
         let rows = self
-            .read("reading an application", &[(&app, &params), (&instances, &params), (&alerts, &params)])
+            .read("reading an application", &[(&app, &params), (&instances, &window), (&alerts, &params)])
             .await?;
         let Some(row) = rows[0].first() else { return Ok(None) };
         let alerts: Vec<Value> = rows[2].iter().map(alert_json).collect();
