@@ -231,7 +231,9 @@ fn bad_parameters_are_named_and_unknown_ids_are_404() {
         assert_eq!(body["parameter"], param, "{path}: {body}");
         assert!(body["error"].as_str().unwrap().contains(param), "{path}: {body}");
     }
-    for path in ["/api/v1/apps/nope", "/api/v1/apps/nope/metrics", "/api/v1/apps/nope%27%3B--"] {
+    for path in
+        ["/api/v1/apps/nope", "/api/v1/apps/nope/metrics", "/api/v1/apps/nope%27%3B--", "/api/v1/nope"]
+    {
         let answer = get(addr, path);
         assert_eq!(answer.status, 404, "{path}: {}", answer.body);
         assert!(answer.json()["error"].as_str().unwrap().contains("nope"));

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, any, get};
 use chrono::Utc;
 use serde_json::{Value, json};
 
@@ -50,7 +50,12 @@ pub fn router(api: Api) -> Router {
     for (path, handler) in routes() {
         router = router.route(path, handler);
     }
-    router.with_state(api)
+    router.route("/api/v1/{*rest}", any(unknown_route)).with_state(api)
+}
+
+/// Any other path under `/api/v1`: 404 in JSON, like the unknown ids.
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::NotFound { what: "route", id: uri.path().to_owned() }
 }
 
 /// The query's pairs, or a 400 when the query string is not `key=value&...`.
