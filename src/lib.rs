@@ -3,7 +3,8 @@
 //!
 //! Module map:
 //! - Contracts: [`heartbeat`] (the record and its rules, its [`labels`]), [`codec`] (Avro and
-//!   JSON on the wire), [`alert`] (the alert record, its id and Avro encoding).
+//!   JSON on the wire), [`alert`] (the alert record, its id and Avro encoding), [`ack`] (an
+//!   operator's acknowledgement of an alert).
 //! - Decisions, pure and clock-free: [`watermark`] (event time per partition), [`rules`]
 //!   (thresholds, overrides), [`engine`] (per-partition state, liveness timers, rollups,
 //!   snapshots, explanations).
@@ -20,6 +21,7 @@
 //! - Tools: [`loadgen`] (synthetic fleets with faults), [`tally`] (read a topic back),
 //!   [`summary`] (what a run found beside the load's ground truth), [`evaluate`] (the leak
 //!   detector scored on a labelled suite, beside a `predict_linear` baseline).
+pub mod ack;
 pub mod alert;
 pub mod api;
 pub mod assignment;
