@@ -329,3 +329,105 @@ fn the_pipelines_own_findings_are_served() {
     let page = ok(addr, "/api/v1/apps?limit=5&sort=-health");
     assert_eq!((page["total"].as_i64(), page["apps"].as_array().unwrap().len()), (Some(apps), 5));
 }
+
+/// The acknowledgement shown with the open alert `alert_id` of `app`, through the API.
+fn shown_ack(addr: &str, app: &str, alert_id: &str) -> Value {
+    let list = ok(addr, &format!("/api/v1/alerts?app={app}"));
+    let alert = list["alerts"].as_array().unwrap().iter().find(|a| a["alert_id"] == alert_id).cloned();
+    alert.map_or(Value::Null, |a| a["ack"].clone())
+}
+
+fn ack_rows(config: &Config) -> Vec<String> {
+    let s = &config.postgres.schema;
+    common::query_strings(
+        config,
+        &format!("SELECT action || ':' || acked_by FROM \"{s}\".alert_ack ORDER BY at"),
+    )
+}
+
+#[test]
+fn acknowledgements_go_through_kafka_into_alert_ack_and_hold_for_one_firing() {
+    const TOKEN: &str = "Bearer tok-ack-1";
+    let (config, pipeline) = seeded("api_acks", &[("PULSEWATCH_HTTP_API_TOKENS", "tok-ack-1,tok-ack-2")]);
+    let addr = pipeline.http.as_str();
+    let ack = |alert: &str, method: &str, auth: &[(&str, &str)], body: &str| {
+        request(addr, method, &format!("/api/v1/alerts/{alert}/ack"), auth, body.as_bytes())
+    };
+    let auth = [("Authorization", TOKEN), ("Content-Type", "application/json")];
+    let body = r#"{"by":"ana","note":"heap dump taken"}"#;
+    assert_eq!(ack("a-leak", "POST", &[], body).status, 401);
+    assert_eq!(ack("a-leak", "POST", &[("Authorization", "Bearer tok-ack-3")], body).status, 401);
+    let bad = ack("a-leak", "POST", &auth, r#"{"note":"who?"}"#);
+    assert_eq!((bad.status, bad.json()["parameter"].as_str()), (400, Some("body")), "{}", bad.body);
+    assert_eq!(ack("a-nope", "POST", &auth, body).status, 404);
+    assert_eq!(ack("a-cpu", "POST", &auth, body).status, 409, "a resolved alert");
+
+    let accepted = ack("a-leak", "POST", &auth, body);
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    // The sink seeks its partitions one by one after it joins its group: the first
+    // acknowledgement may wait for that.
+    eventually(Duration::from_secs(30), "the acknowledgement in the API", || {
+        shown_ack(addr, "shop-web", "a-leak")["by"] == "ana"
+    });
+    assert_eq!(ok(addr, "/api/v1/apps/shop-web")["alerts"][0]["ack"]["note"], "heap dump taken");
+    assert_eq!(ack_rows(&config), ["ACK:ana"]);
+    let topic = config.kafka.name(pulsewatch::topology::names::ALERT_ACKS);
+    let records = pulsewatch::tally::read_to_end(&config.kafka, &topic, Duration::from_secs(30)).unwrap();
+    let on_topic = {
+        use rdkafka::message::Message;
+        assert_eq!(records[0].key(), Some(&b"shop-web"[..]));
+        pulsewatch::ack::AlertAck::decode(records[0].payload().unwrap()).unwrap()
+    };
+    assert_eq!((on_topic.alert_id.as_str(), on_topic.by.as_str()), ("a-leak", "ana"));
+
+    // Once the sink reads: visible within two seconds.
+    assert_eq!(ack("a-leak", "DELETE", &[("Authorization", "Bearer tok-ack-2")], "").status, 202);
+    eventually(Duration::from_secs(2), "the withdrawal in the API within two seconds", || {
+        shown_ack(addr, "shop-web", "a-leak").is_null()
+    });
+    assert_eq!(ack("a-leak", "POST", &auth, r#"{"by":"bo"}"#).status, 202);
+    eventually(Duration::from_secs(2), "the second acknowledgement within two seconds", || {
+        shown_ack(addr, "shop-web", "a-leak")["by"] == "bo"
+    });
+    assert_eq!(ack_rows(&config), ["ACK:ana", "UNACK:unknown", "ACK:bo"]);
+    refire(&config, "a-leak");
+    assert!(shown_ack(addr, "shop-web", "a-leak").is_null(), "a new firing needs a new acknowledgement");
+}
+
+/// Resolves `alert_id` and fires it again, with a new started_at.
+fn refire(config: &Config, alert_id: &str) {
+    let s = &config.postgres.schema;
+    common::runtime().block_on(async {
+        let client = pulsewatch::store::connect(&config.postgres).await.unwrap();
+        let sql = format!(
+            "INSERT INTO \"{s}\".alert_event (alert_id, app_id, instance_id, kind, severity, state, started_at, event_at,
+                 emitted_at, summary, source_partition, source_offset, kafka_partition, kafka_offset)
+             SELECT alert_id, app_id, instance_id, kind, severity, state, started_at, now() + o * interval '1 ms', now(),
+                    summary, 0, 0, 0, 100 + o
+             FROM (SELECT alert_id, app_id, instance_id, kind, severity, summary FROM \"{s}\".alert_event
+                   WHERE alert_id = $1 LIMIT 1) a,
+                  (VALUES ('RESOLVED', now() - interval '8 min', 1), ('FIRING', now(), 2)) t(state, started_at, o)"
+        );
+        client.execute(&sql, &[&alert_id]).await.unwrap();
+    });
+}
+
+#[test]
+fn without_tokens_changes_are_refused_and_an_exposed_listener_too() {
+    let (config, pipeline) = seeded("api_no_tokens", &[]);
+    let answer = request(
+        &pipeline.http,
+        "POST",
+        "/api/v1/alerts/a-leak/ack",
+        &[("Authorization", "Bearer x")],
+        br#"{"by":"a"}"#,
+    );
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.json()["error"].as_str().unwrap().contains("api_tokens"));
+    drop(pipeline);
+    let mut exposed = Pipeline::spawn(&config, "sink", &[("PULSEWATCH_HTTP_LISTEN", "0.0.0.0:0")]);
+    let status = exposed.wait_exit(Duration::from_secs(30)).expect("it exits");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&exposed.log).unwrap();
+    assert!(log.contains("http.listen") && log.contains("api_tokens"), "{log}");
+}

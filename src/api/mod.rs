@@ -3,11 +3,16 @@
 //! application with its instances, open alerts and leak projections, its one-minute
 //! rollups, the alerts, and the OpenAPI document describing them ([`OPENAPI`]).
 //!
+//! Acknowledgements ([`acks`]) are events on `alert-acks`, stored by the sink in
+//! `alert_ack`; they need a bearer token ([`auth`]), and `http.listen` beyond loopback is
+//! refused at start without one ([`check_exposure`]).
+//!
 //! Reads go to PostgreSQL ([`queries`]); the hot ones sit behind a short-lived cache
 //! ([`cache`]) and answer with `ETag` / `Cache-Control`, honouring `If-None-Match`.
 //! Parameters are checked by [`params`]: a bad one is answered 400 with a JSON message
 //! naming it, an unknown id 404.
 
+pub mod acks;
 pub mod auth;
 pub mod cache;
 pub mod params;
@@ -39,6 +44,34 @@ pub enum ApiError {
     NotFound { what: &'static str, id: String },
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("body: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why the API cannot start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("api: cannot create the acknowledgements' producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("config key http.listen: {0} is not a loopback address and no http.api_tokens is configured")]
+    Exposed(std::net::SocketAddr),
+}
+
+/// Refuses to serve the API beyond loopback without a token.
+pub fn check_exposure(http: &crate::config::HttpConfig) -> Result<(), StartError> {
+    let addr: std::net::SocketAddr = http.listen.parse().expect("validated by Config::validate");
+    if !addr.ip().is_loopback() && http.api_tokens.is_empty() {
+        return Err(StartError::Exposed(addr));
+    }
+    Ok(())
 }
 
 impl IntoResponse for ApiError {
@@ -51,6 +84,21 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound { .. } => {
                 (StatusCode::NOT_FOUND, Json(json!({"error": message}))).into_response()
+            }
+            ApiError::Auth(e) => {
+                let status = match e {
+                    auth::AuthError::NoTokensConfigured => StatusCode::FORBIDDEN,
+                    auth::AuthError::Missing | auth::AuthError::Unknown => StatusCode::UNAUTHORIZED,
+                };
+                (status, Json(json!({"error": message}))).into_response()
+            }
+            ApiError::BadBody(_) => {
+                (StatusCode::BAD_REQUEST, Json(json!({"error": message, "parameter": "body"})))
+                    .into_response()
+            }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, Json(json!({"error": message}))).into_response(),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": message}))).into_response()
             }
             ApiError::Store(e) => {
                 tracing::warn!(error = %e, "api: a read failed");
@@ -72,15 +120,18 @@ pub struct Api {
     pub cache: cache::AnswerCache,
     /// The process's own stages, for the health route's components.
     pub endpoints: Endpoints,
+    /// Publishing acknowledgements.
+    pub acks: acks::Acks,
 }
 
 impl Api {
-    /// The API over `reader` (see [`queries::Reader::of`]), cached as `config` says.
-    pub fn new(config: &Config, reader: queries::Reader, endpoints: Endpoints) -> Api {
+    /// The API over `reader` (see [`queries::Reader::of`]) and `acks`, cached as `config` says.
+    pub fn new(config: &Config, reader: queries::Reader, acks: acks::Acks, endpoints: Endpoints) -> Api {
         Api {
             reader,
             cache: cache::AnswerCache::new(Duration::from_millis(config.http.api_cache_ttl_ms)),
             endpoints,
+            acks,
         }
     }
 }

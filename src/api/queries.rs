@@ -23,6 +23,20 @@ const ALERT_COLUMNS: &str = "alert_id, app_id, instance_id, kind, severity, stat
 /// The latest transition of each alert id, ordered for `DISTINCT ON`.
 const LATEST: &str = "ORDER BY alert_id, event_at DESC, kafka_offset DESC";
 
+/// `latest` (alert transitions) with the latest acknowledgement event of each firing one's
+/// current firing (the same `started_at`, which events carry in ms), as `ack_*` columns.
+fn with_ack(q: &str, latest: &str, conditions: &str) -> String {
+    format!(
+        "SELECT latest.*, k.action AS ack_action, k.acked_by AS ack_by, k.note AS ack_note, k.at AS ack_at
+         FROM ({latest}) latest
+         LEFT JOIN LATERAL (SELECT action, acked_by, note, at FROM {q}.alert_ack a
+             WHERE a.alert_id = latest.alert_id
+               AND a.alert_started_at = date_trunc('milliseconds', latest.started_at)
+             ORDER BY a.at DESC, a.kafka_partition DESC, a.kafka_offset DESC LIMIT 1) k ON latest.state = 'FIRING'
+         {conditions}"
+    )
+}
+
 /// The tables the API reads, through a pool.
 #[derive(Clone)]
 pub struct Reader {
@@ -127,7 +141,20 @@ fn alert_json(row: &Row) -> Value {
         "summary": row.get::<_, String>("summary"),
         "evidence": row.get::<_, Value>("evidence"),
         "recommendations": row.get::<_, Vec<String>>("recommendations"),
+        "ack": ack_json(row),
     })
+}
+
+/// The acknowledgement that holds for an alert row, if any.
+fn ack_json(row: &Row) -> Value {
+    match row.get::<_, Option<String>>("ack_action").as_deref() {
+        Some("ACK") => json!({
+            "by": row.get::<_, String>("ack_by"),
+            "note": row.get::<_, Option<String>>("ack_note"),
+            "at": time(row, "ack_at"),
+        }),
+        _ => Value::Null,
+    }
 }
 
 impl Reader {
@@ -226,9 +253,12 @@ impl Reader {
                (SELECT max(sent_at) FROM {q}.heartbeat_event WHERE app_id = $1) - $2::float8 * interval '1 second'
              ORDER BY instance_id, sent_at DESC, seq DESC"
         );
-        let alerts = format!(
-            "SELECT * FROM (SELECT DISTINCT ON (alert_id) {ALERT_COLUMNS} FROM {q}.alert_event
-             WHERE app_id = $1 {LATEST}) latest WHERE state = 'FIRING' ORDER BY severity = 'CRITICAL' DESC, started_at"
+        let alerts = with_ack(
+            q,
+            &format!(
+                "SELECT DISTINCT ON (alert_id) {ALERT_COLUMNS} FROM {q}.alert_event WHERE app_id = $1 {LATEST}"
+            ),
+            "WHERE latest.state = 'FIRING' ORDER BY latest.severity = 'CRITICAL' DESC, latest.started_at",
         );
         let params: Params = vec![Box::new(app_id.to_owned())];
         let window: Params = vec![Box::new(app_id.to_owned()), Box::new(self.forget_after_s)];
@@ -243,6 +273,24 @@ impl Reader {
         out["leaks"] = alerts.iter().filter_map(leak_json).collect();
         out["alerts"] = Value::Array(alerts);
         Ok(Some(out))
+    }
+
+    /// An alert's app and, if its latest transition is FIRING, when that firing started;
+    /// `None` for an unknown alert id.
+    pub async fn firing(
+        &self,
+        alert_id: &str,
+    ) -> Result<Option<(String, Option<DateTime<Utc>>)>, StoreError> {
+        let sql = format!(
+            "SELECT app_id, state, started_at FROM {}.alert_event WHERE alert_id = $1 {LATEST} LIMIT 1",
+            self.q
+        );
+        let params: Params = vec![Box::new(alert_id.to_owned())];
+        let rows = self.read("reading an alert", &[(&sql, &params)]).await?;
+        Ok(rows[0].first().map(|r| {
+            let firing = r.get::<_, String>("state") == "FIRING";
+            (r.get("app_id"), firing.then(|| r.get("started_at")))
+        }))
     }
 
     /// The application's one-minute rollups in the window; `None` for an unknown app.
@@ -298,22 +346,21 @@ impl Reader {
             inner.push(format!("event_at >= ${}", params.len()));
         }
         match query.state {
-            AlertState::Open => outer.push("state = 'FIRING'".to_owned()),
-            AlertState::Resolved => outer.push("state = 'RESOLVED'".to_owned()),
+            AlertState::Open => outer.push("latest.state = 'FIRING'".to_owned()),
+            AlertState::Resolved => outer.push("latest.state = 'RESOLVED'".to_owned()),
             AlertState::All => {}
         }
         if let Some(severity) = &query.severity {
             params.push(Box::new(severity.clone()));
-            outer.push(format!("severity = ${}", params.len()));
+            outer.push(format!("latest.severity = ${}", params.len()));
         }
-        let sql = format!(
-            "SELECT * FROM (SELECT DISTINCT ON (alert_id) {ALERT_COLUMNS} FROM {}.alert_event {} {LATEST}) latest
-             {} ORDER BY event_at DESC, alert_id LIMIT {}",
+        let latest = format!(
+            "SELECT DISTINCT ON (alert_id) {ALERT_COLUMNS} FROM {}.alert_event {} {LATEST}",
             self.q,
-            where_clause(&inner),
-            where_clause(&outer),
-            query.limit
+            where_clause(&inner)
         );
+        let order = format!("ORDER BY latest.event_at DESC, latest.alert_id LIMIT {}", query.limit);
+        let sql = with_ack(&self.q, &latest, &format!("{} {order}", where_clause(&outer)));
         let rows = self.read("listing alerts", &[(&sql, &params)]).await?;
         Ok(rows[0].iter().map(alert_json).collect())
     }

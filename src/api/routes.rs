@@ -11,10 +11,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, any, get};
+use axum::routing::{MethodRouter, any, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use super::acks;
 use super::cache::Cached;
 use super::params::{self, ParamError};
 use super::queries::rfc3339;
@@ -30,17 +31,19 @@ fn routes() -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/api/v1/apps/{app_id}", get(app)),
         ("/api/v1/apps/{app_id}/metrics", get(app_metrics)),
         ("/api/v1/alerts", get(alerts)),
+        ("/api/v1/alerts/{alert_id}/ack", post(acks::post_ack).delete(acks::delete_ack)),
         ("/api/v1/openapi.json", get(openapi)),
     ]
 }
 
-/// The paths the API serves, all for `GET`.
+/// The paths the API serves: `GET` but for the acknowledgement's `POST` and `DELETE`.
 pub const ROUTES: &[&str] = &[
     "/api/v1/health",
     "/api/v1/apps",
     "/api/v1/apps/{app_id}",
     "/api/v1/apps/{app_id}/metrics",
     "/api/v1/alerts",
+    "/api/v1/alerts/{alert_id}/ack",
     "/api/v1/openapi.json",
 ];
 
@@ -229,8 +232,10 @@ mod tests {
         assert_eq!(documented, served);
         assert_eq!(served, ROUTES.iter().copied().collect());
         for path in &served {
-            let methods: Vec<&String> = doc["paths"][path].as_object().unwrap().keys().collect();
-            assert_eq!(methods, ["get"], "{path}");
+            let methods: BTreeSet<&str> =
+                doc["paths"][path].as_object().unwrap().keys().map(String::as_str).collect();
+            let expected = if path.ends_with("/ack") { vec!["delete", "post"] } else { vec!["get"] };
+            assert_eq!(methods, expected.into_iter().collect(), "{path}");
         }
     }
 
