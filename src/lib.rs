@@ -6,12 +6,13 @@
 //! alert counts a legacy fingerprint in [`metrics`]).
 //! - Contracts, the records on the wire: [`heartbeat`] (the record and its rules, its
 //!   [`labels`]), [`codec`] (Avro and JSON on the wire), [`alert`] (the alert record, its id
-//!   and Avro encoding), [`app_state`] (an application's snapshot and engine state),
-//!   [`metrics_1m`] (one-minute rollups).
+//!   and Avro encoding), [`ack`] (an operator's acknowledgement of an alert), [`app_state`]
+//!   (an application's snapshot and engine state), [`metrics_1m`] (one-minute rollups).
 //! - Decisions, pure and clock-free: [`minute`] (event-time minutes), [`watermark`] (event
 //!   time per partition), [`rules`] (thresholds, overrides, detection settings), [`trend`]
 //!   (leak detection), [`engine`] (per-partition state, liveness timers, rollups, snapshots,
 //!   explanations).
+//! - Operators: [`api`] (the JSON API under `/api/v1`).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out; its state
 //!   rebuilt by [`restore`]), [`sink`] (topics into PostgreSQL, exactly once), [`ingest`]
 //!   (heartbeats over HTTP), [`service`] (`pulsewatch run`), [`health`] (what `/healthz`
@@ -30,6 +31,7 @@
 //! The `pulsewatch` binary (`src/main.rs`) parses the command line and calls into these.
 
 // Contracts
+pub mod ack;
 pub mod alert;
 pub mod app_state;
 pub mod codec;
@@ -45,6 +47,7 @@ pub mod trend;
 pub mod watermark;
 
 // Stages
+pub mod api;
 pub mod health;
 pub mod ingest;
 pub mod processor;

@@ -49,6 +49,8 @@ pub enum ServiceError {
     Http(#[from] http::HttpError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Api(#[from] crate::api::StartError),
     #[error("http endpoint stopped: {0}")]
     HttpStopped(String),
     #[error("runtime: {0}")]
@@ -90,6 +92,9 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
         Stage::All | Stage::Ingest => Some(rt.block_on(ingest::Server::bind(&config))?),
         Stage::Processor | Stage::Sink => None,
     };
+    crate::api::check_exposure(&config.http)?;
+    let reader = crate::api::queries::Reader::of(&config).map_err(crate::api::StartError::from)?;
+    let acks = crate::api::acks::Acks::new(&config).map_err(crate::api::StartError::from)?;
     let shutdown = Shutdown::new();
     let config = Arc::new(config);
     let Started { mut flags, stages } = start_stages(&config, stage, &shutdown, &rt)?;
@@ -102,7 +107,9 @@ pub fn run(config: Config, stage: Stage) -> Result<(), ServiceError> {
         stall_after: Duration::from_millis(config.health.stall_after_ms),
     };
     let ingest_state = ingest.as_ref().map(|i| i.state.clone());
-    let endpoint = http::serve(listener, http::router(endpoints), http::Limits::of(&config.http));
+    let api = crate::api::Api::new(&config, reader, acks, endpoints.clone());
+    let app = http::router(endpoints).merge(crate::api::router(api));
+    let endpoint = http::serve(listener, app, http::Limits::of(&config.http));
     let mut server = rt.spawn(serve_both(endpoint, ingest));
     let http_failure = rt.block_on(wait_for_stop(&shutdown, &mut server))?;
     shutdown.trigger();

@@ -23,6 +23,7 @@ pub mod names {
     pub const APP_STATE: &str = "app-state";
     pub const METRICS_1M: &str = "metrics-1m";
     pub const HEARTBEATS_DLQ: &str = "heartbeats-dlq";
+    pub const ALERT_ACKS: &str = "alert-acks";
 }
 
 /// The full names of the pipeline's topics under a prefix, as the stages use them.
@@ -33,6 +34,7 @@ pub struct Topics {
     pub app_state: String,
     pub metrics: String,
     pub heartbeats_dlq: String,
+    pub alert_acks: String,
 }
 
 impl Topics {
@@ -43,6 +45,7 @@ impl Topics {
             app_state: kafka.name(names::APP_STATE),
             metrics: kafka.name(names::METRICS_1M),
             heartbeats_dlq: kafka.name(names::HEARTBEATS_DLQ),
+            alert_acks: kafka.name(names::ALERT_ACKS),
         }
     }
 }
@@ -317,9 +320,14 @@ mod tests {
     #[test]
     fn builtin_declares_every_topic_of_the_design() {
         let t = Topology::builtin();
-        for name in
-            [names::HEARTBEATS, names::ALERTS, names::APP_STATE, names::METRICS_1M, names::HEARTBEATS_DLQ]
-        {
+        for name in [
+            names::HEARTBEATS,
+            names::ALERTS,
+            names::APP_STATE,
+            names::METRICS_1M,
+            names::HEARTBEATS_DLQ,
+            names::ALERT_ACKS,
+        ] {
             assert!(t.topic(name).is_some(), "{name} not declared");
         }
         assert_eq!(t.topic(names::APP_STATE).unwrap().config["cleanup.policy"], "compact");

@@ -6,6 +6,8 @@ const ENV_PREFIX: &str = "PULSEWATCH_";
 /// Variables under this prefix size the benchmarks (`benches/`); the configuration leaves
 /// them alone.
 const BENCH_ENV_PREFIX: &str = "PULSEWATCH_BENCH_";
+/// List keys that an environment variable sets as comma-separated strings.
+const COMMA_LISTS: &[&str] = &["http.api_tokens"];
 
 /// Applies `PULSEWATCH_<SECTION>_<KEY>` overrides; the value's type is the default's.
 pub(super) fn apply_env(
@@ -43,6 +45,11 @@ pub(super) fn apply_env(
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
                 value.trim().parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?,
             ),
+            Some(toml::Value::Array(_)) if COMMA_LISTS.contains(&format!("{section}.{key}").as_str()) => {
+                toml::Value::Array(
+                    value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| v.into()).collect(),
+                )
+            }
             Some(toml::Value::Array(_)) => {
                 return Err(env_err(format!("{section}.{key} is a list: set it in the config file")));
             }

@@ -147,6 +147,9 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("http.listen", format!("is not an address like 127.0.0.1:9464: {e}")))?;
+        if self.http.api_tokens.iter().any(|t| t.trim().is_empty() || t.trim() != t) {
+            return Err(invalid("http.api_tokens", "a token is empty or has spaces around it"));
+        }
         for (key, value) in [
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
             ("http.idle_timeout_ms", self.http.idle_timeout_ms),
@@ -199,6 +202,9 @@ impl Config {
         shown.schema_registry.password = redact::secret(&shown.schema_registry.password).into_owned();
         for t in shown.ingest.tokens.iter_mut() {
             t.token = redact::MASK.to_owned();
+        }
+        for t in shown.http.api_tokens.iter_mut() {
+            *t = redact::MASK.to_owned();
         }
         toml::to_string_pretty(&shown).expect("the config always serialises")
     }

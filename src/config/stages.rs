@@ -91,8 +91,8 @@ impl Default for SinkConfig {
     }
 }
 
-/// The HTTP endpoint for metrics and health.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The HTTP endpoint for metrics, health and the JSON API.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address `/metrics`, `/healthz` and `/readyz` listen on.
@@ -104,6 +104,27 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Most connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// How long the API's hot reads (`/api/v1/health`, `/api/v1/apps`) are answered from
+    /// memory before PostgreSQL is asked again, ms; also their `Cache-Control: max-age`.
+    pub api_cache_ttl_ms: u64,
+    /// Bearer tokens the API's state-changing routes accept (`Authorization: Bearer …`),
+    /// compared in constant time; with none, such requests are refused. Env
+    /// `PULSEWATCH_HTTP_API_TOKENS`, comma-separated; masked in `config show`.
+    pub api_tokens: Vec<String>,
+}
+
+/// Shown with its tokens masked.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_connections", &self.max_connections)
+            .field("api_cache_ttl_ms", &self.api_cache_ttl_ms)
+            .field("api_tokens", &vec![redact::MASK; self.api_tokens.len()])
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -113,6 +134,8 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 128,
+            api_cache_ttl_ms: 2_000,
+            api_tokens: Vec::new(),
         }
     }
 }

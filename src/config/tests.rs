@@ -155,6 +155,18 @@ fn ingest_tokens_are_read_masked_and_checked() {
 }
 
 #[test]
+fn api_tokens_come_from_the_file_or_a_comma_separated_variable_and_are_masked() {
+    let c = load_str("[http]\napi_tokens = [\"tok-file-1\"]\n", &[]).unwrap();
+    assert_eq!(c.http.api_tokens, ["tok-file-1"]);
+    let c = Config::load(None, env(&[("PULSEWATCH_HTTP_API_TOKENS", "tok-env-1, tok-env-2,")])).unwrap();
+    assert_eq!(c.http.api_tokens, ["tok-env-1", "tok-env-2"]);
+    let shown = format!("{}{c:?}", c.to_masked_toml());
+    assert!(!shown.contains("tok-env") && shown.contains("****"), "{shown}");
+    let err = load_str("[http]\napi_tokens = [\" \"]\n", &[]).unwrap_err().to_string();
+    assert!(err.contains("http.api_tokens"), "{err}");
+}
+
+#[test]
 fn debug_output_masks_secrets() {
     let mut c = Config::default();
     c.postgres.url = "host=db password=hunter2".into();

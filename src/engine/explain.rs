@@ -136,7 +136,9 @@ fn memory_high(b: &Heartbeat) -> Vec<String> {
     if b.sessions_active.is_some() {
         r.push("Check that sessions are expired and cleaned up; a growing sessions_active points at session accumulation.".into());
     }
-    r.push("If the working set is legitimate, raise the memory limit or spread load over more instances.".into());
+    r.push(
+        "If the working set is legitimate, raise the memory limit or spread load over more instances.".into(),
+    );
     r
 }
 
@@ -144,13 +146,11 @@ fn cpu_high(s: &Signs) -> Vec<String> {
     let mut r = vec!["Profile the hot path (py-spy top / perf) to find what burns CPU.".into()];
     if s.pool_full {
         r.push(
-            "The database pool is also saturated: requests may spin on retries; fix the pool first."
-                .into(),
+            "The database pool is also saturated: requests may spin on retries; fix the pool first.".into(),
         );
     }
     r.push(
-        "If the load is legitimate, add workers or instances; move heavy work to a background queue."
-            .into(),
+        "If the load is legitimate, add workers or instances; move heavy work to a background queue.".into(),
     );
     r
 }
@@ -166,8 +166,7 @@ fn pool_saturated(b: &Heartbeat, s: &Signs) -> Vec<String> {
     }
     r.push("Look for connections not returned to the pool (sessions not closed on error paths) in pg_stat_activity, state 'idle in transaction'.".into());
     r.push(
-        "Only if each connection is used briefly, raise the pool size (or put PgBouncer in front)."
-            .into(),
+        "Only if each connection is used briefly, raise the pool size (or put PgBouncer in front).".into(),
     );
     r
 }
@@ -183,8 +182,7 @@ fn slow_responses(s: &Signs) -> Vec<String> {
     let mut r = Vec::new();
     if s.pool_full {
         r.push(
-            "The database pool is saturated: requests wait for connections; see DB_POOL_SATURATED."
-                .into(),
+            "The database pool is saturated: requests wait for connections; see DB_POOL_SATURATED.".into(),
         );
     }
     if s.slow_queries {
@@ -203,7 +201,10 @@ fn slow_responses(s: &Signs) -> Vec<String> {
 }
 
 fn error_rate_high(s: &Signs) -> Vec<String> {
-    let mut r = vec!["Read the application's logs for the dominant error; compare with the last deploy (label version).".into()];
+    let mut r = vec![
+        "Read the application's logs for the dominant error; compare with the last deploy (label version)."
+            .into(),
+    ];
     if s.pool_full {
         r.push("The database pool is saturated: errors may be connection timeouts.".into());
     }
@@ -213,10 +214,7 @@ fn error_rate_high(s: &Signs) -> Vec<String> {
 fn queue_backlog(s: &Signs) -> Vec<String> {
     let mut r = vec!["Requests arrive faster than they are served: add workers or instances.".into()];
     if s.slow_queries || s.pool_full {
-        r.push(
-            "Requests are slowed by the database (slow queries or a full pool): fix that first."
-                .into(),
-        );
+        r.push("Requests are slowed by the database (slow queries or a full pool): fix that first.".into());
     }
     r
 }

@@ -10,6 +10,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::OUTSIDE_RETENTION;
 use super::decode::Decoded;
+use crate::ack::AlertAck;
 use crate::alert::Alert;
 use crate::app_state::AppSnapshot;
 use crate::config::RetentionConfig;
@@ -85,6 +86,7 @@ pub struct Batch {
     pub alerts: Vec<Row<Alert>>,
     pub rollups: BTreeMap<(String, i64), Row<Rollup>>,
     pub apps: BTreeMap<String, Row<AppSnapshot>>,
+    pub acks: Vec<Row<AlertAck>>,
     /// Records set aside before writing (outside the retention window).
     pub dead_letters: Vec<DeadLetter>,
     /// The dead letters of this batch the broker has acknowledged, by (topic, partition,
@@ -97,7 +99,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn rows(&self) -> usize {
-        self.beats.len() + self.alerts.len() + self.rollups.len() + self.apps.len()
+        self.beats.len() + self.alerts.len() + self.rollups.len() + self.apps.len() + self.acks.len()
     }
 
     /// Rows and records set aside: what the batch holds in memory.
@@ -149,5 +151,6 @@ pub fn place(msg: &BorrowedMessage<'_>, decoded: Decoded, batch: &mut Batch, ret
         Decoded::App(app) => {
             batch.apps.insert(app.app_id.clone(), Row { value: app, source: Source::of(msg) });
         }
+        Decoded::Ack(ack) => batch.acks.push(Row { value: ack, source: Source::of(msg) }),
     }
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::batch::{Batch, place};
+use crate::ack::AlertAck;
 use crate::alert::Alert;
 use crate::app_state::AppSnapshot;
 use crate::config::Config;
@@ -23,6 +24,7 @@ pub enum Decoded {
     Alert(Alert),
     Rollup(Rollup),
     App(AppSnapshot),
+    Ack(AlertAck),
 }
 
 /// Adds one consumed record to the batch (or skips it, if `sink_offset` says it is written).
@@ -94,6 +96,10 @@ fn decode_output(topic: &str, payload: &[u8], topics: &Topics) -> Result<Decoded
         serde_json::from_slice(payload)
             .map(Decoded::App)
             .map_err(|e| Some(format!("undecodable snapshot: {e}")))
+    } else if topic == topics.alert_acks {
+        AlertAck::decode(payload)
+            .map(Decoded::Ack)
+            .map_err(|e| Some(format!("undecodable acknowledgement: {e}")))
     } else {
         Err(Some("a record of a topic the sink does not read".into()))
     }

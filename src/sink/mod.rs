@@ -137,7 +137,13 @@ impl<'a> Sink<'a> {
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100")
             .create_with_context(AssignmentLog::new("sink"))?;
-        consumer.subscribe(&[&topics.heartbeats, &topics.alerts, &topics.app_state, &topics.metrics])?;
+        consumer.subscribe(&[
+            &topics.heartbeats,
+            &topics.alerts,
+            &topics.app_state,
+            &topics.metrics,
+            &topics.alert_acks,
+        ])?;
         let pool = store::pool(&config.postgres)?;
         wait_for_database(&pool, config, shutdown, rt)?;
         let writer =

@@ -1,7 +1,7 @@
 //! How each kind of row is written, a slice of rows at a time, in the caller's transaction:
 //! raw beats by binary COPY, alert transitions by insert, rollups and application snapshots
 //! by a binary COPY into a staging table and one upsert from it (set-based: a round trip per
-//! slice, not per row).
+//! slice, not per row); acknowledgements by insert.
 
 use std::pin::Pin;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -10,6 +10,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Statement, Transaction};
 
 use super::{Row, millis};
+use crate::ack::AlertAck;
 use crate::alert::Alert;
 use crate::app_state::AppSnapshot;
 use crate::heartbeat::Heartbeat;
@@ -358,5 +359,41 @@ impl Table for AppSnapshot {
             writer.as_mut().write(&row).await.doing("staging an application")?;
         }
         upsert.end(tx, writer).await
+    }
+}
+
+impl Table for AlertAck {
+    const NAME: &'static str = "alert_ack";
+    type Prepared = Statement;
+
+    async fn prepare(tx: &Transaction<'_>, q: &str) -> Result<Statement, StoreError> {
+        tx.prepare(&format!(
+            "INSERT INTO {q}.alert_ack (alert_id, app_id, alert_started_at, action, acked_by, note, at,
+             kafka_partition, kafka_offset) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+        ))
+        .await
+        .doing("preparing the acknowledgement insert")
+    }
+
+    async fn write(
+        tx: &Transaction<'_>,
+        stmt: &Statement,
+        rows: &[&Row<AlertAck>],
+    ) -> Result<(), StoreError> {
+        for Row { value: a, source } in rows.iter().copied() {
+            let values: [&(dyn ToSql + Sync); 9] = [
+                &a.alert_id,
+                &a.app_id,
+                &millis(a.alert_started_at),
+                &a.action.as_str(),
+                &a.by,
+                &a.note,
+                &millis(a.at),
+                &source.partition,
+                &source.offset,
+            ];
+            tx.execute(stmt, &values).await.doing("inserting an acknowledgement")?;
+        }
+        Ok(())
     }
 }

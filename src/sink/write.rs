@@ -103,6 +103,8 @@ impl Writer {
         w.tables.push(write_table(tx, q, &rollups, &topics.metrics, &mut w.refused).await?);
         let apps: Vec<&Row<_>> = batch.apps.values().collect();
         w.tables.push(write_table(tx, q, &apps, &topics.app_state, &mut w.refused).await?);
+        let acks: Vec<&Row<_>> = batch.acks.iter().collect();
+        w.tables.push(write_table(tx, q, &acks, &topics.alert_acks, &mut w.refused).await?);
         Ok(w)
     }
 

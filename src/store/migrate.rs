@@ -17,6 +17,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "tables", sql: include_str!("../../migrations/0001_tables.sql") },
     Migration { version: 2, name: "views", sql: include_str!("../../migrations/0002_views.sql") },
+    Migration { version: 3, name: "alert_ack", sql: include_str!("../../migrations/0003_alert_ack.sql") },
 ];
 
 impl Migration {
