@@ -144,9 +144,9 @@ impl<'a> Processor<'a> {
         check_partitions(&consumer, &topics)?;
         consumer.subscribe(&[&topics.heartbeats])?;
         let transactional_id = config.processor.transactional_id(k);
-        let txn = Transaction::new(kafka::transactional_producer(k, &transactional_id)?);
         let rules = config.compiled_rules().map_err(|e| ProcessorError::Rules(e.to_string()))?;
         tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
+        let txn = Transaction::start(k, &transactional_id).map_err(|e| fenced_or(e, &transactional_id))?;
         let processor = Processor {
             config,
             shutdown,
@@ -162,8 +162,6 @@ impl<'a> Processor<'a> {
             registry_backoff: Backoff::service(),
             lag_checked: Instant::now(),
         };
-        let init = processor.txn.producer.init_transactions(TXN_TIMEOUT);
-        init.map_err(|e| processor.txn_error(e))?;
         Ok(processor)
     }
 
@@ -208,7 +206,7 @@ impl<'a> Processor<'a> {
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(TxnFailure::Fatal(e)) => return Err(self.fenced(e)),
-            Err(TxnFailure::Abort(e)) => {
+            Err(TxnFailure::Abort(e) | TxnFailure::Reset(e)) => {
                 tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
                 METRICS.transactions.with_label_values(&["aborted"]).inc();
                 return self.recover();
@@ -342,7 +340,17 @@ impl<'a> Processor<'a> {
     }
 
     fn try_recover(&mut self) -> Result<(), ProcessorError> {
-        self.txn.abort().map_err(|e| self.txn_error(e))?;
+        if let Err(e) = self.txn.abort() {
+            let e = match TxnFailure::from(e) {
+                TxnFailure::Reset(e) => e,
+                TxnFailure::Fatal(e) => return Err(self.fenced(e)),
+                TxnFailure::Abort(e) => return Err(ProcessorError::Kafka(e)),
+            };
+            tracing::warn!(error = %e, "processor: the producer cannot go on; a new one takes over its transactional id");
+            METRICS.transactions.with_label_values(&["producer_reset"]).inc();
+            self.txn = Transaction::start(&self.config.kafka, &self.transactional_id)
+                .map_err(|e| fenced_or(e, &self.transactional_id))?;
+        }
         self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
         rewind(&self.consumer, &self.outputs.topics.heartbeats)?;
         self.partitions.rebuild_all(&self.consumer)
@@ -359,13 +367,15 @@ impl<'a> Processor<'a> {
     fn fenced(&self, e: KafkaError) -> ProcessorError {
         ProcessorError::Fenced { id: self.transactional_id.clone(), message: e.to_string() }
     }
+}
 
-    /// A transaction call that failed: fenced (or fatal), or an error to retry or report.
-    fn txn_error(&self, e: KafkaError) -> ProcessorError {
-        match TxnFailure::from(e) {
-            TxnFailure::Fatal(e) => self.fenced(e),
-            TxnFailure::Abort(e) => ProcessorError::Kafka(e),
+/// A transaction call that failed: fenced (or fatal), or an error to retry or report.
+fn fenced_or(e: KafkaError, transactional_id: &str) -> ProcessorError {
+    match TxnFailure::from(e) {
+        TxnFailure::Fatal(e) => {
+            ProcessorError::Fenced { id: transactional_id.to_owned(), message: e.to_string() }
         }
+        TxnFailure::Abort(e) | TxnFailure::Reset(e) => ProcessorError::Kafka(e),
     }
 }
 

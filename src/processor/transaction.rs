@@ -7,7 +7,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, PurgeConfig};
 
 use crate::backoff::Backoff;
-use crate::kafka::TrackedProducer;
+use crate::config::KafkaConfig;
+use crate::kafka::{self, TrackedProducer};
 use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
 
@@ -23,10 +24,22 @@ pub enum TxnFailure {
     Fatal(KafkaError),
     /// Abort the transaction, rewind, go on.
     Abort(KafkaError),
+    /// This producer cannot go on, but no other instance took its id over: the broker found
+    /// its transaction in a state it did not expect (a coordinator that restarted while the
+    /// producer bumped its epoch). A new producer under the same id takes over (its
+    /// initialisation aborts what the old one left open), then the batch is rewound.
+    Reset(KafkaError),
 }
 
 impl From<KafkaError> for TxnFailure {
     fn from(e: KafkaError) -> Self {
+        let code = match &e {
+            KafkaError::Transaction(rd) => Some(rd.code()),
+            other => other.rdkafka_error_code(),
+        };
+        if code == Some(RDKafkaErrorCode::InvalidTransactionalState) {
+            return TxnFailure::Reset(e);
+        }
         let fatal = match &e {
             KafkaError::Transaction(rd) => rd.is_fatal(),
             other => matches!(
@@ -47,6 +60,14 @@ pub struct Transaction {
 impl Transaction {
     pub fn new(producer: TrackedProducer) -> Transaction {
         Transaction { producer, open: false }
+    }
+
+    /// A new producer under `transactional_id`, initialised: it fences any older one with
+    /// that id and aborts the transaction that one left open.
+    pub fn start(kafka: &KafkaConfig, transactional_id: &str) -> Result<Transaction, KafkaError> {
+        let producer = kafka::transactional_producer(kafka, transactional_id)?;
+        producer.init_transactions(TXN_TIMEOUT)?;
+        Ok(Transaction::new(producer))
     }
 
     pub fn is_open(&self) -> bool {
