@@ -8,6 +8,8 @@ use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::codec::record;
+
 /// The acknowledgement schema, as shipped in `schemas/`.
 pub const ACK_SCHEMA: &str = include_str!("../schemas/alert_ack.avsc");
 
@@ -58,30 +60,11 @@ pub enum AckCodecError {
 impl AlertAck {
     /// Avro single-object encoding, with the specification's fingerprint.
     pub fn encode(&self) -> Vec<u8> {
-        let value = apache_avro::to_value(self)
-            .and_then(|v| v.resolve(&SCHEMA))
-            .expect("an acknowledgement always fits its schema");
-        let datum =
-            apache_avro::to_avro_datum(&SCHEMA, value).expect("an acknowledgement always fits its schema");
-        let mut out = HEADER.to_vec();
-        out.extend_from_slice(&datum);
-        out
+        record::encode_after(&SCHEMA, &HEADER[..], self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<AlertAck, AckCodecError> {
-        let header = bytes
-            .get(..HEADER.len())
-            .ok_or_else(|| AckCodecError::Decode("shorter than its header".into()))?;
-        if header != &HEADER[..] {
-            return Err(AckCodecError::Decode(format!("unknown single-object header {header:02x?}")));
-        }
-        let mut datum = &bytes[HEADER.len()..];
-        let value = apache_avro::from_avro_datum(&SCHEMA, &mut datum, None)
-            .map_err(|e| AckCodecError::Decode(e.to_string()))?;
-        if !datum.is_empty() {
-            return Err(AckCodecError::Decode(format!("{} trailing bytes", datum.len())));
-        }
-        apache_avro::from_value(&value).map_err(|e| AckCodecError::Decode(e.to_string()))
+        record::decode_after(&SCHEMA, &HEADER[..], bytes).map_err(AckCodecError::Decode)
     }
 }
 

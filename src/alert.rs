@@ -165,14 +165,7 @@ impl Alert {
     }
 
     fn encode_after(&self, header: &[u8]) -> Vec<u8> {
-        let value = apache_avro::to_value(self)
-            .and_then(|v| v.resolve(&SCHEMA))
-            .expect("an alert always fits its schema");
-        let datum = apache_avro::to_avro_datum(&SCHEMA, value).expect("an alert always fits its schema");
-        let mut out = Vec::with_capacity(header.len() + datum.len());
-        out.extend_from_slice(header);
-        out.extend_from_slice(&datum);
-        out
+        crate::codec::record::encode_after(&SCHEMA, header, self)
     }
 
     /// Reads an alert with either fingerprint (the specification's, or apache-avro's), or in
@@ -199,13 +192,8 @@ impl Alert {
 }
 
 /// An alert's Avro datum, written with `schemas/alert.avsc`.
-fn decode_datum(mut datum: &[u8]) -> Result<Alert, AlertCodecError> {
-    let value = apache_avro::from_avro_datum(&SCHEMA, &mut datum, None)
-        .map_err(|e| AlertCodecError::Decode(e.to_string()))?;
-    if !datum.is_empty() {
-        return Err(AlertCodecError::Decode(format!("{} trailing bytes", datum.len())));
-    }
-    apache_avro::from_value(&value).map_err(|e| AlertCodecError::Decode(e.to_string()))
+fn decode_datum(datum: &[u8]) -> Result<Alert, AlertCodecError> {
+    crate::codec::record::decode_datum(&SCHEMA, datum).map_err(AlertCodecError::Decode)
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("valid metric"))
 }
 
+/// A histogram of durations in seconds, by `labels`.
+fn latency_histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+    register(registry, HistogramVec::new(opts, labels).expect("valid metric"))
+}
+
 /// Buckets for durations: 0.5 ms doubling up to about 16 s.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")
@@ -126,14 +132,11 @@ impl StageIo {
                 "Records sent to the dead-letter topic, by error code",
                 &["code"],
             ),
-            batch_seconds: register(
+            batch_seconds: latency_histogram(
                 r,
-                HistogramVec::new(
-                    HistogramOpts::new("batch_seconds", "Time to process and commit one batch, by stage")
-                        .buckets(latency_buckets()),
-                    &["stage"],
-                )
-                .expect("valid metric"),
+                "batch_seconds",
+                "Time to process and commit one batch, by stage",
+                &["stage"],
             ),
             record_latency_seconds: register(
                 r,
@@ -275,14 +278,11 @@ impl Ingest {
                 "Ingest requests, by route and status",
                 &["route", "status"],
             ),
-            ingest_request_seconds: register(
+            ingest_request_seconds: latency_histogram(
                 r,
-                HistogramVec::new(
-                    HistogramOpts::new("ingest_request_seconds", "Ingest request latency, by route")
-                        .buckets(latency_buckets()),
-                    &["route"],
-                )
-                .expect("valid metric"),
+                "ingest_request_seconds",
+                "Ingest request latency, by route",
+                &["route"],
             ),
             ingest_beats: counter(
                 r,

@@ -17,6 +17,7 @@ pub mod avro;
 pub mod confluent;
 pub mod fingerprint;
 pub mod json;
+pub mod record;
 
 use thiserror::Error;
 

@@ -365,16 +365,18 @@ impl<'a> Processor<'a> {
     }
 
     fn fenced(&self, e: KafkaError) -> ProcessorError {
-        ProcessorError::Fenced { id: self.transactional_id.clone(), message: e.to_string() }
+        fenced(e, &self.transactional_id)
     }
+}
+
+fn fenced(e: KafkaError, transactional_id: &str) -> ProcessorError {
+    ProcessorError::Fenced { id: transactional_id.to_owned(), message: e.to_string() }
 }
 
 /// A transaction call that failed: fenced (or fatal), or an error to retry or report.
 fn fenced_or(e: KafkaError, transactional_id: &str) -> ProcessorError {
     match TxnFailure::from(e) {
-        TxnFailure::Fatal(e) => {
-            ProcessorError::Fenced { id: transactional_id.to_owned(), message: e.to_string() }
-        }
+        TxnFailure::Fatal(e) => fenced(e, transactional_id),
         TxnFailure::Abort(e) | TxnFailure::Reset(e) => ProcessorError::Kafka(e),
     }
 }
