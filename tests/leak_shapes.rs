@@ -82,5 +82,4 @@ fn long_saw_teeth_stay_quiet_and_leaks_under_them_or_slow_ones_are_flagged() {
     assert!(slow.pulsewatch.detected && !slow.pulsewatch.false_alarm, "{slow:?}");
     let after = slow.pulsewatch.detect_after_ms.unwrap();
     assert!(after <= 90 * 60_000, "the 24 h leak flagged after {} min", after / 60_000);
-
 }
