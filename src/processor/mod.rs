@@ -71,7 +71,7 @@ pub enum ProcessorError {
     )]
     Topology { app_state: String, has: usize, heartbeats: String, need: usize },
     #[error(
-        "transactional id {id} was taken over by another instance (fenced): stopping without writing ({message})"
+        "transactional id {id} is fenced: another instance took it over, or the broker aborted a transaction left open longer than transaction.timeout.ms; stopping without writing, a restart restores the committed state ({message})"
     )]
     Fenced { id: String, message: String },
 }

@@ -310,20 +310,19 @@ pub fn alerts(config: &Config) -> Vec<pulsewatch::alert::Alert> {
 /// A config file for `pulsewatch run` children giving consumers short group sessions (6 s),
 /// so that a killed or paused instance's partitions move on quickly.
 pub fn short_session_config(config: &Config) -> std::path::PathBuf {
+    // A killed member's transaction stays open until the broker aborts it: 10 s here.
+    session_config(config, 10_000)
+}
+
+/// As [`short_session_config`], with transactions the broker aborts after
+/// `transaction_timeout_ms` (a producer's message timeout may not be longer: 10 s).
+pub fn session_config(config: &Config, transaction_timeout_ms: u64) -> std::path::PathBuf {
     let file = std::env::temp_dir().join(format!("{}pulsewatch.toml", config.kafka.topic_prefix));
-    std::fs::write(
-        &file,
-        // A killed member's transaction stays open until the broker aborts it: 10 s here
-        // (a producer's message timeout may not be longer).
-        concat!(
-            "[kafka.properties]\n",
-            "\"session.timeout.ms\" = \"6000\"\n",
-            "\"heartbeat.interval.ms\" = \"1000\"\n",
-            "\"transaction.timeout.ms\" = \"10000\"\n",
-            "\"message.timeout.ms\" = \"10000\"\n",
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\
+         \"transaction.timeout.ms\" = \"{transaction_timeout_ms}\"\n\"message.timeout.ms\" = \"10000\"\n"
+    );
+    std::fs::write(&file, text).unwrap();
     file
 }
 

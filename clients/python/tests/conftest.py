@@ -35,6 +35,12 @@ warning = 0.9
 critical = 0.95
 for_ms = 5000
 resolve_below = 0.85
+
+# Short group sessions, so that after a broker outage the group waits out the lost members
+# in seconds rather than the default 45 s.
+[kafka.properties]
+"session.timeout.ms" = "10000"
+"heartbeat.interval.ms" = "1000"
 """
 
 
@@ -97,6 +103,12 @@ class Pulsewatch:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'SET search_path TO "{self.schema}"')
             return list(conn.execute(sql, params).fetchall())
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of pulsewatch's log, and whether it still runs: for a failed test's message."""
+        code = None if self.process is None else self.process.poll()
+        text = (self.workdir / "pulsewatch.log").read_text(errors="replace")[-chars:]
+        return f"(exit code {code})\n{text}" if code is not None else text
 
     def start_app(self, app_id: str, gunicorn_workers: int = 0, **settings: str) -> App:
         port = free_port()

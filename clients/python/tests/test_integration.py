@@ -296,7 +296,10 @@ def test_kafka_away_for_20_s_slows_no_request_and_drops_are_counted(pulsewatch: 
             int(b["labels"].get("pulsewatch.dropped_beats", "0")) > 0 for b in beats(pulsewatch, app.app_id)
         )
 
-    wait_for("beats again, carrying the count of those dropped", dropped_reported, 180, every=2)
+    try:
+        wait_for("beats again, carrying the count of those dropped", dropped_reported, 180, every=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; pulsewatch's log ends:\n{pulsewatch.log_tail()}") from None
     p50 = (before[len(before) // 2], during[len(during) // 2])
     p95 = (before[int(len(before) * 0.95)], during[int(len(during) * 0.95)])
     print(
