@@ -1,7 +1,7 @@
 //! Exactly-once into Kafka and PostgreSQL: the processor's outputs and offsets commit in one
 //! transaction, a zombie instance is fenced by its successor instead of writing, and
-//! instances (both stages) killed or rescaled mid-run publish and store exactly what one
-//! uninterrupted instance does.
+//! instances (both stages) killed mid-run, or rescaled while the load is still being
+//! written, publish and store exactly what one uninterrupted instance does.
 
 mod common;
 
@@ -111,18 +111,17 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     p.stop();
     assert_same_decisions("killed ten times", &expected, &got);
 
-    // Instances joining and leaving, partitions moving (cooperative-sticky) between them:
-    // two joining at once (the second during the rebalance the first began), members that
-    // own partitions stopped (SIGTERM) and killed (SIGKILL) for good, their transactions
-    // left open until the broker aborts them. Each change comes once another 6 to 9 % of
-    // the heartbeats are committed.
-    let (scaled, m3) = Run::new("eos_scaled", now_ms);
-    assert_eq!(m3.beats_total, m.beats_total);
+    // Instances joining and leaving, partitions moving (cooperative-sticky) between them,
+    // while the load is still being written (over about 45 s): two joining at once (the
+    // second during the rebalance the first began), members that own partitions stopped
+    // (SIGTERM) and killed (SIGKILL) for good, their transactions left open until the broker
+    // aborts them. A change every 4 to 7 s.
+    let (scaled, load) = Run::fed("eos_scaled", now_ms, m.beats_total as f64 / 45.0);
     let mut progress = Vec::new();
-    let mut share = 0.0;
+    let mut while_fed = 0;
     let mut next_change = |run: &Run, progress: &mut Vec<(i64, i64)>| {
-        share += between(0.06, 0.09);
-        run.wait_for_progress(share);
+        std::thread::sleep(Duration::from_secs_f64(between(4.0, 7.0)));
+        while_fed += usize::from(!load.is_finished());
         progress.push(run.progress());
     };
     let first = scaled.start(Some(0));
@@ -146,6 +145,9 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     next_change(&scaled, &mut progress);
     eprintln!("committed (records, of) at each change of members: {progress:?}");
     assert!(mid_run(&progress) >= 5, "the members change while the run is under way: {progress:?}");
+    assert!(while_fed >= 5, "the members change while the load is written: {while_fed} of 7");
+    let m3 = load.join().expect("the load is written");
+    assert_eq!(m3.beats_total, m.beats_total);
     scaled.wait_until_done();
     let got = decisions(&scaled.config, &m);
     fifth.stop();

@@ -542,7 +542,13 @@ fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, expected: &[T], got: 
 
 /// Publishes the same mixed-fault load (fixed seed and clock) into `config`'s topics.
 pub fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewatch::loadgen::Manifest {
-    let opts = LoadgenOptions {
+    loadgen::run(&config.kafka, &load_options(now_ms, None)).unwrap()
+}
+
+/// The mixed-fault load: a 60-minute history of 100 applications, 2 instances each, sent as
+/// fast as it goes or at `rate` records per second.
+fn load_options(now_ms: i64, rate: Option<f64>) -> LoadgenOptions {
+    LoadgenOptions {
         apps: 100,
         instances: 2,
         backfill: Some(Duration::from_secs(60 * 60)),
@@ -550,9 +556,9 @@ pub fn publish_load(config: &pulsewatch::config::Config, now_ms: i64) -> pulsewa
         seed: 21,
         now_ms: Some(now_ms),
         progress: false,
+        rate,
         ..LoadgenOptions::default()
-    };
-    loadgen::run(&config.kafka, &opts).unwrap()
+    }
 }
 
 /// One run of the load on topics of its own.
@@ -570,6 +576,18 @@ impl Run {
         let file = short_session_config(&config);
         let (group, heartbeats) = (config.kafka.name("processor"), config.kafka.name(names::HEARTBEATS));
         (Run { config, file, group, heartbeats }, m)
+    }
+
+    /// A run whose load is still being written while it runs: sent at `rate` records per
+    /// second by the returned thread.
+    pub fn fed(test: &str, now_ms: i64, rate: f64) -> (Run, std::thread::JoinHandle<loadgen::Manifest>) {
+        let config = prepare(test);
+        let kafka = config.kafka.clone();
+        let load =
+            std::thread::spawn(move || loadgen::run(&kafka, &load_options(now_ms, Some(rate))).unwrap());
+        let file = short_session_config(&config);
+        let (group, heartbeats) = (config.kafka.name("processor"), config.kafka.name(names::HEARTBEATS));
+        (Run { config, file, group, heartbeats }, load)
     }
 
     /// An instance running both stages, ready; `slot` names its processor's transactional
