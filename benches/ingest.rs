@@ -1,19 +1,23 @@
 //! The ingest stage against the real Kafka (`scripts/stack up` first), served in this
 //! process: single beats at 8, 64 and 256 concurrent kept-alive connections (p50 and p99
 //! latency, requests/s), then batches of 500 beats (beats/s). Every answer is a 202, given
-//! once the broker has the beats.
+//! once the broker has the beats. The ceiling beside it: the same beats, Avro-encoded
+//! beforehand, sent straight to Kafka by one producer with the ingest's settings.
 //!
 //! Run: `cargo bench --bench ingest` (PULSEWATCH_BENCH_SECONDS per measurement, default 5).
 //! Under `cargo test` it runs each measurement for a moment.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pulsewatch::config::Config;
 use pulsewatch::heartbeat::Heartbeat;
 use pulsewatch::ingest::client::Client;
 use pulsewatch::topology::{self, Topology};
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 /// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
 /// the binary's.
@@ -49,7 +53,14 @@ fn main() {
         );
     }
     let (beats, secs) = batches(&url, 4, 500, span);
-    println!("batches of 500, 4 connections: {:>8.0} beats/s", beats as f64 / secs);
+    let through_ingest = beats as f64 / secs;
+    println!("batches of 500, 4 connections: {through_ingest:>8.0} beats/s");
+    let (records, secs) = straight_to_kafka(&config, span);
+    let ceiling = records as f64 / secs;
+    println!(
+        "the same beats straight to Kafka: {ceiling:>8.0} beats/s (batches reach {:.2} of it)",
+        through_ingest / ceiling
+    );
     rt.block_on(topology::remove(&config.kafka, &Topology::builtin())).ok();
 }
 
@@ -85,7 +96,8 @@ fn singles(url: &str, connections: usize, span: Duration) -> (Vec<Duration>, f64
 }
 
 /// Beats sent in NDJSON batches of `size` by `connections` clients for `span`, and the
-/// seconds they took.
+/// seconds they took. Each client writes its body once and then only renews the beats' seq,
+/// so that the machine's cores go to the server.
 fn batches(url: &str, connections: usize, size: usize, span: Duration) -> (u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -94,17 +106,15 @@ fn batches(url: &str, connections: usize, size: usize, span: Duration) -> (u64, 
             let (url, stop) = (url.to_owned(), stop.clone());
             std::thread::spawn(move || {
                 let mut client = Client::new(&url, None).unwrap();
+                let mut body = BatchBody::new(c, size);
                 let mut sent = 0u64;
-                for round in 0i64.. {
+                for round in 0.. {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut body = Vec::new();
-                    for i in 0..size as i64 {
-                        body.extend(beat(&format!("batch-{c}-{i}"), round));
-                        body.push(b'\n');
-                    }
-                    let answer = client.post("/v1/heartbeats/batch", "application/x-ndjson", &body).unwrap();
+                    body.renew(round);
+                    let answer =
+                        client.post("/v1/heartbeats/batch", "application/x-ndjson", &body.bytes).unwrap();
                     assert_eq!(answer.status, 202, "{}", answer.body);
                     sent += size as u64;
                 }
@@ -116,6 +126,95 @@ fn batches(url: &str, connections: usize, size: usize, span: Duration) -> (u64, 
     stop.store(true, Ordering::Relaxed);
     let beats = workers.into_iter().map(|w| w.join().unwrap()).sum();
     (beats, started.elapsed().as_secs_f64())
+}
+
+/// An NDJSON batch whose beats' seq are rewritten in place for each round.
+struct BatchBody {
+    bytes: Vec<u8>,
+    /// Where each beat's seq (`SEQ_DIGITS` digits) starts.
+    seqs: Vec<usize>,
+}
+
+/// A seq of this many digits: one more than any round reaches, so the width never changes.
+const SEQ_DIGITS: usize = 10;
+
+impl BatchBody {
+    fn new(client: usize, size: usize) -> BatchBody {
+        let (mut bytes, mut seqs) = (Vec::new(), Vec::new());
+        let marker = 10i64.pow(SEQ_DIGITS as u32 - 1);
+        for i in 0..size {
+            let line = beat(&format!("batch-{client}-{i}"), marker);
+            let digits = marker.to_string();
+            let at = line
+                .windows(SEQ_DIGITS)
+                .position(|w| w == digits.as_bytes())
+                .expect("the seq is in the JSON");
+            seqs.push(bytes.len() + at);
+            bytes.extend(line);
+            bytes.push(b'\n');
+        }
+        BatchBody { bytes, seqs }
+    }
+
+    fn renew(&mut self, round: i64) {
+        let seq = (10i64.pow(SEQ_DIGITS as u32 - 1) + round).to_string();
+        for &at in &self.seqs {
+            self.bytes[at..at + SEQ_DIGITS].copy_from_slice(seq.as_bytes());
+        }
+    }
+}
+
+/// The ceiling: records as the ingest stage writes them (Avro, keyed by app_id), encoded
+/// beforehand, produced for `span` by one producer with the ingest's settings; how many the
+/// broker acknowledged, and the seconds it took (the last ones' acknowledgements awaited).
+fn straight_to_kafka(config: &Config, span: Duration) -> (u64, f64) {
+    let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
+    let producer: ThreadedProducer<Acknowledged> =
+        pulsewatch::kafka::acknowledged_producer_config(&config.kafka, timeout)
+            .create_with_context(Acknowledged::default())
+            .expect("a producer");
+    let topic = config.kafka.name(pulsewatch::topology::names::HEARTBEATS);
+    let records: Vec<(String, Vec<u8>)> = (0..2_000)
+        .map(|i| {
+            let mut b = Heartbeat::example_full();
+            (b.app_id, b.instance_id) = (format!("straight-{i}"), "i-0".to_owned());
+            b.sent_at = chrono::Utc::now().timestamp_millis();
+            (b.app_id.clone(), pulsewatch::codec::avro::encode(&b))
+        })
+        .collect();
+    let started = Instant::now();
+    'sending: loop {
+        for (key, payload) in &records {
+            if started.elapsed() >= span {
+                break 'sending;
+            }
+            let mut record = BaseRecord::to(&topic).key(key.as_bytes()).payload(payload.as_slice());
+            while let Err((e, back)) = producer.send(record) {
+                assert!(matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)), "{e}");
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+    producer.flush(timeout).expect("every record acknowledged");
+    (producer.context().delivered.load(Ordering::Relaxed), started.elapsed().as_secs_f64())
+}
+
+/// Counts the records the broker acknowledged.
+#[derive(Default)]
+struct Acknowledged {
+    delivered: AtomicU64,
+}
+
+impl ClientContext for Acknowledged {}
+
+impl ProducerContext for Acknowledged {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A JSON beat of `app`, with the figures a web app sends.

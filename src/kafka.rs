@@ -88,6 +88,12 @@ pub fn future_producer(
     kafka: &KafkaConfig,
     message_timeout: Duration,
 ) -> Result<rdkafka::producer::FutureProducer, KafkaError> {
+    acknowledged_producer_config(kafka, message_timeout).create()
+}
+
+/// The configuration of [`future_producer`], for a producer of another kind with the same
+/// settings (the ingest bench's ceiling).
+pub fn acknowledged_producer_config(kafka: &KafkaConfig, message_timeout: Duration) -> rdkafka::ClientConfig {
     let mut c = producer_config(kafka);
     // An answer waits for the batch: a short linger keeps the latency low.
     c.set("acks", "all")
@@ -96,7 +102,7 @@ pub fn future_producer(
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
-    c.create()
+    c
 }
 
 fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
