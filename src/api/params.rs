@@ -61,6 +61,7 @@ pub const METRIC_FIELDS: &[&str] = &[
 pub const APPS_PARAMS: &[&str] = &["status", "health", "label", "text", "sort", "limit", "cursor"];
 pub const METRICS_PARAMS: &[&str] = &["from", "to", "fields"];
 pub const ALERTS_PARAMS: &[&str] = &["state", "kind", "severity", "app", "since", "limit"];
+pub const LEAKS_PARAMS: &[&str] = &["limit"];
 
 /// Most applications in one page, and the default.
 pub const APPS_MAX_LIMIT: i64 = 500;
@@ -325,6 +326,17 @@ pub fn alerts(pairs: &[(String, String)]) -> Result<AlertsQuery, ParamError> {
         since: single(pairs, "since").map(|v| time("since", v)).transpose()?,
         limit: limit(pairs, ALERTS_DEFAULT_LIMIT, ALERTS_MAX_LIMIT)?,
     })
+}
+
+/// Refuses any parameter, for a route that takes none.
+pub fn none(pairs: &[(String, String)]) -> Result<(), ParamError> {
+    check_names(pairs, &[], &[])
+}
+
+/// Parses the leak suspects' parameters: their number.
+pub fn leaks(pairs: &[(String, String)]) -> Result<i64, ParamError> {
+    check_names(pairs, LEAKS_PARAMS, &[])?;
+    limit(pairs, ALERTS_DEFAULT_LIMIT, ALERTS_MAX_LIMIT)
 }
 
 #[cfg(test)]
