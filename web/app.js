@@ -19,7 +19,7 @@ function h(tag, attrs, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -344,7 +344,7 @@ function appView(appId) {
         h("td", { class: "num" }, i.last_seq),
         h("td", { class: "num" }, `${i.interval_ms / 1000} s`))))));
     alertList.replaceChildren(h("h3", {}, `Open alerts (${app.alerts.length})`),
-      app.alerts.length ? app.alerts.map(alertCard) : h("p", { class: "quiet" }, "None."));
+      ...(app.alerts.length ? app.alerts.map(alertCard) : [h("p", { class: "quiet" }, "None.")]));
   }
 
   drawRanges();

@@ -162,10 +162,10 @@ impl Chart {
             let y = frame.y(level.value);
             let _ = write!(
                 svg,
-                r#"<line class="level {}" x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="level-label" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+                r#"<line class="level {}" x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="level-label" x="{}" y="{:.1}">{}</text>"#,
                 level.class,
                 WIDTH - RIGHT,
-                WIDTH - RIGHT - 2.0,
+                LEFT + 4.0,
                 y - 3.0,
                 escape(&level.label)
             );
