@@ -171,7 +171,8 @@ pub struct AlertsQuery {
 fn check_names(pairs: &[(String, String)], allowed: &[&str], repeatable: &[&str]) -> Result<(), ParamError> {
     for (i, (k, _)) in pairs.iter().enumerate() {
         if !allowed.contains(&k.as_str()) {
-            return Err(bad(k, format!("unknown parameter (known: {})", allowed.join(", "))));
+            let known = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            return Err(bad(k, format!("unknown parameter (known: {known})")));
         }
         if !repeatable.contains(&k.as_str()) && pairs[..i].iter().any(|(p, _)| p == k) {
             return Err(bad(k, "given more than once"));

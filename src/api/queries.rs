@@ -442,7 +442,8 @@ impl Reader {
     }
 
     /// The application's rollup `fields` (columns of [`super::params::METRIC_FIELDS`]) over
-    /// the `span_ms` before its last beat (now, if it never beat); `None` for an unknown app.
+    /// the `span_ms` before its last beat or rollup (now, if it has neither); `None` for an
+    /// unknown app.
     pub async fn series(
         &self,
         app_id: &str,
@@ -451,19 +452,23 @@ impl Reader {
     ) -> Result<Option<SeriesData>, StoreError> {
         assert!(fields.iter().all(|f| super::params::METRIC_FIELDS.contains(f)), "a rollup column");
         let q = &self.q;
-        let end =
-            format!("SELECT COALESCE(last_seen, now()) AS end_at FROM {q}.application WHERE app_id = $1");
+        // The snapshot's last_seen can lag the beats: the latest rollup's minute counts too.
+        let end_at = format!(
+            "SELECT GREATEST(COALESCE(last_seen, now()),
+                 (SELECT max(minute) + interval '1 minute' FROM {q}.metric_rollup_1m WHERE app_id = $1))
+             FROM {q}.application WHERE app_id = $1"
+        );
         let columns: Vec<String> = fields.iter().map(|f| format!("{f}::double precision")).collect();
         let rollups = format!(
             "SELECT minute, {} FROM {q}.metric_rollup_1m WHERE app_id = $1
-               AND minute >= (SELECT COALESCE(last_seen, now()) FROM {q}.application WHERE app_id = $1) - $2::float8 * interval '1 millisecond'
+               AND minute >= ({end_at}) - $2::float8 * interval '1 millisecond'
              ORDER BY minute",
             columns.join(", ")
         );
         let one: Params = vec![Box::new(app_id.to_owned())];
         let span: Params = vec![Box::new(app_id.to_owned()), Box::new(span_ms as f64)];
-        let rows = self.read("reading a chart's rollups", &[(&end, &one), (&rollups, &span)]).await?;
-        let Some(end) = rows[0].first().map(|r| r.get("end_at")) else { return Ok(None) };
+        let rows = self.read("reading a chart's rollups", &[(&end_at, &one), (&rollups, &span)]).await?;
+        let Some(end) = rows[0].first().map(|r| r.get(0)) else { return Ok(None) };
         let points = rows[1]
             .iter()
             .map(|r| (r.get("minute"), (1..=fields.len()).map(|i| r.get::<_, Option<f64>>(i)).collect()))
