@@ -2,12 +2,15 @@
 //! partition a stage reads still moves on while it has records to read.
 //!
 //! Stages report facts here ([`Health::stage_running`], [`Health::stage_stopped`],
-//! [`Health::observe_partitions`]); [`Health::check`] turns them into a verdict against the
-//! configured stall time. [`HEALTH`] is the process's registry, the one `/healthz` reads.
+//! [`Health::observe_partitions`], [`Health::committed`]); [`Health::check`] turns them into a
+//! verdict against the configured stall time. [`HEALTH`] is the process's registry, the one
+//! `/healthz` and the API's health route read.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 /// The process's registry: stages and `/healthz` share it.
 pub static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
@@ -40,6 +43,8 @@ impl Verdict {
 #[derive(Default)]
 struct Facts {
     stages: BTreeMap<String, StageFacts>,
+    /// When each stage last committed what it did (wall time); kept across restarts.
+    commits: BTreeMap<String, DateTime<Utc>>,
 }
 
 struct StageFacts {
@@ -132,6 +137,17 @@ impl Health {
         }
     }
 
+    /// `stage` committed a transaction (the processor: its outputs and offsets) just now.
+    pub fn committed(&self, stage: &str) {
+        let mut facts = self.0.lock().expect("health registry poisoned");
+        facts.commits.insert(stage.to_owned(), Utc::now());
+    }
+
+    /// When `stage` last reported a commit, if it has.
+    pub fn last_commit(&self, stage: &str) -> Option<DateTime<Utc>> {
+        self.0.lock().expect("health registry poisoned").commits.get(stage).copied()
+    }
+
     /// What was last observed of each partition of `stage`: (topic, partition, observation).
     pub fn partitions(&self, stage: &str) -> Vec<(String, i32, PartitionObservation)> {
         let facts = self.0.lock().expect("health registry poisoned");
@@ -188,6 +204,18 @@ mod tests {
 
     fn secs(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_latest_commit_of_a_stage_is_kept_across_a_restart() {
+        let h = Health::default();
+        assert_eq!(h.last_commit("processor"), None);
+        let before = Utc::now();
+        h.committed("processor");
+        h.stage_running("processor");
+        let at = h.last_commit("processor").expect("a commit was reported");
+        assert!(at >= before && at <= Utc::now());
+        assert_eq!(h.last_commit("sink"), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   time per partition), [`rules`] (thresholds, overrides, detection settings), [`trend`]
 //!   (leak detection), [`engine`] (per-partition state, liveness timers, rollups, snapshots,
 //!   explanations).
-//! - Operators: [`api`] (the JSON API under `/api/v1`).
+//! - Operators: [`api`] (the JSON API under `/api/v1`, its live events), [`dashboard`] (the
+//!   pages at `/` and their charts, drawn as SVG on the server).
 //! - Stages: [`processor`] (heartbeats in, alerts / rollups / snapshots out; its state
 //!   rebuilt by [`restore`]), [`sink`] (topics into PostgreSQL, exactly once), [`ingest`]
 //!   (heartbeats over HTTP), [`service`] (`pulsewatch run`), [`health`] (what `/healthz`
@@ -48,6 +49,7 @@ pub mod watermark;
 
 // Stages
 pub mod api;
+pub mod dashboard;
 pub mod health;
 pub mod ingest;
 pub mod processor;

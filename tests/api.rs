@@ -1,7 +1,7 @@
 //! The JSON API (`/api/v1`) of `pulsewatch run` against the real PostgreSQL: every route on
 //! rows written into the test's own schema (filters, sorting, cursor paging, bad input,
 //! unknown ids, ETag revalidation), then on what the pipeline itself found in a load with
-//! faults.
+//! faults; the live events of `/api/v1/events`; the dashboard's page, assets and charts.
 
 mod common;
 
@@ -30,7 +30,7 @@ INSERT INTO {q}.alert_event (alert_id, app_id, instance_id, kind, severity, stat
  ('a-down', 'pay-api', NULL, 'APP_DOWN', 'CRITICAL', 'FIRING', now() - interval '9 min', now() - interval '9 min',
   now(), NULL, NULL, 'every instance of pay-api is down', '{"instances_down":"2"}', '{"Restart pay-api"}', 0, 1, 0, 1),
  ('a-leak', 'shop-web', 'i-1', 'MEMORY_LEAK_SUSPECTED', 'WARNING', 'FIRING', now() - interval '8 min', now() - interval '8 min',
-  now(), 0.7, NULL, 'memory grows 5 MiB/h', '{"slope_per_hour":"5242880.000","projected_exhaustion":"2026-12-06T10:00:00Z"}',
+  now(), 0.7, NULL, 'memory grows 5 MiB/h', '{"slope_per_hour":"5242880.000","projected_exhaustion":"2026-12-06T10:00:00Z","level":"629145600","limit":"1073741824"}',
   '{"Take a heap profile of shop-web i-1","Restart i-1 before it runs out"}', 0, 2, 0, 2),
  ('a-late', 'shop-db', 'i-2', 'INSTANCE_LATE', 'WARNING', 'FIRING', now() - interval '1 min', now() - interval '1 min',
   now(), NULL, NULL, 'i-2 is late', '{}', '{}', 0, 3, 0, 3),
@@ -240,6 +240,50 @@ fn bad_parameters_are_named_and_unknown_ids_are_404() {
     }
 }
 
+#[test]
+fn the_dashboard_its_assets_charts_and_fleet_summary_are_served() {
+    let (_config, pipeline) = seeded("api_dashboard", &[]);
+    let addr = pipeline.http.as_str();
+    let page = get(addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.head.contains("content-type: text/html"), "{}", page.head);
+    assert!(page.body.contains("/assets/app.js") && page.body.contains("/assets/style.css"));
+    for (asset, kind) in [("/assets/app.js", "text/javascript"), ("/assets/style.css", "text/css")] {
+        let answer = get(addr, asset);
+        assert_eq!(answer.status, 200, "{asset}");
+        assert!(answer.head.contains(kind) && !answer.body.is_empty(), "{asset}: {}", answer.head);
+    }
+    assert_eq!(get(addr, "/assets/other.js").status, 404);
+
+    let memory = get(addr, "/charts/shop-web/memory.svg?range=1h");
+    assert_eq!(memory.status, 200, "{}", memory.body);
+    assert!(memory.head.contains("content-type: image/svg+xml"));
+    assert!(memory.body.starts_with("<svg") && memory.body.contains("<polyline"), "{}", memory.body);
+    assert!(memory.body.contains(r#"data-mark="trend""#), "the leak's trend: {}", memory.body);
+    assert!(memory.body.contains("projected exhaustion 2026-12-06 10:00 UTC"), "{}", memory.body);
+    for chart in ["cpu", "pool", "latency", "errors", "sessions", "spark"] {
+        let answer = get(addr, &format!("/charts/shop-web/{chart}.svg?range=24h"));
+        assert!(answer.status == 200 && answer.body.starts_with("<svg"), "{chart}: {}", answer.body);
+    }
+    assert_eq!(get(addr, "/charts/nope/memory.svg").status, 404);
+    assert_eq!(get(addr, "/charts/shop-web/weather.svg").status, 404);
+    let bad = get(addr, "/charts/shop-web/cpu.svg?range=2h");
+    assert_eq!((bad.status, bad.json()["parameter"].as_str()), (400, Some("range")), "{}", bad.body);
+
+    let fleet = ok(addr, "/api/v1/fleet");
+    assert_eq!(fleet["memory_used_ratio"]["app_id"], "shop-web", "{fleet}");
+    assert_eq!(fleet["cpu_ratio"]["value"].as_f64(), Some(0.1), "{fleet}");
+    assert_eq!(
+        fleet["beats_per_s"].as_f64(),
+        Some(0.4),
+        "24 beats in shop-web's latest complete minute: {fleet}"
+    );
+    assert_eq!(fleet["pipeline"]["dead_letters"], 0);
+    assert_eq!(get(addr, "/api/v1/fleet?x=1").status, 400);
+    let leaks = ok(addr, "/api/v1/leaks");
+    assert_eq!(ids(&leaks["leaks"], "alert_id"), ["a-leak"]);
+}
+
 /// The `etag` header of an answer.
 fn etag(answer: &Answer) -> String {
     let line = answer.head.lines().find(|l| l.starts_with("etag:")).expect("an etag");
@@ -328,6 +372,10 @@ fn the_pipelines_own_findings_are_served() {
     assert!(metrics["points"].as_array().unwrap().len() >= 10, "{metrics}");
     let page = ok(addr, "/api/v1/apps?limit=5&sort=-health");
     assert_eq!((page["total"].as_i64(), page["apps"].as_array().unwrap().len()), (Some(apps), 5));
+    let health = ok(addr, "/api/v1/health");
+    let components = health["components"].as_array().unwrap();
+    let processor = components.iter().find(|c| c["name"] == "processor").expect("the processor runs");
+    assert!(processor["last_commit"].as_str().is_some_and(|t| t.ends_with('Z')), "{health}");
 }
 
 /// The acknowledgement shown with the open alert `alert_id` of `app`, through the API.
@@ -430,4 +478,153 @@ fn without_tokens_changes_are_refused_and_an_exposed_listener_too() {
     assert!(!status.success());
     let log = std::fs::read_to_string(&exposed.log).unwrap();
     assert!(log.contains("http.listen") && log.contains("api_tokens"), "{log}");
+}
+
+/// A client of `/api/v1/events` (HTTP/1.0: the stream ends with the connection).
+struct EventStream {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+/// One server-sent event: id, name, data.
+#[derive(Debug)]
+struct Sse {
+    id: String,
+    name: String,
+    data: Value,
+}
+
+impl EventStream {
+    /// Connects, checks the answer's head and reads the greeting comment.
+    fn open(addr: &str, last_event_id: Option<&str>) -> EventStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let last = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        write!(s, "GET /api/v1/events HTTP/1.0\r\nAccept: text/event-stream\r\n{last}\r\n").unwrap();
+        let mut stream = EventStream { reader: std::io::BufReader::new(s) };
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            let line = stream.line(Duration::from_secs(30)).expect("the answer's head");
+            head.push_str(&line);
+        }
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.0 200") && head.contains("text/event-stream"), "{head}");
+        let greeting = stream.line(Duration::from_secs(5)).expect("a greeting");
+        assert_eq!(greeting.trim_end().strip_prefix(':').map(str::trim), Some("connected"), "{greeting:?}");
+        stream
+    }
+
+    /// The next line (with its end), waiting at most `within`.
+    fn line(&mut self, within: Duration) -> Option<String> {
+        use std::io::BufRead;
+        let deadline = std::time::Instant::now() + within;
+        let mut line = String::new();
+        while std::time::Instant::now() < deadline {
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) if line.ends_with('\n') => return Some(line),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("reading the events: {e}"),
+            }
+        }
+        None
+    }
+
+    /// The next event (comments and the retry field skipped), waiting at most `within`.
+    fn next(&mut self, within: Duration) -> Option<Sse> {
+        let deadline = std::time::Instant::now() + within;
+        let (mut id, mut name, mut data) = (String::new(), String::new(), String::new());
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.line(left)?;
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() && !name.is_empty() {
+                return Some(Sse { id, name, data: serde_json::from_str(&data).unwrap() });
+            }
+            // `field:value`, one space after the colon optional.
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = value.to_owned(),
+                "event" => name = value.to_owned(),
+                "data" => data.push_str(value),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next event named `name` about `alert_id`, skipping others.
+    fn expect(&mut self, name: &str, alert_id: &str, within: Duration) -> Sse {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = self
+                .next(left)
+                .unwrap_or_else(|| panic!("no {name} event about {alert_id} within {within:?}"));
+            if event.name == name && event.data["alert_id"] == alert_id {
+                return event;
+            }
+        }
+    }
+}
+
+/// Publishes a FIRING transition of a new alert on `app`, as the processor would.
+fn fire(config: &Config, alert_id: &str, app: &str) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let alert = pulsewatch::alert::Alert {
+        alert_id: alert_id.into(),
+        app_id: app.into(),
+        instance_id: Some("i-1".into()),
+        kind: pulsewatch::alert::AlertKind::MemoryHigh,
+        severity: pulsewatch::alert::Severity::Warning,
+        state: pulsewatch::alert::AlertState::Firing,
+        started_at: now,
+        event_at: now,
+        emitted_at: now,
+        value: Some(0.85),
+        threshold: Some(0.8),
+        summary: format!("{app}/i-1: memory at 85% of its limit"),
+        evidence: [("memory_used_ratio".to_owned(), "0.850".to_owned())].into(),
+        recommendations: vec!["Take a heap profile".into()],
+        source_partition: 0,
+        source_offset: 0,
+    };
+    let producer = pulsewatch::kafka::producer(&config.kafka).unwrap();
+    let topic = config.kafka.name(pulsewatch::topology::names::ALERTS);
+    pulsewatch::kafka::send(&producer, &topic, app, &alert.encode(), None).unwrap();
+    use rdkafka::producer::Producer;
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn live_events_carry_alert_transitions_and_acknowledgements() {
+    let (config, pipeline) = seeded("api_events", &[("PULSEWATCH_HTTP_API_TOKENS", "tok-live")]);
+    let addr = pipeline.http.as_str();
+    let mut stream = EventStream::open(addr, None);
+    fire(&config, "a-live", "shop-web");
+    let fired = stream.expect("alert", "a-live", Duration::from_secs(30));
+    assert_eq!(
+        (fired.data["state"].as_str(), fired.data["kind"].as_str()),
+        (Some("FIRING"), Some("MEMORY_HIGH"))
+    );
+    assert_eq!(fired.data["recommendations"][0], "Take a heap profile");
+    eventually(Duration::from_secs(30), "the sink stored the alert", || {
+        ids(&ok(addr, "/api/v1/alerts?app=shop-web")["alerts"], "alert_id").contains(&"a-live".to_owned())
+    });
+    let auth = [("Authorization", "Bearer tok-live"), ("Content-Type", "application/json")];
+    let posted =
+        request(addr, "POST", "/api/v1/alerts/a-live/ack", &auth, br#"{"by":"ana","note":"looking"}"#);
+    assert_eq!(posted.status, 202, "{}", posted.body);
+    let acked = stream.expect("ack", "a-live", Duration::from_secs(10));
+    assert_eq!((acked.data["action"].as_str(), acked.data["by"].as_str()), (Some("ACK"), Some("ana")));
+    assert_eq!(acked.data["alert_started_at"], fired.data["started_at"]);
+
+    // A client that reconnects with the id of the last event it saw gets what followed.
+    let mut again = EventStream::open(addr, Some(&fired.id));
+    let missed = again.next(Duration::from_secs(5)).expect("the missed event");
+    assert_eq!((missed.name.as_str(), missed.id.as_str()), ("ack", acked.id.as_str()));
+    let mut stranger = EventStream::open(addr, Some("1-1"));
+    assert_eq!(stranger.next(Duration::from_secs(5)).expect("a resync").name, "resync");
 }

@@ -3,6 +3,10 @@
 //! application with its instances, open alerts and leak projections, its one-minute
 //! rollups, the alerts, and the OpenAPI document describing them ([`OPENAPI`]).
 //!
+//! Live events ([`events`]): `GET /api/v1/events` streams alert transitions and
+//! acknowledgements from their topics as Server-Sent Events. The dashboard
+//! ([`crate::dashboard`]) is served beside the API by [`router`].
+//!
 //! Acknowledgements ([`acks`]) are events on `alert-acks`, stored by the sink in
 //! `alert_ack`; they need a bearer token ([`auth`]), and `http.listen` beyond loopback is
 //! refused at start without one ([`check_exposure`]).
@@ -15,6 +19,7 @@
 pub mod acks;
 pub mod auth;
 pub mod cache;
+pub mod events;
 pub mod params;
 pub mod queries;
 mod routes;
@@ -122,16 +127,24 @@ pub struct Api {
     pub endpoints: Endpoints,
     /// Publishing acknowledgements.
     pub acks: acks::Acks,
+    /// The live events of `alerts` and `alert-acks`.
+    pub events: events::Events,
 }
 
 impl Api {
-    /// The API over `reader` (see [`queries::Reader::of`]) and `acks`, cached as `config` says.
+    /// The API over `reader` (see [`queries::Reader::of`]) and `acks`, cached as `config` says;
+    /// starts the consumer of the live events.
     pub fn new(config: &Config, reader: queries::Reader, acks: acks::Acks, endpoints: Endpoints) -> Api {
+        let events = events::Events::new();
+        if let Err(e) = events.follow(&config.kafka) {
+            tracing::error!(error = %e, "api events: cannot start the consumer; /api/v1/events stays silent");
+        }
         Api {
             reader,
             cache: cache::AnswerCache::new(Duration::from_millis(config.http.api_cache_ttl_ms)),
             endpoints,
             acks,
+            events,
         }
     }
 }

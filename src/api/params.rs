@@ -61,6 +61,7 @@ pub const METRIC_FIELDS: &[&str] = &[
 pub const APPS_PARAMS: &[&str] = &["status", "health", "label", "text", "sort", "limit", "cursor"];
 pub const METRICS_PARAMS: &[&str] = &["from", "to", "fields"];
 pub const ALERTS_PARAMS: &[&str] = &["state", "kind", "severity", "app", "since", "limit"];
+pub const LEAKS_PARAMS: &[&str] = &["limit"];
 
 /// Most applications in one page, and the default.
 pub const APPS_MAX_LIMIT: i64 = 500;
@@ -170,7 +171,8 @@ pub struct AlertsQuery {
 fn check_names(pairs: &[(String, String)], allowed: &[&str], repeatable: &[&str]) -> Result<(), ParamError> {
     for (i, (k, _)) in pairs.iter().enumerate() {
         if !allowed.contains(&k.as_str()) {
-            return Err(bad(k, format!("unknown parameter (known: {})", allowed.join(", "))));
+            let known = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            return Err(bad(k, format!("unknown parameter (known: {known})")));
         }
         if !repeatable.contains(&k.as_str()) && pairs[..i].iter().any(|(p, _)| p == k) {
             return Err(bad(k, "given more than once"));
@@ -325,6 +327,17 @@ pub fn alerts(pairs: &[(String, String)]) -> Result<AlertsQuery, ParamError> {
         since: single(pairs, "since").map(|v| time("since", v)).transpose()?,
         limit: limit(pairs, ALERTS_DEFAULT_LIMIT, ALERTS_MAX_LIMIT)?,
     })
+}
+
+/// Refuses any parameter, for a route that takes none.
+pub fn none(pairs: &[(String, String)]) -> Result<(), ParamError> {
+    check_names(pairs, &[], &[])
+}
+
+/// Parses the leak suspects' parameters: their number.
+pub fn leaks(pairs: &[(String, String)]) -> Result<i64, ParamError> {
+    check_names(pairs, LEAKS_PARAMS, &[])?;
+    limit(pairs, ALERTS_DEFAULT_LIMIT, ALERTS_MAX_LIMIT)
 }
 
 #[cfg(test)]

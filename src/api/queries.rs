@@ -16,8 +16,8 @@ type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 /// the sink needs.
 const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
 
-const APP_COLUMNS: &str =
-    "app_id, status, health, instances_up, instances_total, last_seen, open_alerts, labels, updated_at";
+const APP_COLUMNS: &str = "app_id, status, health, instances_up, instances_total, last_seen, open_alerts, labels, \
+     last_figures, updated_at";
 const ALERT_COLUMNS: &str = "alert_id, app_id, instance_id, kind, severity, state, started_at, event_at, \
      value, threshold, summary, evidence, recommendations";
 /// The latest transition of each alert id, ordered for `DISTINCT ON`.
@@ -46,6 +46,13 @@ pub struct Reader {
     /// An instance whose last beat is this much older than its app's is left out, s: the
     /// engine has forgotten it (`detection.forget_after_ms`).
     forget_after_s: f64,
+}
+
+/// Rollup points over a span ending at an application's last beat.
+pub struct SeriesData {
+    pub end: DateTime<Utc>,
+    /// Each minute with its values, in the order the fields were asked.
+    pub points: Vec<(DateTime<Utc>, Vec<Option<f64>>)>,
 }
 
 /// One page of applications.
@@ -121,6 +128,7 @@ fn app_json(row: &Row) -> Value {
         "last_seen": time(row, "last_seen"),
         "open_alerts": row.get::<_, i32>("open_alerts"),
         "labels": row.get::<_, Value>("labels"),
+        "last_figures": row.get::<_, Value>("last_figures"),
         "updated_at": time(row, "updated_at"),
     })
 }
@@ -244,7 +252,7 @@ impl Reader {
     /// when the table has no such application.
     pub async fn app(&self, app_id: &str) -> Result<Option<Value>, StoreError> {
         let q = &self.q;
-        let app = format!("SELECT {APP_COLUMNS}, last_figures FROM {q}.application WHERE app_id = $1");
+        let app = format!("SELECT {APP_COLUMNS} FROM {q}.application WHERE app_id = $1");
         // Within the forget period before the app's last beat: an index range, not the whole
         // retention of its beats.
         let instances = format!(
@@ -268,7 +276,6 @@ impl Reader {
         let Some(row) = rows[0].first() else { return Ok(None) };
         let alerts: Vec<Value> = rows[2].iter().map(alert_json).collect();
         let mut out = app_json(row);
-        out["last_figures"] = row.get::<_, Value>("last_figures");
         out["instances"] = rows[1].iter().map(|r| instance_json(r, &alerts)).collect();
         out["leaks"] = alerts.iter().filter_map(leak_json).collect();
         out["alerts"] = Value::Array(alerts);
@@ -362,6 +369,121 @@ impl Reader {
         let order = format!("ORDER BY latest.event_at DESC, latest.alert_id LIMIT {}", query.limit);
         let sql = with_ack(&self.q, &latest, &format!("{} {order}", where_clause(&outer)));
         let rows = self.read("listing alerts", &[(&sql, &params)]).await?;
+        Ok(rows[0].iter().map(alert_json).collect())
+    }
+}
+
+/// The fleet's worst applications by a figure of their latest beat: (figure, SQL of its
+/// value over `last_figures`).
+const WORST_FIGURES: &[(&str, &str)] = &[
+    ("memory_used_ratio", "(last_figures->>'memory_used_ratio')::float8"),
+    ("cpu_ratio", "(last_figures->>'cpu_ratio')::float8"),
+    (
+        "db_pool_ratio",
+        "(last_figures->>'db_pool_in_use')::float8 / NULLIF((last_figures->>'db_pool_size')::float8, 0)",
+    ),
+    ("disk_used_ratio", "(last_figures->>'disk_used_ratio')::float8"),
+    ("latency_p95_ms", "(last_figures->>'latency_p95_ms')::float8"),
+];
+
+/// Each application's latest complete minute of rollups, for those that beat within five
+/// minutes of the fleet's newest beat (event time, so a replay of old data shows too).
+fn latest_minutes(q: &str) -> String {
+    format!(
+        "SELECT r.* FROM {q}.application a
+         CROSS JOIN LATERAL (SELECT app_id, minute, beats, error_ratio, slow_requests_per_s
+             FROM {q}.metric_rollup_1m m
+             WHERE m.app_id = a.app_id AND m.minute >= a.last_seen - interval '3 minutes'
+               AND m.minute < date_trunc('minute', a.last_seen)
+             ORDER BY m.minute DESC LIMIT 1) r
+         WHERE a.last_seen >= (SELECT max(last_seen) FROM {q}.application) - interval '5 minutes'"
+    )
+}
+
+impl Reader {
+    /// The fleet at a glance: the worst application by each resource and performance
+    /// figure, and the latest complete minute's throughput, error rate and slow requests.
+    pub async fn fleet(&self) -> Result<Value, StoreError> {
+        let q = &self.q;
+        let worst: Vec<String> = WORST_FIGURES
+            .iter()
+            .map(|(name, expr)| {
+                format!(
+                    "(SELECT '{name}'::text, app_id, {expr} AS v FROM {q}.application
+                      WHERE {expr} IS NOT NULL ORDER BY v DESC, app_id LIMIT 1)"
+                )
+            })
+            .collect();
+        let worst = worst.join(" UNION ALL ");
+        let minutes = format!(
+            "WITH latest AS ({}) SELECT
+               (SELECT sum(beats)::float8 / 60 FROM latest) AS beats_per_s,
+               (SELECT max(minute) FROM latest) AS minute,
+               (SELECT sum(slow_requests_per_s) FROM latest) AS slow_requests_per_s,
+               (SELECT app_id FROM latest WHERE error_ratio IS NOT NULL ORDER BY error_ratio DESC, app_id LIMIT 1) AS error_app,
+               (SELECT max(error_ratio) FROM latest) AS error_ratio",
+            latest_minutes(q)
+        );
+        let none = Params::new();
+        let rows = self.read("reading the fleet", &[(&worst, &none), (&minutes, &none)]).await?;
+        let mut out = serde_json::Map::new();
+        for r in &rows[0] {
+            out.insert(r.get(0), json!({"app_id": r.get::<_, String>(1), "value": r.get::<_, f64>(2)}));
+        }
+        let m = &rows[1][0];
+        let error_app: Option<String> = m.get("error_app");
+        let error = error_app
+            .map(|app_id| json!({"app_id": app_id, "value": m.get::<_, Option<f64>>("error_ratio")}));
+        out.insert("error_ratio".into(), error.unwrap_or(Value::Null));
+        out.insert("slow_requests_per_s".into(), json!(m.get::<_, Option<f64>>("slow_requests_per_s")));
+        out.insert("beats_per_s".into(), json!(m.get::<_, Option<f64>>("beats_per_s")));
+        out.insert("minute".into(), time(m, "minute"));
+        Ok(Value::Object(out))
+    }
+
+    /// The application's rollup `fields` (columns of [`super::params::METRIC_FIELDS`]) over
+    /// the `span_ms` before its last beat or rollup (now, if it has neither); `None` for an
+    /// unknown app.
+    pub async fn series(
+        &self,
+        app_id: &str,
+        fields: &[&'static str],
+        span_ms: i64,
+    ) -> Result<Option<SeriesData>, StoreError> {
+        assert!(fields.iter().all(|f| super::params::METRIC_FIELDS.contains(f)), "a rollup column");
+        let q = &self.q;
+        // The snapshot's last_seen can lag the beats: the latest rollup's minute counts too.
+        let end_at = format!(
+            "SELECT GREATEST(COALESCE(last_seen, now()),
+                 (SELECT max(minute) + interval '1 minute' FROM {q}.metric_rollup_1m WHERE app_id = $1))
+             FROM {q}.application WHERE app_id = $1"
+        );
+        let columns: Vec<String> = fields.iter().map(|f| format!("{f}::double precision")).collect();
+        let rollups = format!(
+            "SELECT minute, {} FROM {q}.metric_rollup_1m WHERE app_id = $1
+               AND minute >= ({end_at}) - $2::float8 * interval '1 millisecond'
+             ORDER BY minute",
+            columns.join(", ")
+        );
+        let one: Params = vec![Box::new(app_id.to_owned())];
+        let span: Params = vec![Box::new(app_id.to_owned()), Box::new(span_ms as f64)];
+        let rows = self.read("reading a chart's rollups", &[(&end_at, &one), (&rollups, &span)]).await?;
+        let Some(end) = rows[0].first().map(|r| r.get(0)) else { return Ok(None) };
+        let points = rows[1]
+            .iter()
+            .map(|r| (r.get("minute"), (1..=fields.len()).map(|i| r.get::<_, Option<f64>>(i)).collect()))
+            .collect();
+        Ok(Some(SeriesData { end, points }))
+    }
+
+    /// Open leak alerts, soonest projected exhaustion first (those without one last).
+    pub async fn leaks(&self, limit: i64) -> Result<Vec<Value>, StoreError> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS}, NULL::text AS ack_action FROM {}.open_alerts WHERE kind LIKE '%\\_LEAK\\_SUSPECTED'
+             ORDER BY (evidence->>'projected_exhaustion')::timestamptz NULLS LAST, alert_id LIMIT {limit}",
+            self.q
+        );
+        let rows = self.read("listing leak suspects", &[(&sql, &Params::new())]).await?;
         Ok(rows[0].iter().map(alert_json).collect())
     }
 }

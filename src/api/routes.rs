@@ -15,11 +15,11 @@ use axum::routing::{MethodRouter, any, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::acks;
 use super::cache::Cached;
 use super::params::{self, ParamError};
 use super::queries::rfc3339;
 use super::{Api, ApiError, OPENAPI};
+use super::{acks, events};
 
 type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
@@ -32,6 +32,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/api/v1/apps/{app_id}/metrics", get(app_metrics)),
         ("/api/v1/alerts", get(alerts)),
         ("/api/v1/alerts/{alert_id}/ack", post(acks::post_ack).delete(acks::delete_ack)),
+        ("/api/v1/leaks", get(leaks)),
+        ("/api/v1/fleet", get(fleet)),
+        ("/api/v1/events", get(events::stream)),
         ("/api/v1/openapi.json", get(openapi)),
     ]
 }
@@ -44,16 +47,21 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/apps/{app_id}/metrics",
     "/api/v1/alerts",
     "/api/v1/alerts/{alert_id}/ack",
+    "/api/v1/leaks",
+    "/api/v1/fleet",
+    "/api/v1/events",
     "/api/v1/openapi.json",
 ];
 
-/// The API's routes, answering from `api`; merged into [`crate::http::router`]'s.
+/// The API's routes and the dashboard's, answering from `api`; merged into
+/// [`crate::http::router`]'s.
 pub fn router(api: Api) -> Router {
     let mut router = Router::new();
     for (path, handler) in routes() {
         router = router.route(path, handler);
     }
-    router.route("/api/v1/{*rest}", any(unknown_route)).with_state(api)
+    let dashboard = crate::dashboard::router(api.clone());
+    router.route("/api/v1/{*rest}", any(unknown_route)).with_state(api).merge(dashboard)
 }
 
 /// Any other path under `/api/v1`: 404 in JSON, like the unknown ids.
@@ -151,7 +159,8 @@ async fn render_health(api: &Api) -> Result<Value, ApiError> {
     }))
 }
 
-/// The stages this process runs: up (ready and not judged unhealthy), consumer lag, problems.
+/// The stages this process runs: up (ready and not judged unhealthy), consumer lag, the
+/// latest commit it reported (the processor's transactions), problems.
 fn components(api: &Api) -> Vec<Value> {
     let endpoints = &api.endpoints;
     let verdict = endpoints.health.check(endpoints.stall_after);
@@ -165,8 +174,10 @@ fn components(api: &Api) -> Vec<Value> {
             let lag: i64 =
                 endpoints.health.partitions(name).iter().map(|(_, _, o)| (o.end - o.position).max(0)).sum();
             let ready = ready.load(Ordering::Relaxed);
+            let last_commit =
+                endpoints.health.last_commit(name).map_or(Value::Null, |t| Value::String(rfc3339(t)));
             json!({"name": name, "up": ready && problems.is_empty(), "ready": ready,
-                   "consumer_lag": lag, "last_commit": null, "problems": problems})
+                   "consumer_lag": lag, "last_commit": last_commit, "problems": problems})
         })
         .collect()
 }
@@ -204,6 +215,35 @@ async fn app_metrics(
         }))),
         None => Err(ApiError::NotFound { what: "application", id: app_id }),
     }
+}
+
+async fn leaks(State(api): State<Api>, query: Pairs) -> Result<Response, ApiError> {
+    let limit = params::leaks(&pairs(query)?)?;
+    Ok(json_response(json!({"leaks": api.reader.leaks(limit).await?})))
+}
+
+async fn fleet(State(api): State<Api>, headers: HeaderMap, query: Pairs) -> Result<Response, ApiError> {
+    params::none(&pairs(query)?)?;
+    respond_cached(&api, "fleet".into(), &headers, render_fleet(&api)).await
+}
+
+/// The fleet route's body: the worst figures, the latest minute's rates, and the pipeline
+/// as this process sees it (its stages' consumer lag, the records it dead-lettered).
+async fn render_fleet(api: &Api) -> Result<Value, ApiError> {
+    let mut fleet = api.reader.fleet().await?;
+    let lag: i64 = components(api).iter().filter_map(|c| c["consumer_lag"].as_i64()).sum();
+    let dead_letters: u64 = {
+        use prometheus::core::Collector;
+        crate::metrics::METRICS
+            .dlq_records
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    fleet["pipeline"] = json!({"consumer_lag": lag, "dead_letters": dead_letters});
+    Ok(fleet)
 }
 
 async fn alerts(State(api): State<Api>, query: Pairs) -> Result<Response, ApiError> {
@@ -247,6 +287,9 @@ mod tests {
             ("/api/v1/apps/{app_id}/metrics", params::METRICS_PARAMS),
             ("/api/v1/alerts", params::ALERTS_PARAMS),
             ("/api/v1/health", &[][..]),
+            ("/api/v1/fleet", &[][..]),
+            ("/api/v1/events", &[][..]),
+            ("/api/v1/leaks", params::LEAKS_PARAMS),
         ] {
             let documented: BTreeSet<&str> = doc["paths"][path]["get"]["parameters"]
                 .as_array()

@@ -106,6 +106,7 @@ impl Transaction {
                 }
                 Ok(()) => {
                     self.open = false;
+                    crate::health::HEALTH.committed("processor");
                     return Ok(());
                 }
                 Err(e) => return Err(e),
