@@ -4,7 +4,8 @@
 //! once the broker has the beats. The ceiling beside it: the same beats, Avro-encoded
 //! beforehand, sent straight to Kafka by one producer with the ingest's settings.
 //!
-//! Run: `cargo bench --bench ingest` (PULSEWATCH_BENCH_SECONDS per measurement, default 5).
+//! Run: `cargo bench --bench ingest` (PULSEWATCH_BENCH_SECONDS per measurement, default 5;
+//! `-- batches` for the batches and their ceiling alone).
 //! Under `cargo test` it runs each measurement for a moment.
 
 use std::sync::Arc;
@@ -42,7 +43,9 @@ fn main() {
     let url = format!("http://{}", server.listener.local_addr().unwrap());
     rt.spawn(server.serve());
 
-    for connections in [8, 64, 256] {
+    // `cargo bench --bench ingest -- batches` measures the batches alone.
+    let batches_only = std::env::args().skip(1).any(|a| a == "batches");
+    for connections in [8, 64, 256].into_iter().filter(|_| !batches_only) {
         let (mut latencies, secs) = singles(&url, connections, span);
         latencies.sort_unstable();
         println!(

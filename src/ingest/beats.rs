@@ -60,21 +60,22 @@ impl Judge {
     /// A batch, NDJSON or a JSON array: each beat's own result, in order.
     pub fn batch(&self, bytes: &[u8], max: usize) -> Result<Vec<Result<Heartbeat, DecodeError>>, BatchError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let items: Vec<Vec<u8>> = if first == Some(&b'[') {
-            let values: Vec<serde_json::Value> =
+        if first == Some(&b'[') {
+            let values: Vec<&serde_json::value::RawValue> =
                 serde_json::from_slice(bytes).map_err(|e| BatchError::MalformedArray(e.to_string()))?;
-            values.iter().map(|v| serde_json::to_vec(v).expect("a JSON value serialises")).collect()
-        } else {
-            bytes
-                .split(|b| *b == b'\n')
-                .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
-        if items.len() > max {
-            return Err(BatchError::TooMany { count: items.len(), max });
+            if values.len() > max {
+                return Err(BatchError::TooMany { count: values.len(), max });
+            }
+            return Ok(values.iter().map(|v| self.json(v.get().as_bytes())).collect());
         }
-        Ok(items.iter().map(|item| self.json(item)).collect())
+        let lines: Vec<&[u8]> = bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+            .collect();
+        if lines.len() > max {
+            return Err(BatchError::TooMany { count: lines.len(), max });
+        }
+        Ok(lines.iter().map(|line| self.json(line)).collect())
     }
 
     /// A ping's beat: the smallest the contract allows.

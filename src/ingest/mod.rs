@@ -51,6 +51,14 @@ pub struct Ingest {
     pub max_batch: usize,
     /// How far a beat's `sent_at` may be from the wall clock.
     pub max_drift_ms: i64,
+    /// `ingest_beats_total` by outcome, looked up once: every beat counts.
+    counted: Counted,
+}
+
+/// The beat counters of [`Ingest::deliver`].
+struct Counted {
+    accepted: prometheus::IntCounter,
+    duplicate: prometheus::IntCounter,
 }
 
 /// Whether a beat was produced now or had been already.
@@ -73,6 +81,10 @@ impl Ingest {
             publisher: Publisher::new(producer, topic, ingest.max_in_flight, timeout),
             max_batch: ingest.max_batch,
             max_drift_ms: config.input.max_sent_at_drift_ms,
+            counted: Counted {
+                accepted: crate::metrics::METRICS.ingest_beats.with_label_values(&["accepted"]),
+                duplicate: crate::metrics::METRICS.ingest_beats.with_label_values(&["duplicate"]),
+            },
         })
     }
 
@@ -94,13 +106,13 @@ impl Ingest {
     pub async fn deliver(&self, beat: &Heartbeat) -> Result<Delivered, PublishError> {
         let key = (beat.app_id.clone(), beat.instance_id.clone(), beat.seq);
         let Some(claim) = self.dedup.claim(key).await else {
-            crate::metrics::METRICS.ingest_beats.with_label_values(&["duplicate"]).inc();
+            self.counted.duplicate.inc();
             return Ok(Delivered::Duplicate);
         };
         let published = self.publisher.publish(beat).await;
         claim.finish(published.is_ok());
         published?;
-        crate::metrics::METRICS.ingest_beats.with_label_values(&["accepted"]).inc();
+        self.counted.accepted.inc();
         Ok(Delivered::New)
     }
 }
