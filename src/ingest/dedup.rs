@@ -1,10 +1,15 @@
-//! Idempotent retries: recently seen (app_id, instance_id, seq), in a bounded moka cache
-//! with a TTL.
+//! Idempotent retries: recently delivered (app_id, instance_id, seq), in a bounded moka
+//! cache with a TTL.
 //!
 //! A beat is *claimed* before it is produced. A second request for the same beat waits for
 //! the first one's outcome: delivered, it is a duplicate (answered 202 without producing);
-//! failed, the claim is gone and the second request produces the beat itself.
+//! failed, the claim is gone and the second request produces the beat itself. Claims being
+//! produced sit in small sharded maps beside the cache, so that a new beat costs the cache
+//! one lookup and one insert, not its guarded entry initialisation.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -16,10 +21,29 @@ pub type BeatKey = (String, String, i64);
 /// A claim's outcome as others see it: `None` while it is being produced.
 type Outcome = watch::Receiver<Option<bool>>;
 
-/// The beats recently claimed, each with its outcome.
+/// Shards of the claims in flight: enough that requests rarely wait on one another.
+const SHARDS: usize = 32;
+
+/// The beats recently delivered, and those being produced with their outcome to come.
 #[derive(Clone)]
-pub struct Dedup {
-    seen: Cache<BeatKey, Outcome>,
+pub struct Dedup(Arc<Remembered>);
+
+struct Remembered {
+    delivered: Cache<BeatKey, ()>,
+    in_flight: InFlight,
+}
+
+/// The claims being produced, by shard of their key's hash.
+struct InFlight {
+    shards: [Mutex<HashMap<BeatKey, Outcome>>; SHARDS],
+    hasher: RandomState,
+}
+
+impl InFlight {
+    fn shard(&self, key: &BeatKey) -> std::sync::MutexGuard<'_, HashMap<BeatKey, Outcome>> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The right, and the duty, to produce a beat: [`Claim::finish`] tells the outcome; a
@@ -27,7 +51,7 @@ pub struct Dedup {
 pub struct Claim {
     key: Option<BeatKey>,
     outcome: watch::Sender<Option<bool>>,
-    seen: Cache<BeatKey, Outcome>,
+    dedup: Dedup,
 }
 
 impl Claim {
@@ -38,9 +62,12 @@ impl Claim {
 
     fn settle(&mut self, delivered: bool) {
         let Some(key) = self.key.take() else { return };
-        if !delivered {
-            self.seen.invalidate(&key);
+        // Remembered as delivered before it leaves the claims: a request in between finds it
+        // in one or the other.
+        if delivered {
+            self.dedup.0.delivered.insert(key.clone(), ());
         }
+        self.dedup.0.in_flight.shard(&key).remove(&key);
         self.outcome.send_replace(Some(delivered));
     }
 }
@@ -54,7 +81,10 @@ impl Drop for Claim {
 impl Dedup {
     /// At most `capacity` beats, each remembered for `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> Dedup {
-        Dedup { seen: Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+        let in_flight =
+            InFlight { shards: std::array::from_fn(|_| Mutex::default()), hasher: RandomState::new() };
+        let delivered = Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        Dedup(Arc::new(Remembered { delivered, in_flight }))
     }
 
     /// `Some(claim)` when this beat is to be produced by the caller, `None` when it was
@@ -62,23 +92,29 @@ impl Dedup {
     pub async fn claim(&self, key: BeatKey) -> Option<Claim> {
         // Ends on a fresh claim or a delivered beat; each turn waits for one attempt.
         loop {
-            let (sender, receiver) = watch::channel(None);
-            let entry = self.seen.entry(key.clone()).or_insert_with(|| receiver);
-            if entry.is_fresh() {
-                return Some(Claim { key: Some(key), outcome: sender, seen: self.seen.clone() });
-            }
-            let mut theirs = entry.into_value();
+            let mut theirs = {
+                let mut claims = self.0.in_flight.shard(&key);
+                match claims.get(&key) {
+                    Some(outcome) => outcome.clone(),
+                    None if self.0.delivered.contains_key(&key) => return None,
+                    None => {
+                        let (sender, receiver) = watch::channel(None);
+                        claims.insert(key.clone(), receiver);
+                        return Some(Claim { key: Some(key), outcome: sender, dedup: self.clone() });
+                    }
+                }
+            };
             match theirs.wait_for(Option::is_some).await.map(|v| *v) {
                 Ok(Some(true)) => return None,
-                // Failed: its claimant removed the entry before telling; claim it anew.
+                // Failed: its claimant removed the claim before telling; claim it anew.
                 _ => continue,
             }
         }
     }
 
-    /// Beats remembered (approximately: moka counts lazily).
+    /// Beats remembered as delivered (approximately: moka counts lazily).
     pub fn len(&self) -> u64 {
-        self.seen.entry_count()
+        self.0.delivered.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
