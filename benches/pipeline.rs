@@ -2,7 +2,8 @@
 //!
 //! 1. the load generator backfills a fleet's history into a fresh `heartbeats` topic;
 //! 2. a no-op consumer reads that topic: the ceiling for anything that consumes it;
-//! 3. the processor stage alone consumes it: beats per second, and the ratio to the ceiling;
+//! 3. the processor stage alone consumes it, its engines on one thread and then on one per
+//!    core (`processor.engine_threads`): beats per second, and the ratio to the ceiling;
 //! 4. the sink stage alone stores it: beats per second into PostgreSQL, and the ratio;
 //! 5. a live run with faults measures alert latency (emitted_at − event_at) percentiles.
 //!
@@ -69,14 +70,31 @@ fn main() {
     let ceiling = n as f64 / secs;
     println!("no-op consumer:   {ceiling:>10.0} records/s (ceiling)");
 
-    // 3. The processor alone.
+    // 3. The processor alone: its engines on one thread, on topics of their own with the
+    // same load, then on one thread per core.
+    let one = {
+        let mut config = config.clone();
+        config.kafka.topic_prefix = format!("bench-{id}-one-");
+        config.processor.engine_threads = 1;
+        rt.block_on(topology::apply(&config.kafka, &Topology::builtin())).unwrap();
+        assert_eq!(loadgen::run(&config.kafka, &opts).unwrap().beats_total, n);
+        let topic = config.kafka.name(names::HEARTBEATS);
+        let secs = run_processor_until(&config, &|| {
+            METRICS.records_in.with_label_values(&["processor", &topic]).get() >= n
+        });
+        rt.block_on(topology::remove(&config.kafka, &Topology::builtin())).ok();
+        n as f64 / secs
+    };
+    println!("processor, 1 engine thread:  {one:>10.0} beats/s ({:.2} of the ceiling)", one / ceiling);
+    let threads = config.processor.engine_threads();
     let rate = run_processor_until(&config, &|| {
         METRICS.records_in.with_label_values(&["processor", &topic]).get() >= n
     });
+    let all = n as f64 / rate;
     println!(
-        "processor:        {:>10.0} beats/s ({:.2} of the ceiling)",
-        n as f64 / rate,
-        (n as f64 / rate) / ceiling
+        "processor, {threads} engine threads: {all:>10.0} beats/s ({:.2} of the ceiling, {:.2}x one thread)",
+        all / ceiling,
+        all / one
     );
 
     // 4. The sink alone (it also stores the processor's outputs).

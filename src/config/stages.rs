@@ -43,6 +43,9 @@ pub struct ProcessorConfig {
     /// Whether the kernel may back this process's memory with transparent huge pages
     /// (see [`crate::huge_pages`]); the whole process, the sink stage too when it runs here.
     pub transparent_huge_pages: bool,
+    /// Threads that apply a batch's records to the partitions' engines (each partition on
+    /// one of them, in order). 0: one per core.
+    pub engine_threads: usize,
 }
 
 impl Default for ProcessorConfig {
@@ -52,11 +55,20 @@ impl Default for ProcessorConfig {
             max_batch_records: 20_000,
             transactional_id: String::new(),
             transparent_huge_pages: false,
+            engine_threads: 0,
         }
     }
 }
 
 impl ProcessorConfig {
+    /// The threads [`ProcessorConfig::engine_threads`] asks for, 0 resolved to the cores.
+    pub fn engine_threads(&self) -> usize {
+        match self.engine_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// The transactional id this process uses.
     pub fn transactional_id(&self, kafka: &KafkaConfig) -> String {
         if !self.transactional_id.is_empty() {

@@ -5,6 +5,18 @@ use std::collections::BTreeMap;
 
 use crate::dead_letter::DeadLetter;
 use crate::engine::Effect;
+use crate::heartbeat::Heartbeat;
+
+/// What the poll loop read for a partition's engine: applied in order at the batch's end
+/// (see [`super::apply`]).
+// Nearly every event is a beat: boxing it would cost an allocation per beat.
+#[allow(clippy::large_enum_variant)]
+pub enum Pending {
+    /// A valid beat, with its offset, its broker timestamp and the wall clock it was read at.
+    Beat { beat: Heartbeat, offset: i64, broker_ms: Option<i64>, wall: i64 },
+    /// The partition was read to its end at this wall clock.
+    End { wall: i64 },
+}
 
 /// What a batch has read and decided, held per partition until its transaction. A partition
 /// revoked before then loses its share: its next owner reads those records again from the
@@ -13,6 +25,8 @@ use crate::engine::Effect;
 pub struct Batch {
     /// The next offset to consume, per partition.
     pub offsets: BTreeMap<i32, i64>,
+    /// What each partition's engine is still to be given, in the order it was read.
+    pub pending: BTreeMap<i32, Vec<Pending>>,
     /// Alerts and rollups decided, per partition.
     pub effects: BTreeMap<i32, Vec<Effect>>,
     pub dead_letters: Vec<DeadLetter>,
@@ -28,8 +42,14 @@ impl Batch {
         self.effects.entry(partition).or_default()
     }
 
+    /// Holds `event` for `partition`'s engine.
+    pub fn hold(&mut self, partition: i32, event: Pending) {
+        self.pending.entry(partition).or_default().push(event);
+    }
+
     pub fn forget(&mut self, partition: i32) {
         self.offsets.remove(&partition);
+        self.pending.remove(&partition);
         self.effects.remove(&partition);
         self.dead_letters.retain(|d| d.partition != partition);
     }

@@ -46,12 +46,13 @@ use crate::registry::{Registry, RegistryError, Unavailable};
 use crate::shutdown::Shutdown;
 use crate::topology::{Topics, names};
 
+mod apply;
 mod batch;
 mod output;
 mod partitions;
 mod transaction;
 
-use batch::Batch;
+use batch::{Batch, Pending};
 use output::Outputs;
 use partitions::{Flow, Partitions};
 use transaction::{TXN_TIMEOUT, Transaction, TxnFailure};
@@ -173,7 +174,7 @@ impl<'a> Processor<'a> {
         }
         let started = Instant::now();
         self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
-        self.partitions.restore_pending(&self.consumer)?;
+        self.partitions.restore_pending(&self.consumer, &mut self.batch)?;
         let seek_failed = self.read_batch(started)?;
         let records = self.batch.records;
         METRICS
@@ -234,15 +235,15 @@ impl<'a> Processor<'a> {
             let wall = wall_ms();
             match polled {
                 Err(KafkaError::PartitionEOF(p)) => {
-                    self.partitions.ensure(&self.consumer, p)?;
+                    self.partitions.ensure(&self.consumer, p, &mut self.batch)?;
                     self.ready.store(true, Ordering::Relaxed);
-                    if let Some(engine) = self.partitions.engines.get_mut(&p) {
-                        engine.on_end_of_partition(wall, self.batch.effects_of(p));
+                    if self.partitions.engines.contains_key(&p) {
+                        self.batch.hold(p, Pending::End { wall });
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "processor: consumer error"),
                 Ok(msg) => {
-                    self.partitions.ensure(&self.consumer, msg.partition())?;
+                    self.partitions.ensure(&self.consumer, msg.partition(), &mut self.batch)?;
                     self.ready.store(true, Ordering::Relaxed);
                     let registry = self.registry.as_ref();
                     match self.partitions.on_record(&self.consumer, &msg, &mut self.batch, registry, wall) {
@@ -268,6 +269,7 @@ impl<'a> Processor<'a> {
     /// Ends a batch: the engines' timers and snapshots, every output, then the consumed
     /// offsets, committed as one transaction. `Ok(false)` when there was nothing to commit.
     fn commit_batch(&mut self, wall: i64) -> Result<bool, TxnFailure> {
+        self.partitions.apply_held(&mut self.batch);
         self.publish_outputs(wall)?;
         let offsets = std::mem::take(&mut self.batch.offsets);
         if !self.txn.is_open() && offsets.is_empty() {
@@ -353,7 +355,7 @@ impl<'a> Processor<'a> {
         }
         self.partitions.apply_membership(self.consumer.context(), &mut self.batch);
         rewind(&self.consumer, &self.outputs.topics.heartbeats)?;
-        self.partitions.rebuild_all(&self.consumer)
+        self.partitions.rebuild_all(&self.consumer, &mut self.batch)
     }
 
     /// The registry could not give a writer schema: wait before reading the record again.

@@ -12,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::ProcessorError;
-use super::batch::Batch;
+use super::batch::{Batch, Pending};
 use super::transaction::TXN_TIMEOUT;
 use crate::assignment::{AssignmentLog, Membership};
 use crate::codec;
@@ -51,6 +51,8 @@ pub struct Partitions<'a> {
     pending: BTreeSet<i32>,
     /// Where each partition just rebuilt must be read from.
     starts: Starts,
+    /// Threads that apply a batch's records to the engines.
+    engine_threads: usize,
 }
 
 impl<'a> Partitions<'a> {
@@ -65,7 +67,13 @@ impl<'a> Partitions<'a> {
             engines: HashMap::new(),
             pending: BTreeSet::new(),
             starts: Starts::default(),
+            engine_threads: config.processor.engine_threads(),
         }
+    }
+
+    /// Gives the engines what the batch holds for them (see [`super::apply`]).
+    pub fn apply_held(&mut self, batch: &mut Batch) {
+        super::apply::apply(&mut self.engines, batch, self.engine_threads);
     }
 
     /// Applies the membership changes the consumer reported: a revoked partition's engine and
@@ -89,10 +97,16 @@ impl<'a> Partitions<'a> {
     }
 
     /// Rebuilds the engines of every partition assigned and not rebuilt yet.
-    pub fn restore_pending(&mut self, consumer: &BaseConsumer<AssignmentLog>) -> Result<(), ProcessorError> {
+    pub fn restore_pending(
+        &mut self,
+        consumer: &BaseConsumer<AssignmentLog>,
+        batch: &mut Batch,
+    ) -> Result<(), ProcessorError> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // What was read before the restore reaches the engines before the pause does.
+        self.apply_held(batch);
         let partitions: Vec<i32> = self.pending.iter().copied().collect();
         // No partition was read while the restore ran: its time is not silence.
         self.engines.values_mut().for_each(Engine::reading_paused);
@@ -109,7 +123,12 @@ impl<'a> Partitions<'a> {
     /// Makes sure a partition a record or an end came from has its engine, if it is still
     /// owned: it may have been assigned and not rebuilt yet, or revoked since the record
     /// was fetched (which its next owner reads; the consumer is asked only then).
-    pub fn ensure(&mut self, consumer: &BaseConsumer<AssignmentLog>, p: i32) -> Result<(), ProcessorError> {
+    pub fn ensure(
+        &mut self,
+        consumer: &BaseConsumer<AssignmentLog>,
+        p: i32,
+        batch: &mut Batch,
+    ) -> Result<(), ProcessorError> {
         if self.engines.contains_key(&p) {
             return Ok(());
         }
@@ -117,15 +136,19 @@ impl<'a> Partitions<'a> {
         if !self.pending.contains(&p) && owned {
             self.pending.insert(p);
         }
-        if self.pending.contains(&p) { self.restore_pending(consumer) } else { Ok(()) }
+        if self.pending.contains(&p) { self.restore_pending(consumer, batch) } else { Ok(()) }
     }
 
     /// After an aborted transaction: every engine had moved past the committed offsets, so
     /// all are rebuilt from what app-state holds (the aborted records are invisible to
     /// read_committed).
-    pub fn rebuild_all(&mut self, consumer: &BaseConsumer<AssignmentLog>) -> Result<(), ProcessorError> {
+    pub fn rebuild_all(
+        &mut self,
+        consumer: &BaseConsumer<AssignmentLog>,
+        batch: &mut Batch,
+    ) -> Result<(), ProcessorError> {
         self.pending.extend(self.engines.drain().map(|(p, _)| p));
-        self.restore_pending(consumer)
+        self.restore_pending(consumer, batch)
     }
 
     /// Feeds one record to its partition's engine, or sets it aside as a dead letter; a
@@ -140,14 +163,14 @@ impl<'a> Partitions<'a> {
         wall: i64,
     ) -> Result<Flow, Unavailable> {
         let p = msg.partition();
-        let Some(engine) = self.engines.get_mut(&p) else {
+        if !self.engines.contains_key(&p) {
             tracing::debug!(
                 partition = p,
                 offset = msg.offset(),
                 "processor: record of a partition no longer owned skipped"
             );
             return Ok(Flow::Next);
-        };
+        }
         if let Some(start) = self.starts.below(p, msg.offset()) {
             tracing::warn!(
                 partition = p,
@@ -173,7 +196,7 @@ impl<'a> Partitions<'a> {
             METRICS.legacy_fingerprint.with_label_values(&["heartbeat"]).inc();
         }
         match decoded {
-            Ok(beat) => engine.on_record(beat, msg.offset(), broker_ms, wall, batch.effects_of(p)),
+            Ok(beat) => batch.hold(p, Pending::Beat { beat, offset: msg.offset(), broker_ms, wall }),
             Err(e) => batch.dead_letters.push(DeadLetter::of(msg, e.code(), e.to_string())),
         }
         Ok(Flow::Next)

@@ -1,0 +1,134 @@
+//! Applying what a batch read to the engines: each partition's records and ends in the order
+//! they were read, by one engine that nothing else touches meanwhile, so partitions can be
+//! spread over threads without changing a decision.
+
+use std::collections::HashMap;
+
+use super::batch::{Batch, Pending};
+use crate::engine::{Effect, Engine};
+
+/// Below this many held events a batch is applied on the calling thread: starting threads
+/// would cost more than it saves.
+const PARALLEL_FROM: usize = 2_000;
+
+/// One partition's share: its engine, what it is to be given, and its effects so far.
+type Share<'a> = (&'a mut Engine, Vec<Pending>, Vec<Effect>);
+
+/// Gives each engine the events `batch` holds for it, on up to `threads` threads, and puts
+/// their effects in the batch.
+pub fn apply(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize) {
+    let mut held = std::mem::take(&mut batch.pending);
+    let total: usize = held.values().map(Vec::len).sum();
+    if total == 0 {
+        return;
+    }
+    let mut shares: Vec<Share<'_>> = engines
+        .iter_mut()
+        .filter_map(|(p, engine)| {
+            let events = held.remove(p)?;
+            Some((engine, events, batch.effects.remove(p).unwrap_or_default()))
+        })
+        .collect();
+    if threads <= 1 || total < PARALLEL_FROM || shares.len() < 2 {
+        shares.iter_mut().for_each(give);
+    } else {
+        let groups = balanced(&mut shares, threads);
+        std::thread::scope(|scope| {
+            for group in groups {
+                scope.spawn(move || group.into_iter().for_each(give));
+            }
+        });
+    }
+    for (engine, _, effects) in shares {
+        batch.effects.insert(engine.partition(), effects);
+    }
+}
+
+/// Applies one partition's events in order.
+fn give((engine, events, effects): &mut Share<'_>) {
+    for event in events.drain(..) {
+        match event {
+            Pending::Beat { beat, offset, broker_ms, wall } => {
+                engine.on_record(beat, offset, broker_ms, wall, effects)
+            }
+            Pending::End { wall } => engine.on_end_of_partition(wall, effects),
+        }
+    }
+}
+
+/// Splits the shares into `threads` groups of about as many events each (the largest share
+/// first, each to the lightest group).
+fn balanced<'s, 'a>(shares: &'s mut [Share<'a>], threads: usize) -> Vec<Vec<&'s mut Share<'a>>> {
+    let mut order: Vec<&mut Share<'a>> = shares.iter_mut().collect();
+    order.sort_by_key(|s| std::cmp::Reverse(s.1.len()));
+    let mut groups: Vec<(usize, Vec<&mut Share<'a>>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for share in order {
+        let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one thread");
+        lightest.0 += share.1.len();
+        lightest.1.push(share);
+    }
+    groups.into_iter().map(|g| g.1).filter(|g| !g.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
+
+    const T0: i64 = 1_800_000_000_000;
+    const INTERVAL: i64 = 5_000;
+
+    /// Four partitions of one application each, two instances, 30 minutes of beats; the
+    /// application of partition 1 crashes, that of partition 2 runs out of memory. Applied on
+    /// `threads` threads: the effects by partition, and how many were held.
+    fn applied(threads: usize) -> (BTreeMap<i32, Vec<Effect>>, usize) {
+        let config = Config::default();
+        let rules = config.compiled_rules().unwrap();
+        let mut engines: HashMap<i32, Engine> =
+            (0..4).map(|p| (p, Engine::new(p, config.detection.clone(), rules.clone()))).collect();
+        let fault = |kind, app| ActiveFault {
+            kind,
+            params: FaultParams::default(),
+            app,
+            instance: None,
+            from_ms: T0 + 10 * 60_000,
+            to_ms: T0 + 20 * 60_000,
+        };
+        let faults = [fault(FaultKind::Crash, 1), fault(FaultKind::MemoryHigh, 2)];
+        let mut batch = Batch::default();
+        for p in 0..4 {
+            let mut sims: Vec<InstanceSim> =
+                (0..2).map(|i| InstanceSim::new(7, p, i, format!("app-{p}"), INTERVAL)).collect();
+            for round in 0..30 * 60_000 / INTERVAL {
+                for sim in &mut sims {
+                    let t = T0 + round * INTERVAL + sim.phase_ms;
+                    let active: Vec<&ActiveFault> =
+                        faults.iter().filter(|f| f.covers(sim.app, sim.instance)).collect();
+                    if let Some(beat) = sim.beat(t, INTERVAL as i32, &active) {
+                        let event = Pending::Beat { beat, offset: round, broker_ms: Some(t), wall: t };
+                        batch.hold(p as i32, event);
+                    }
+                }
+            }
+            batch.hold(p as i32, Pending::End { wall: T0 + 31 * 60_000 });
+        }
+        let held = batch.pending.values().map(Vec::len).sum();
+        apply(&mut engines, &mut batch, threads);
+        assert!(batch.pending.is_empty(), "everything held was given");
+        (batch.effects, held)
+    }
+
+    #[test]
+    fn partitions_spread_over_threads_decide_what_one_thread_does() {
+        let (one, held) = applied(1);
+        assert!(held >= PARALLEL_FROM, "enough events to be spread: {held}");
+        let (two, _) = applied(2);
+        assert_eq!(one, two);
+        let alerts = |p: i32| one[&p].iter().filter(|e| matches!(e, Effect::Alert(_))).count();
+        assert_eq!(alerts(0), 0, "the steady application raises nothing");
+        assert!(alerts(1) > 0 && alerts(2) > 0, "the crash and the memory fault are found");
+    }
+}
