@@ -22,6 +22,8 @@ pub fn apply(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usi
     if total == 0 {
         return;
     }
+    // Events of a partition without an engine (revoked meanwhile) go with the batch's share
+    // of it: its next owner reads those records again.
     let mut shares: Vec<Share<'_>> = engines
         .iter_mut()
         .filter_map(|(p, engine)| {
