@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.avsc").read_text())
@@ -54,7 +55,7 @@ def beat_for(name: str, beat: dict[str, Any]) -> dict[str, Any]:
 
 
 def produce(args: argparse.Namespace) -> None:
-    registry = SchemaRegistryClient({"url": args.registry})
+    registry = SchemaRegistryClient({"url": args.registry, "timeout": 10})
     schema = variant(args.variant)
     serializer = AvroSerializer(registry, json.dumps(schema), conf={"auto.register.schemas": True})
     producer = Producer(
@@ -83,9 +84,10 @@ def produce(args: argparse.Namespace) -> None:
 def read_alerts(args: argparse.Namespace) -> None:
     import time
 
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, TopicPartition
 
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
+    # A request timeout: a response the registry lost once left this waiting for ever.
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": args.registry, "timeout": 10}))
     consumer = Consumer(
         {
             "bootstrap.servers": args.brokers,
@@ -103,7 +105,12 @@ def read_alerts(args: argparse.Namespace) -> None:
         msg = consumer.poll(0.5)
         if msg is None or msg.error() is not None:
             continue
-        alert = deserializer(msg.value(), context)
+        try:
+            alert = deserializer(msg.value(), context)
+        except httpx.TimeoutException:
+            # The writer schema was not fetched in time: read the record again.
+            consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            continue
         for field in ("started_at", "event_at", "emitted_at"):
             alert[field] = int(alert[field].timestamp() * 1000)
         print(json.dumps({"schema_id": int.from_bytes(msg.value()[1:5], "big"), **alert}))
