@@ -239,6 +239,10 @@ struct EvaluateArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Feed the same beats straight to the engine in this process, without the stack: a
+    /// quick replay for developing the detector (same verdicts, seconds instead of minutes).
+    #[arg(long)]
+    offline: bool,
 }
 
 fn main() -> ExitCode {
@@ -384,6 +388,7 @@ fn run_evaluation(config: &Config, args: EvaluateArgs) -> Result<ExitCode> {
             families: args.families.clone(),
             repeat: args.repeat,
             progress: !args.quiet,
+            offline: args.offline,
             ..EvaluateOptions::default()
         };
         let report = evaluate::run(config, &opts)?;

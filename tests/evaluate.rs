@@ -47,4 +47,15 @@ fn leaks_raise_their_alert_and_look_alikes_none_beside_the_baseline() {
     assert!(report.goals.iter().all(|g| g.met), "{:#?}", report.goals);
     let text = report.render();
     assert!(text.contains("memory-leak exhaust=6h noise=1") && text.contains("Goals:"), "{text}");
+
+    // The same beats fed to the engine in this process: the verdicts of the run through the
+    // stack, case by case, for both detectors.
+    let offline = evaluate::run(&config, &EvaluateOptions { offline: true, ..opts }).unwrap();
+    assert!(offline.offline && offline.render().contains("(offline)"));
+    assert_eq!(offline.beats, report.beats);
+    for (ours, theirs) in report.cases.iter().zip(&offline.cases) {
+        assert_eq!(ours.name, theirs.name);
+        assert_eq!(ours.pulsewatch, theirs.pulsewatch, "{}", ours.name);
+        assert_eq!(ours.baseline, theirs.baseline, "{}", ours.name);
+    }
 }

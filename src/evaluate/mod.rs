@@ -6,6 +6,7 @@
 
 pub mod baseline;
 mod goals;
+mod offline;
 pub mod random;
 pub mod score;
 pub mod seeds;
@@ -71,6 +72,9 @@ pub struct EvaluateOptions {
     /// Longest wait for the processor to go through the load, and for each read-back.
     pub timeout: Duration,
     pub progress: bool,
+    /// The same beats fed straight to the engine in this process, without Kafka: a quick
+    /// replay for developing the detector, not the measure (see [`offline`]).
+    pub offline: bool,
 }
 
 impl Default for EvaluateOptions {
@@ -85,6 +89,7 @@ impl Default for EvaluateOptions {
             cases: None,
             timeout: Duration::from_secs(600),
             progress: true,
+            offline: false,
         }
     }
 }
@@ -119,7 +124,10 @@ pub struct Goal {
 /// The whole evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The topics' prefix; empty for an offline run.
     pub topic_prefix: String,
+    /// Fed to the engine in this process instead of through Kafka (see [`offline`]).
+    pub offline: bool,
     pub span_ms: i64,
     pub instances_per_app: usize,
     pub beats: u64,
@@ -152,6 +160,9 @@ pub fn select(opts: &EvaluateOptions) -> Result<Vec<Case>, EvaluateError> {
 /// Runs the selected suite through the stack `config` points at, on topics of its own
 /// (`<prefix>eval-<time>-`), and scores it. Blocking.
 pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateError> {
+    if opts.offline {
+        return offline::run(config, opts);
+    }
     let started = Instant::now();
     let cases = select(opts)?;
     let mut config = config.clone();
@@ -177,10 +188,22 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
     let manifest = outcome?;
     stage_result.map_err(EvaluateError::Processor)?;
 
+    let ours = pulsewatch_detections(&kafka, opts.timeout, manifest.end_ms)?;
+    let theirs = baseline_detections(&config, opts.timeout, manifest.end_ms)?;
+    Ok(score(&cases, opts, &manifest, &ours, &theirs, kafka.topic_prefix.clone(), started))
+}
+
+/// Scores both detectors' detections on `cases` into the report.
+fn score(
+    cases: &[Case],
+    opts: &EvaluateOptions,
+    manifest: &loadgen::Manifest,
+    ours: &[Detection],
+    theirs: &[Detection],
+    topic_prefix: String,
+    started: Instant,
+) -> Report {
     let ids: Vec<String> = (0..cases.len()).map(|i| loadgen::app_id(APP_PREFIX, i, cases.len())).collect();
-    let end = manifest.end_ms;
-    let ours = pulsewatch_detections(&kafka, opts.timeout, end)?;
-    let theirs = baseline_detections(&config, opts.timeout, end)?;
     let results: Vec<CaseResult> = cases
         .iter()
         .zip(&ids)
@@ -189,8 +212,8 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
             family: case.family,
             app_id: app_id.clone(),
             expected: case.expected,
-            pulsewatch: judge_case(case, app_id, manifest.start_ms, &ours),
-            baseline: judge_case(case, app_id, manifest.start_ms, &theirs),
+            pulsewatch: judge_case(case, app_id, manifest.start_ms, ours),
+            baseline: judge_case(case, app_id, manifest.start_ms, theirs),
         })
         .collect();
     let family_result = |name: &str, pick: &dyn Fn(&Case) -> bool| {
@@ -204,11 +227,12 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
         }
     };
     let families =
-        suite::families(&cases).into_iter().map(|f| family_result(f, &|c: &Case| c.family == f)).collect();
+        suite::families(cases).into_iter().map(|f| family_result(f, &|c: &Case| c.family == f)).collect();
     let overall = family_result("overall", &|_: &Case| true);
-    let goals = goals::goals(&cases, &results, &overall);
-    Ok(Report {
-        topic_prefix: kafka.topic_prefix.clone(),
+    let goals = goals::goals(cases, &results, &overall);
+    Report {
+        topic_prefix,
+        offline: opts.offline,
         span_ms: manifest.end_ms - manifest.start_ms,
         instances_per_app: opts.instances,
         beats: manifest.beats_total,
@@ -217,7 +241,7 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
         families,
         overall,
         goals,
-    })
+    }
 }
 
 /// Application ids of the evaluation fleet start with this.
@@ -239,7 +263,21 @@ fn drive(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let load = LoadgenOptions {
+    let manifest = loadgen::run(kafka, &load_options(opts, cases))?;
+    wait_until_committed(
+        kafka,
+        &kafka.name(names::HEARTBEATS),
+        &kafka.name("processor"),
+        opts.timeout,
+        shutdown,
+    )?;
+    Ok(manifest)
+}
+
+/// The load generator's options for `cases`: backfilled over the span, ending on the
+/// minute now.
+fn load_options(opts: &EvaluateOptions, cases: &[Case]) -> LoadgenOptions {
+    LoadgenOptions {
         apps: cases.len(),
         instances: opts.instances,
         interval: opts.interval,
@@ -252,16 +290,7 @@ fn drive(
         now_ms: Some(chrono::Utc::now().timestamp_millis() / 60_000 * 60_000),
         progress: opts.progress,
         ..LoadgenOptions::default()
-    };
-    let manifest = loadgen::run(kafka, &load)?;
-    wait_until_committed(
-        kafka,
-        &kafka.name(names::HEARTBEATS),
-        &kafka.name("processor"),
-        opts.timeout,
-        shutdown,
-    )?;
-    Ok(manifest)
+    }
 }
 
 /// Polls the group's committed offsets until they reach the topic's end.
@@ -318,14 +347,17 @@ fn pulsewatch_detections(
     let mut out = Vec::new();
     for msg in readback::read_to_end(kafka, &kafka.name(names::ALERTS), timeout)? {
         let Some(alert) = msg.payload().and_then(|p| Alert::decode(p).ok()) else { continue };
-        if alert.state == AlertState::Firing
-            && alert.kind.as_str().ends_with("_LEAK_SUSPECTED")
-            && alert.event_at < end_ms
-        {
-            out.push(Detection { app_id: alert.app_id, kind: alert.kind, at_ms: alert.event_at });
-        }
+        out.extend(leak_onset(alert, end_ms));
     }
     Ok(out)
+}
+
+/// `alert` as a detection, if it is a leak alert that started firing before `end_ms`.
+fn leak_onset(alert: Alert, end_ms: i64) -> Option<Detection> {
+    (alert.state == AlertState::Firing
+        && alert.kind.as_str().ends_with("_LEAK_SUSPECTED")
+        && alert.event_at < end_ms)
+        .then_some(Detection { app_id: alert.app_id, kind: alert.kind, at_ms: alert.event_at })
 }
 
 /// The baseline's detections on the beats of the heartbeats topic.
@@ -358,13 +390,17 @@ impl Report {
         let leaks = self.cases.iter().filter(|c| c.expected.is_some()).count();
         let _ = writeln!(
             out,
-            "Leak detection, {} cases ({leaks} leaks, {} look-alikes) of {} instances over {:.1} h of event time, {} beats through Kafka and the processor (topics {}*), {:.0} s",
+            "Leak detection, {} cases ({leaks} leaks, {} look-alikes) of {} instances over {:.1} h of event time, {} beats {}, {:.0} s",
             self.cases.len(),
             self.cases.len() - leaks,
             self.instances_per_app,
             self.span_ms as f64 / 3_600_000.0,
             self.beats,
-            self.topic_prefix,
+            if self.offline {
+                "fed to the engine in this process (offline)".to_owned()
+            } else {
+                format!("through Kafka and the processor (topics {}*)", self.topic_prefix)
+            },
             self.wall_seconds,
         );
         let _ = writeln!(
@@ -431,7 +467,9 @@ fn describe(v: &CaseVerdict) -> String {
         (_, _, _) if v.raised.is_empty() => "nothing".into(),
         (true, false, Some(ms)) => format!("{kinds} after {}", minutes(ms)),
         (true, true, Some(ms)) => format!("{kinds} after {}, and too early", minutes(ms)),
-        (false, true, _) => format!("{kinds} (false alarm)"),
+        (false, true, _) => {
+            format!("{kinds} (false alarm, {} into the run)", v.false_alarm_at_ms.map_or("-".into(), minutes))
+        }
         _ => format!("{kinds} (not the expected kind)"),
     }
 }

@@ -29,6 +29,8 @@ pub struct CaseVerdict {
     /// A leak alert where none belongs: on a quiet case, before the leak started, or of a
     /// resource the case does not grow.
     pub false_alarm: bool,
+    /// From the run's start to the first false alarm, ms.
+    pub false_alarm_at_ms: Option<i64>,
     /// Every leak kind it raised on the case.
     pub raised: BTreeSet<AlertKind>,
 }
@@ -40,20 +42,27 @@ pub fn judge_case(case: &Case, app_id: &str, run_start_ms: i64, detections: &[De
     let mut v = CaseVerdict::default();
     for d in detections.iter().filter(|d| d.app_id == app_id) {
         v.raised.insert(d.kind);
-        match case.expected {
-            None => v.false_alarm = true,
-            Some(_) if d.at_ms < leak_start => v.false_alarm = true,
+        let false_alarm = match case.expected {
+            None => true,
+            Some(_) if d.at_ms < leak_start => true,
             Some(kind) if d.kind == kind => {
-                let after = d.at_ms - leak_start;
                 v.detected = true;
-                v.detect_after_ms = Some(v.detect_after_ms.map_or(after, |a| a.min(after)));
+                v.detect_after_ms = earliest(v.detect_after_ms, d.at_ms - leak_start);
+                false
             }
             // Another resource the leak truly grows (sessions hold memory): no false alarm.
-            Some(_) if case.also_true.contains(&d.kind) => {}
-            Some(_) => v.false_alarm = true,
+            Some(_) => !case.also_true.contains(&d.kind),
+        };
+        if false_alarm {
+            v.false_alarm = true;
+            v.false_alarm_at_ms = earliest(v.false_alarm_at_ms, d.at_ms - run_start_ms);
         }
     }
     v
+}
+
+fn earliest(known: Option<i64>, ms: i64) -> Option<i64> {
+    Some(known.map_or(ms, |k| k.min(ms)))
 }
 
 /// Counts over a set of cases.

@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::codec::Encoding;
 use crate::config::KafkaConfig;
+use crate::heartbeat::Heartbeat;
 use crate::topology::names;
 pub use manifest::Manifest;
 use outlet::Outlet;
@@ -141,12 +142,21 @@ pub fn app_id(prefix: &str, index: usize, apps: usize) -> String {
 /// Runs the generator to its end and returns (and writes, if asked) the manifest.
 /// Blocking: call it from a thread, not an async task.
 pub fn run(kafka: &KafkaConfig, opts: &LoadgenOptions) -> Result<Manifest, LoadgenError> {
-    let mut generator = Generator::start(kafka, opts)?;
-    let mut round = 0;
-    while generator.produce_round(round)? {
-        round += 1;
-    }
+    let out = Outlet::open(kafka, kafka.name(names::HEARTBEATS), &opts.via)?;
+    let mut generator = Generator::start(opts, kafka.name(names::HEARTBEATS), out)?;
+    generator.produce_all()?;
     generator.finish()
+}
+
+/// Generates the run's beats into memory, in the order they would be sent (poison records
+/// left out), with its manifest: the same beats as [`run`], for an offline replay.
+pub fn generate(opts: &LoadgenOptions) -> Result<(Manifest, Vec<Heartbeat>), LoadgenError> {
+    let mut generator = Generator::start(opts, String::new(), Outlet::Memory(Vec::new()))?;
+    generator.produce_all()?;
+    let Outlet::Memory(beats) = std::mem::replace(&mut generator.out, Outlet::Memory(Vec::new())) else {
+        unreachable!("the generator was given a memory outlet")
+    };
+    Ok((generator.finish()?, beats))
 }
 
 /// A run under way: the simulated fleet and its faults, where its beats go, and what it has
@@ -172,19 +182,17 @@ struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// Plans the run (every option error comes from here), builds the fleet and opens the
     /// way in.
-    fn start(kafka: &KafkaConfig, opts: &'a LoadgenOptions) -> Result<Generator<'a>, LoadgenError> {
+    fn start(opts: &'a LoadgenOptions, topic: String, out: Outlet) -> Result<Generator<'a>, LoadgenError> {
         let span = Span::of(opts)?;
         let ids: Vec<String> = (0..opts.apps).map(|i| app_id(&opts.app_prefix, i, opts.apps)).collect();
         let faults = plan::faults(opts, &span, &ids)?;
-        let topic = kafka.name(names::HEARTBEATS);
-        let manifest = plan::manifest(opts, &span, topic.clone(), &ids, &faults);
+        let manifest = plan::manifest(opts, &span, topic, &ids, &faults);
         let sims = fleet(opts, &ids, span.interval_ms);
         let sim_faults = sims
             .iter()
             .map(|s| (0..faults.len()).filter(|&f| faults[f].covers(s.app, s.instance)).collect())
             .collect();
         let poison_rng = scenario::instance_rng(opts.seed, usize::MAX, usize::MAX, 2);
-        let out = Outlet::open(kafka, topic, &opts.via)?;
         let rounds = (span.length_ms() / i64::from(span.interval_ms)).max(1) as u64;
         let bar = progress_bar(opts.progress, opts.count.unwrap_or(plan::fleet_size(opts) * rounds));
         Ok(Generator {
@@ -200,6 +208,15 @@ impl<'a> Generator<'a> {
             started: Instant::now(),
             sent: 0,
         })
+    }
+
+    /// Sends every round's beats.
+    fn produce_all(&mut self) -> Result<(), LoadgenError> {
+        let mut round = 0;
+        while self.produce_round(round)? {
+            round += 1;
+        }
+        Ok(())
     }
 
     /// Sends the beats of round `round` (one per instance), each when its event time comes;

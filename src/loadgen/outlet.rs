@@ -34,8 +34,13 @@ const HTTP_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// An open way in.
 pub enum Outlet {
-    Kafka { producer: TrackedProducer, topic: String },
+    Kafka {
+        producer: TrackedProducer,
+        topic: String,
+    },
     Http(HttpOutlet),
+    /// Kept in memory, in the order sent: the offline evaluation's way in.
+    Memory(Vec<Heartbeat>),
 }
 
 /// Beats gathered into the next NDJSON batch, and the client that posts them.
@@ -69,6 +74,10 @@ impl Outlet {
                 Ok(kafka::send(producer, topic, &beat.app_id, &codec::encode(beat, encoding), None)?)
             }
             Outlet::Http(http) => http.push(beat),
+            Outlet::Memory(beats) => {
+                beats.push(beat.clone());
+                Ok(())
+            }
         }
     }
 
@@ -79,7 +88,7 @@ impl Outlet {
                 kafka::send(producer, topic, key, bytes, None)?;
                 Ok(true)
             }
-            Outlet::Http(_) => Ok(false),
+            Outlet::Http(_) | Outlet::Memory(_) => Ok(false),
         }
     }
 
@@ -91,6 +100,7 @@ impl Outlet {
                 http.flush()?;
                 std::thread::sleep(pause);
             }
+            Outlet::Memory(_) => std::thread::sleep(pause),
         }
         Ok(())
     }
@@ -118,6 +128,7 @@ impl Outlet {
                 http.flush()?;
                 Ok(http.delivered)
             }
+            Outlet::Memory(beats) => Ok(beats.len() as u64),
         }
     }
 }

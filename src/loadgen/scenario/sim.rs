@@ -228,12 +228,17 @@ impl InstanceSim {
     /// The memory figure with the noise a fault states as a share of the limit (`sigma`) in
     /// place of the level's own ±2 %, if one does.
     fn memory_noise(&self, faults: &[&ActiveFault], t: i64, figures: &Figures) -> f64 {
-        let Some(sigma) = faults.iter().filter(|f| f.active_at(t)).find_map(|f| f.params.shape.sigma) else {
+        let Some((sigma, from_ms)) =
+            faults.iter().filter(|f| f.active_at(t)).find_map(|f| Some((f.params.shape.sigma?, f.from_ms)))
+        else {
             return figures.memory;
         };
         let limit = self.baseline.memory_limit as f64;
         let own = limit * self.baseline.memory_ratio * (figures.memory_jitter - 1.0);
-        figures.memory - own + sigma * limit * shape::gaussian(self.shape_seed, t as u64)
+        // Drawn on the time since the fault began, so that a seed gives the same noise
+        // whenever it runs.
+        let k = (t - from_ms).max(0) as u64;
+        figures.memory - own + sigma * limit * shape::gaussian(self.shape_seed, k)
     }
 
     /// A new process, started at `t`: counters and seq start over.
