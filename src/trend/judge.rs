@@ -281,14 +281,11 @@ fn persists(xs: &[f64], ys: &[f64], c: &TrendConfig) -> bool {
 /// whole refuses until the leak fills both halves. Tries the newest two thirds,
 /// half, third and `min_points` of the points, longest first. The points before the part
 /// judged must have grown slower than it by the persistence factor: growth that begins is a
-/// leak's onset, growth that slows down (a cache warming up) is not. Not tried while the
-/// request rate over the whole rises (`workload_z`).
+/// leak's onset, growth that slows down (a cache warming up) is not. A workload that
+/// rises is weighed within the part judged, as [`judge`] does: refusing every onset while
+/// the request rate over the whole window trends let a 6 h leak go unflagged for an hour.
 pub fn judge_recent_onset(series: &[SeriesPoint], c: &TrendConfig) -> Option<Growth> {
     let n = series.len();
-    let rps: Vec<f64> = series.iter().map(|p| p.2).collect();
-    if rps.iter().all(|r| r.is_finite()) && mann_kendall(&rps).z >= c.workload_z {
-        return None;
-    }
     let mut sizes = [2 * n / 3, n / 2, n / 3, c.min_points as usize];
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     let mut tried = n;
