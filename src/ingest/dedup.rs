@@ -14,6 +14,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use tokio::sync::watch;
 
@@ -156,7 +157,10 @@ impl Dedup {
         // Sized up front: the cache fills to its capacity within seconds under load, and
         // growing its table costs every insert meanwhile.
         let initial = usize::try_from(capacity).unwrap_or(usize::MAX).min(1 << 20);
+        // LRU: when full, the oldest beat is forgotten. TinyLFU's admission would refuse a
+        // new beat, seen as often as the oldest, and its retry would be produced again.
         let delivered = Cache::builder()
+            .eviction_policy(EvictionPolicy::lru())
             .max_capacity(capacity)
             .initial_capacity(initial)
             .time_to_live(ttl)
@@ -264,6 +268,19 @@ mod tests {
         assert_ne!(dedup.key("ab", "c", 1), dedup.key("a", "bc", 1));
         assert_ne!(dedup.key("a", "b", 1), dedup.key("a", "b", 2));
         assert_eq!(dedup.key("a", "b", 1), dedup.key("a", "b", 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_forgets_the_oldest_beats_not_the_newest() {
+        let dedup = Dedup::new(100, Duration::from_secs(60));
+        for seq in 0..300 {
+            dedup.claim(key(&dedup, seq)).await.expect("new").finish([true]);
+            dedup.0.delivered.run_pending_tasks();
+        }
+        for seq in 250..300 {
+            assert!(dedup.claim(key(&dedup, seq)).await.is_none(), "beat {seq} is remembered");
+        }
+        assert!(dedup.claim(key(&dedup, 0)).await.is_some(), "the oldest is forgotten");
     }
 
     #[tokio::test]
