@@ -174,11 +174,15 @@ fn a_retried_beat_is_stored_once() {
     for t in threads {
         assert_eq!(t.join().unwrap(), 202);
     }
-    assert_eq!(records(&config, "retry"), 2, "produced once per seq");
-    eventually(Duration::from_secs(60), "stored", || rows(&config, "retry") == 2);
+    // A new beat twice in one batch: the second waits for the first, then is a duplicate.
+    let twice = beat.replace("\"seq\":7", "\"seq\":9");
+    let answer = post(&addr, "/v1/heartbeats/batch", format!("{twice}\n{twice}").as_bytes());
+    assert_eq!((answer.status, answer.json()["duplicates"].clone()), (202, serde_json::json!([1])));
+    assert_eq!(records(&config, "retry"), 3, "produced once per seq");
+    eventually(Duration::from_secs(60), "stored", || rows(&config, "retry") == 3);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(rows(&config, "retry"), 2, "and only once");
-    assert!(pipeline.metric("pulsewatch_ingest_beats_total{outcome=\"duplicate\"}") >= 7.0);
+    assert_eq!(rows(&config, "retry"), 3, "and only once");
+    assert!(pipeline.metric("pulsewatch_ingest_beats_total{outcome=\"duplicate\"}") >= 8.0);
 }
 
 #[test]

@@ -103,8 +103,13 @@ pub fn decode_datum(datum: &[u8]) -> Result<Heartbeat, DecodeError> {
 /// Encodes a heartbeat in single-object encoding.
 pub fn encode(beat: &Heartbeat) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + beat.app_id.len() + beat.instance_id.len());
-    out.extend_from_slice(&HEADER[..]);
-    let w = &mut out;
+    encode_into(&mut out, beat);
+    out
+}
+
+/// Appends a heartbeat in single-object encoding to `w`, so that one buffer serves many.
+pub fn encode_into(w: &mut Vec<u8>, beat: &Heartbeat) {
+    w.extend_from_slice(&HEADER[..]);
     put_string(w, &beat.app_id);
     put_string(w, &beat.instance_id);
     put_long(w, beat.seq);
@@ -139,7 +144,6 @@ pub fn encode(beat: &Heartbeat) -> Vec<u8> {
         }
     }
     put_long(w, 0);
-    out
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -68,10 +68,8 @@ impl Judge {
             }
             return Ok(values.iter().map(|v| self.json(v.get().as_bytes())).collect());
         }
-        let lines: Vec<&[u8]> = bytes
-            .split(|b| *b == b'\n')
-            .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-            .collect();
+        let lines: Vec<&[u8]> =
+            ndjson_lines(bytes).filter(|line| line.iter().any(|b| !b.is_ascii_whitespace())).collect();
         if lines.len() > max {
             return Err(BatchError::TooMany { count: lines.len(), max });
         }
@@ -107,6 +105,17 @@ impl Judge {
         beat.validate(self.now_ms, self.max_drift_ms)?;
         Ok(beat)
     }
+}
+
+/// A body's lines, found with memchr: a byte-by-byte split cost as much as a beat's validation.
+fn ndjson_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+    let mut start = 0;
+    ends.map(move |end| {
+        let line = &bytes[start..end];
+        start = end + 1;
+        line
+    })
 }
 
 #[cfg(test)]
@@ -161,6 +170,15 @@ mod tests {
         assert_eq!(codes, ["ok", "negative_value", "mistyped_field"]);
         assert_eq!(JUDGE.batch(array.as_bytes(), 2).unwrap_err().code(), "batch_too_large");
         assert_eq!(JUDGE.batch(b"[{", 2).unwrap_err().code(), "malformed_json");
+    }
+
+    #[test]
+    fn ndjson_lines_are_split_as_a_slice_split_would() {
+        for body in [&b""[..], b"\n", b"a", b"a\n", b"a\n\nb", b"\na\r\nb\n"] {
+            let ours: Vec<&[u8]> = ndjson_lines(body).collect();
+            let split: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+            assert_eq!(ours, split, "{body:?}");
+        }
     }
 
     #[test]

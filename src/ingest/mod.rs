@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::heartbeat::Heartbeat;
 use crate::http::Limits;
 use crate::topology::names;
-use dedup::Dedup;
+use dedup::{Claimed, Dedup};
 use publish::{PublishError, Publisher};
 use tokens::Tokens;
 
@@ -73,7 +73,8 @@ impl Ingest {
     pub fn new(config: &Config) -> Result<Ingest, IngestError> {
         let ingest = &config.ingest;
         let timeout = Duration::from_millis(ingest.produce_timeout_ms);
-        let producer = crate::kafka::future_producer(&config.kafka, timeout)?;
+        let producer = crate::kafka::acknowledged_producer_config(&config.kafka, timeout)
+            .create_with_context(publish::Deliveries)?;
         let topic = config.kafka.name(names::HEARTBEATS);
         Ok(Ingest {
             tokens: Tokens::new(&ingest.tokens)?,
@@ -104,16 +105,46 @@ impl Ingest {
 
     /// Publishes `beat` unless the same (app_id, instance_id, seq) was published recently.
     pub async fn deliver(&self, beat: &Heartbeat) -> Result<Delivered, PublishError> {
-        let key = (beat.app_id.clone(), beat.instance_id.clone(), beat.seq);
+        let key = self.dedup.key(&beat.app_id, &beat.instance_id, beat.seq);
         let Some(claim) = self.dedup.claim(key).await else {
             self.counted.duplicate.inc();
             return Ok(Delivered::Duplicate);
         };
-        let published = self.publisher.publish(beat).await;
-        claim.finish(published.is_ok());
+        let published = self.publisher.publish(&[beat]).await.pop().expect("one outcome per beat");
+        claim.finish([published.is_ok()]);
         published?;
         self.counted.accepted.inc();
         Ok(Delivered::New)
+    }
+
+    /// Delivers `beats` as [`Ingest::deliver`] does each, producing together those not
+    /// claimed elsewhere: their outcomes, in order.
+    pub async fn deliver_batch(&self, beats: &[Heartbeat]) -> Vec<Result<Delivered, PublishError>> {
+        let mut claims = self.dedup.claims();
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        let mut outcomes = Vec::with_capacity(beats.len());
+        for (index, beat) in beats.iter().enumerate() {
+            match claims.claim(self.dedup.key(&beat.app_id, &beat.instance_id, beat.seq)) {
+                Claimed::Mine => mine.push(index),
+                Claimed::Delivered => {}
+                Claimed::Theirs(_) => theirs.push(index),
+            }
+            // Duplicate until told otherwise below.
+            outcomes.push(Ok(Delivered::Duplicate));
+        }
+        let produced: Vec<&Heartbeat> = mine.iter().map(|&i| &beats[i]).collect();
+        let published = self.publisher.publish(&produced).await;
+        claims.finish(published.iter().map(Result::is_ok));
+        self.counted.accepted.inc_by(published.iter().filter(|p| p.is_ok()).count() as u64);
+        self.counted.duplicate.inc_by((beats.len() - mine.len() - theirs.len()) as u64);
+        for (&index, result) in mine.iter().zip(published) {
+            outcomes[index] = result.map(|()| Delivered::New);
+        }
+        // Claimed by another request, or twice in this one: once that attempt is settled.
+        for index in theirs {
+            outcomes[index] = self.deliver(&beats[index]).await;
+        }
+        outcomes
     }
 }
 

@@ -180,7 +180,7 @@ async fn detached(
     let (ingest, count) = (ingest.clone(), beats.len());
     let task = tokio::spawn(async move {
         let _room = room;
-        futures::future::join_all(beats.iter().map(|beat| ingest.deliver(beat))).await
+        ingest.deliver_batch(&beats).await
     });
     task.await.unwrap_or_else(|e| {
         let why = PublishError::Unavailable(format!("the delivery task failed: {e}"));
