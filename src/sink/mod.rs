@@ -274,20 +274,17 @@ impl<'a> Sink<'a> {
         // Records polled while a seek waits for its partition to start: re-read after the seeks.
         let mut polled: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (topic, p) in assigned {
-            let offset = match stored.get(&(topic.clone(), *p)) {
-                Some(&o) => o,
-                // A partition created a moment ago may have no leader yet; a broker may be away.
-                None => {
-                    let deadline = Instant::now() + kafka::TRANSIENT_RETRY_TIMEOUT;
-                    kafka::retrying(deadline, || {
-                        consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))
-                    })?
-                    .0
-                }
+            let (start, offset) = match stored.get(&(topic.clone(), *p)) {
+                Some(&o) => (Offset::Offset(o), o),
+                // Never written by the group: from its first record, without asking the broker
+                // where that is (a round trip per partition). Its compare-and-set finds no row
+                // and inserts one; should another instance have written one meanwhile, its
+                // next offset is past 0 and the batch is refused.
+                None => (Offset::Beginning, 0),
             };
             // The assignment may not be active yet; retry the seek briefly.
             let mut tries = 0;
-            while let Err(e) = consumer.seek(topic, *p, Offset::Offset(offset), Duration::from_secs(10)) {
+            while let Err(e) = consumer.seek(topic, *p, start, Duration::from_secs(10)) {
                 tries += 1;
                 if tries > 50 {
                     return Err(e.into());
