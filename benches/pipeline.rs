@@ -4,11 +4,17 @@
 //! 2. a no-op consumer reads that topic: the ceiling for anything that consumes it;
 //! 3. the processor stage alone consumes it, its engines on one thread and then on one per
 //!    core (`processor.engine_threads`): beats per second, and the ratio to the ceiling;
-//! 4. the sink stage alone stores it: beats per second into PostgreSQL, and the ratio;
+//! 4. the sink stage alone stores it and the processor's outputs, from its start until it has
+//!    written every record; then a plain binary COPY of the rows it left into tables of the
+//!    same columns and indexes, and the ratio of the two;
 //! 5. a live run with faults measures alert latency (emitted_at − event_at) percentiles.
 //!
 //! Run: `cargo bench --bench pipeline` (PULSEWATCH_BENCH_APPS, default 2000 apps × 2
 //! instances × 5 minutes of history). Under `cargo test` it runs a small load once.
+//!
+//! `cargo bench --bench pipeline -- sink` runs only the load, the processor and step 4, on a
+//! narrow and a wide fleet (2,000 and 100,000 apps; PULSEWATCH_BENCH_APPS=2000,20000 chooses),
+//! and prints the sink beside the plain COPY for each.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -30,12 +36,47 @@ use rdkafka::{Offset, TopicPartitionList};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let apps: usize = std::env::var("PULSEWATCH_BENCH_APPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 2_000 } else { 50 });
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if args.iter().any(|a| a == "sink") {
+        let fleets = fleet_widths().unwrap_or_else(|| vec![2_000, 100_000]);
+        let figures: Vec<SinkFigures> = fleets.iter().map(|&apps| sink_beside_copy(&rt, apps)).collect();
+        println!("\nsink beside a plain binary COPY of the rows it left (same run):");
+        for f in &figures {
+            println!("{f}");
+        }
+        return;
+    }
+    let apps = fleet_widths().map_or(if full { 2_000 } else { 50 }, |w| w[0]);
+    whole_pipeline(&rt, apps, full);
+}
+
+/// `PULSEWATCH_BENCH_APPS`: one fleet width, or several separated by commas.
+fn fleet_widths() -> Option<Vec<usize>> {
+    let widths = std::env::var("PULSEWATCH_BENCH_APPS").ok()?;
+    Some(widths.split(',').map(|w| w.trim().parse().expect("PULSEWATCH_BENCH_APPS: numbers")).collect())
+}
+
+/// The history backfilled: 5 minutes, or 25 s (five beats per instance) for a fleet wider
+/// than 20,000 apps, so that a wide fleet's run stays within minutes;
+/// `PULSEWATCH_BENCH_BACKFILL_S` sets it.
+fn history(apps: usize) -> LoadgenOptions {
+    let default = if apps > 20_000 { 25 } else { 300 };
+    let secs =
+        std::env::var("PULSEWATCH_BENCH_BACKFILL_S").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    LoadgenOptions {
+        apps,
+        instances: 2,
+        backfill: Some(Duration::from_secs(secs)),
+        seed: 9,
+        progress: false,
+        ..LoadgenOptions::default()
+    }
+}
+
+/// A configuration on topics and a schema of their own, both created.
+fn fresh_config(rt: &tokio::runtime::Runtime) -> Config {
     let mut config = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
     let id = format!("{:08x}", rand::random::<u32>());
     config.kafka.topic_prefix = format!("bench-{id}-");
@@ -46,22 +87,85 @@ fn main() {
         let mut c = store::connect(&config.postgres).await.expect("PostgreSQL reachable: scripts/stack up");
         store::migrate::migrate(&mut c, &config.postgres.schema).await.unwrap();
     });
+    config
+}
 
-    // 1. History.
-    let opts = LoadgenOptions {
-        apps,
-        instances: 2,
-        backfill: Some(Duration::from_secs(300)),
-        seed: 9,
-        progress: false,
-        ..LoadgenOptions::default()
-    };
-    let m = loadgen::run(&config.kafka, &opts).unwrap();
-    let n = m.beats_total;
+/// Deletes the run's topics and schema: they would only fill the broker's and the database's
+/// disks.
+fn clean_up(config: &Config, rt: &tokio::runtime::Runtime) {
+    rt.block_on(topology::remove(&config.kafka, &Topology::builtin()))
+        .expect("the bench's topics are deleted");
+    rt.block_on(async {
+        let c = store::connect(&config.postgres).await.unwrap();
+        c.batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", config.postgres.schema)).await.unwrap();
+    });
+}
+
+/// Backfills the history into the config's `heartbeats`; returns the beats.
+fn load(config: &Config, opts: &LoadgenOptions) -> u64 {
+    let m = loadgen::run(&config.kafka, opts).unwrap();
     println!(
-        "load: {apps} apps x 2 instances x 5 min = {n} beats, produced at {:.0} beats/s",
+        "load: {} apps x 2 instances x {} s = {} beats, produced at {:.0} beats/s",
+        opts.apps,
+        opts.backfill.unwrap_or_default().as_secs(),
+        m.beats_total,
         m.achieved_rate
     );
+    m.beats_total
+}
+
+/// The sink's time and a plain COPY's of the rows it left, on one fleet width.
+struct SinkFigures {
+    apps: usize,
+    beats: u64,
+    rows: u64,
+    sink: SinkTimes,
+    copy_secs: f64,
+}
+
+impl std::fmt::Display for SinkFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SinkTimes { total, starting } = self.sink;
+        write!(
+            f,
+            "  {:>7} apps: {} beats, {} rows; sink {total:.2} s ({:.0} beats/s), {starting:.2} s of it before its first record; plain COPY {:.2} s: {:.2} of a plain COPY, {:.2} from its first record",
+            self.apps,
+            self.beats,
+            self.rows,
+            self.beats as f64 / total,
+            self.copy_secs,
+            self.copy_secs / total,
+            self.copy_secs / (total - starting)
+        )
+    }
+}
+
+/// Backfills `apps`, runs the processor over it (its outputs are the sink's input too), then
+/// the sink alone, then a plain COPY of the rows the sink left.
+fn sink_beside_copy(rt: &tokio::runtime::Runtime, apps: usize) -> SinkFigures {
+    let config = fresh_config(rt);
+    let n = load(&config, &history(apps));
+    let topic = config.kafka.name(names::HEARTBEATS);
+    let secs = run_processor_until(&config, &|| {
+        METRICS.records_in.with_label_values(&["processor", &topic]).get() >= n
+    });
+    println!("processor:        {:>10.0} beats/s", n as f64 / secs);
+    let sink = run_sink_to_end(&config, rt);
+    let (rows, copy_secs) = copy_ceiling(&config, rt);
+    let figures = SinkFigures { apps, beats: n, rows, sink, copy_secs };
+    println!("{figures}");
+    clean_up(&config, rt);
+    figures
+}
+
+/// The load, the no-op consumer, the processor, the sink beside a plain COPY, and the live
+/// run's alert latency.
+fn whole_pipeline(rt: &tokio::runtime::Runtime, apps: usize, full: bool) {
+    let config = fresh_config(rt);
+
+    // 1. History.
+    let opts = history(apps);
+    let n = load(&config, &opts);
 
     // 2. The ceiling: a consumer that does nothing with the records.
     let topic = config.kafka.name(names::HEARTBEATS);
@@ -74,7 +178,7 @@ fn main() {
     // same load, then on one thread per core.
     let one = {
         let mut config = config.clone();
-        config.kafka.topic_prefix = format!("bench-{id}-one-");
+        config.kafka.topic_prefix = format!("{}one-", config.kafka.topic_prefix);
         config.processor.engine_threads = 1;
         rt.block_on(topology::apply(&config.kafka, &Topology::builtin())).unwrap();
         assert_eq!(loadgen::run(&config.kafka, &opts).unwrap().beats_total, n);
@@ -97,29 +201,18 @@ fn main() {
         all / one
     );
 
-    // 4. The sink alone (it also stores the processor's outputs).
-    let schema = config.postgres.schema.clone();
-    let count_rows = || -> u64 {
-        rt.block_on(async {
-            let c = store::connect(&config.postgres).await.unwrap();
-            let n: i64 = c
-                .query_one(&format!("SELECT count(*) FROM \"{schema}\".heartbeat_event"), &[])
-                .await
-                .unwrap()
-                .get(0);
-            n as u64
-        })
-    };
-    let sink_secs = run_sink_until(&config, &rt, &|| count_rows() >= n);
+    // 4. The sink alone (it also stores the processor's outputs), beside a plain COPY.
+    let SinkTimes { total: sink_secs, starting } = run_sink_to_end(&config, rt);
     println!(
         "sink:             {:>10.0} beats/s ({:.2} of the ceiling)",
         n as f64 / sink_secs,
         (n as f64 / sink_secs) / ceiling
     );
-    let (copied, copy_secs) = copy_ceiling(&config, &rt);
+    let (copied, copy_secs) = copy_ceiling(&config, rt);
     println!(
-        "plain COPY:       {copied} rows the sink left (raw beats, rollups, snapshots) in {copy_secs:.2} s; the sink took {sink_secs:.2} s: {:.2} of a plain COPY",
-        copy_secs / sink_secs
+        "plain COPY:       {copied} rows the sink left (raw beats, rollups, snapshots) in {copy_secs:.2} s; the sink took {sink_secs:.2} s ({starting:.2} s before its first record): {:.2} of a plain COPY, {:.2} from its first record",
+        copy_secs / sink_secs,
+        copy_secs / (sink_secs - starting)
     );
 
     // 5. Alert latency, live: disk-high (which fires on its beat) on a quarter of the fleet,
@@ -180,9 +273,7 @@ fn main() {
     }
     println!("                  ({} live beats)", lm.beats_total);
     assert!(!latencies.is_empty(), "the live faults raised alerts");
-    // The topics are this run's alone: they would only fill the broker's disk and slow its start.
-    rt.block_on(topology::remove(&config.kafka, &Topology::builtin()))
-        .expect("the bench's topics are deleted");
+    clean_up(&config, rt);
 }
 
 /// A plain binary COPY of the rows the sink left (raw beats, rollups, snapshots) into tables
@@ -262,19 +353,46 @@ fn run_processor_until(config: &Config, done: &dyn Fn() -> bool) -> f64 {
     secs
 }
 
-/// Runs the sink until `done`; returns the seconds it took.
-fn run_sink_until(config: &Config, rt: &tokio::runtime::Runtime, done: &dyn Fn() -> bool) -> f64 {
+/// How long the sink ran, and how much of it went before its first record (joining the
+/// group, reading `sink_offset`, seeking).
+#[derive(Clone, Copy)]
+struct SinkTimes {
+    total: f64,
+    starting: f64,
+}
+
+/// Runs the sink until it has read every record the load generator and the processor wrote
+/// to its topics, then stops it (writing what it holds).
+fn run_sink_to_end(config: &Config, rt: &tokio::runtime::Runtime) -> SinkTimes {
+    let topics =
+        [names::HEARTBEATS, names::ALERTS, names::APP_STATE, names::METRICS_1M].map(|t| config.kafka.name(t));
+    let heartbeats = METRICS.records_in.with_label_values(&["processor", &topics[0]]).get();
+    let written: Vec<u64> =
+        topics[1..].iter().map(|t| METRICS.records_out.with_label_values(&["processor", t]).get()).collect();
+    let expected: Vec<u64> = std::iter::once(heartbeats).chain(written).collect();
+    let read = || -> Vec<u64> {
+        topics.iter().map(|t| METRICS.records_in.with_label_values(&["sink", t]).get()).collect()
+    };
     let shutdown = Shutdown::new();
     let started = Instant::now();
     let worker = {
         let (config, shutdown, handle) = (config.clone(), shutdown.clone(), rt.handle().clone());
         std::thread::spawn(move || sink::run(&config, &shutdown, &AtomicBool::new(false), &handle).unwrap())
     };
-    while !done() {
-        std::thread::sleep(Duration::from_millis(100));
+    let (mut last, mut moved, mut starting) = (read(), Instant::now(), None);
+    while read().iter().zip(&expected).any(|(r, e)| r < e) {
+        std::thread::sleep(Duration::from_millis(10));
+        if read() != last {
+            (last, moved) = (read(), Instant::now());
+            starting.get_or_insert(started.elapsed().as_secs_f64());
+        }
+        // A processor transaction aborted and retried counts its records twice.
+        assert!(
+            moved.elapsed() < Duration::from_secs(30),
+            "sink: read {last:?} of {expected:?} records, then nothing for 30 s"
+        );
     }
-    let secs = started.elapsed().as_secs_f64();
     shutdown.trigger();
     worker.join().unwrap();
-    secs
+    SinkTimes { total: started.elapsed().as_secs_f64(), starting: starting.unwrap_or_default() }
 }

@@ -121,3 +121,28 @@ fn partitions_exist_ahead_and_expired_ones_are_dropped() {
         drop_schema(&client, schema).await;
     });
 }
+
+#[test]
+fn sessions_creating_the_same_partition_at_once_all_succeed() {
+    // Two sink instances starting together create the month's alert partition at once; the
+    // loser of that race used to stop with "relation ... already exists".
+    let config = common::isolated_config("partition_race");
+    let schema = &config.postgres.schema;
+    common::runtime().block_on(async {
+        let mut client = store::connect(&config.postgres).await.unwrap();
+        store::migrate::migrate(&mut client, schema).await.unwrap();
+        let plan = partitions::plans(&config.retention)[2];
+        for round in 0..5u64 {
+            let month = Utc::now().date_naive() + Days::new(400 + 31 * round);
+            let mut sessions = Vec::new();
+            for _ in 0..6 {
+                sessions.push(store::connect(&config.postgres).await.unwrap());
+            }
+            let creates = sessions.iter().map(|c| partitions::ensure(c, schema, &plan, month));
+            for created in futures::future::join_all(creates).await {
+                created.expect("every session finds the partition, created by it or another");
+            }
+        }
+        drop_schema(&client, schema).await;
+    });
+}

@@ -6,7 +6,9 @@
 //! batch that another sink instance already wrote (after a rebalance) is refused rather than
 //! written twice. On assignment the sink seeks to the offsets in `sink_offset`. When the
 //! database fails, the sink pauses its partitions, retries with exponential backoff and
-//! jitter, and keeps the batch it holds: nothing is lost and memory stays bounded.
+//! jitter, and keeps the batch it holds: nothing is lost and memory stays bounded. While a
+//! batch is written (on a thread of its own) the next one is read and decoded, up to its size;
+//! should the write fail, what was read meanwhile is dropped and read again.
 //!
 //! One record must never stop the sink. A row whose content PostgreSQL refuses (a NUL in a
 //! string, say) is found by bisection (`isolate`) and set aside, and a raw beat or rollup of
@@ -27,6 +29,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 use tokio::runtime::Handle;
+use tokio_postgres::types::ToSql;
 
 use crate::assignment::{AssignmentLog, Membership};
 use crate::backoff::Backoff;
@@ -72,7 +75,10 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool, rt: &Handle
     loop {
         let stopping = shutdown.is_triggered();
         if !stopping {
-            sink.poll_record()?;
+            // The batch may have filled while the one before was written.
+            if sink.batch.records() < config.sink.batch_rows {
+                sink.poll_record()?;
+            }
             sink.apply_assignments()?;
         }
         if sink.lag_checked.elapsed() >= Duration::from_secs(10) {
@@ -170,33 +176,44 @@ impl<'a> Sink<'a> {
 
     /// Polls one record and takes it into the batch.
     fn poll_record(&mut self) -> Result<(), SinkError> {
-        let seek_failed = match self.consumer.poll(Duration::from_millis(100)) {
-            None => None,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "sink: consumer error");
-                None
-            }
-            Some(Ok(msg)) => {
-                self.ready.store(true, Ordering::Relaxed);
-                let (registry, config) = (self.registry.as_ref(), self.config);
-                match decode::accept(&msg, &self.topics, &self.expected, &mut self.batch, config, registry) {
-                    Ok(()) => {
-                        self.registry_backoff.succeeded();
-                        None
-                    }
-                    Err(e) => {
-                        registry_paused(&self.consumer, &msg, e, &mut self.registry_backoff, self.shutdown)
-                            .err()
-                    }
-                }
-            }
-        };
-        if let Some(e) = seek_failed {
+        let (mut reading, ..) = self.split();
+        if let Some(e) = reading.read_record(Duration::from_millis(100)) {
             // Going on would skip the record: start over from sink_offset.
             tracing::warn!(error = %e, "sink: seek failed; re-seeking");
             self.reseek_all()?;
         }
         Ok(())
+    }
+
+    /// The parts that read records into the batch, and those that write a batch.
+    fn split(&mut self) -> (Reading<'_>, &mut Writer, &Pool, &'a Handle, &'a Config) {
+        let Sink {
+            config,
+            shutdown,
+            ready,
+            rt,
+            topics,
+            consumer,
+            pool,
+            expected,
+            writer,
+            batch,
+            registry,
+            registry_backoff,
+            ..
+        } = self;
+        let reading = Reading {
+            config,
+            shutdown,
+            ready,
+            topics,
+            consumer,
+            expected,
+            batch,
+            registry: registry.as_ref(),
+            backoff: registry_backoff,
+        };
+        (reading, writer, pool, *rt, *config)
     }
 
     /// Acts on the partitions the last poll assigned and revoked.
@@ -252,38 +269,22 @@ impl<'a> Sink<'a> {
     /// Reads the stored offsets of newly assigned partitions and seeks there. A database outage
     /// is waited out with backoff.
     fn seek_to_stored(&mut self, assigned: &[(String, i32)]) -> Result<(), SinkError> {
-        let (consumer, pool, config, group, rt) =
-            (&self.consumer, &self.pool, self.config, &self.group, self.rt);
-        let (expected, shutdown) = (&mut self.expected, self.shutdown);
-        let q = quoted_schema(&config.postgres.schema)?;
-        let sql = format!(
-            "SELECT next_offset FROM {q}.sink_offset WHERE consumer_group = $1 AND topic = $2 AND partition = $3"
-        );
+        let stored = self.read_stored(assigned)?;
+        let (consumer, expected) = (&self.consumer, &mut self.expected);
         // Records polled while a seek waits for its partition to start: re-read after the seeks.
         let mut polled: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for (topic, p) in assigned {
-            let stored: Option<i64> = with_retry(config, shutdown, "reading sink_offset", || {
-                rt.block_on(async {
-                    let client = store::checkout(pool).await?;
-                    let row =
-                        client.query_opt(&sql, &[&group, topic, p]).await.doing("reading sink_offset")?;
-                    Ok(row.map(|r| r.get(0)))
-                })
-            })?;
-            let offset = match stored {
-                Some(o) => o,
-                // A partition created a moment ago may have no leader yet; a broker may be away.
-                None => {
-                    let deadline = Instant::now() + kafka::TRANSIENT_RETRY_TIMEOUT;
-                    kafka::retrying(deadline, || {
-                        consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))
-                    })?
-                    .0
-                }
+            let (start, offset) = match stored.get(&(topic.clone(), *p)) {
+                Some(&o) => (Offset::Offset(o), o),
+                // Never written by the group: from its first record, without asking the broker
+                // where that is (a round trip per partition). Its compare-and-set finds no row
+                // and inserts one; should another instance have written one meanwhile, its
+                // next offset is past 0 and the batch is refused.
+                None => (Offset::Beginning, 0),
             };
             // The assignment may not be active yet; retry the seek briefly.
             let mut tries = 0;
-            while let Err(e) = consumer.seek(topic, *p, Offset::Offset(offset), Duration::from_secs(10)) {
+            while let Err(e) = consumer.seek(topic, *p, start, Duration::from_secs(10)) {
                 tries += 1;
                 if tries > 50 {
                     return Err(e.into());
@@ -306,6 +307,26 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
+    /// The offsets `sink_offset` holds for `assigned`, in one query (a partition the group
+    /// never wrote has none). A database outage is waited out with backoff.
+    fn read_stored(&self, assigned: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>, SinkError> {
+        let q = quoted_schema(&self.config.postgres.schema)?;
+        let sql = format!(
+            "SELECT topic, partition, next_offset FROM {q}.sink_offset WHERE consumer_group = $1 AND topic = ANY($2)"
+        );
+        let topics: Vec<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
+        let (pool, group, rt) = (&self.pool, &self.group, self.rt);
+        let params: [&(dyn ToSql + Sync); 2] = [group, &topics];
+        let rows = with_retry(self.config, self.shutdown, "reading sink_offset", || {
+            rt.block_on(async {
+                let client = store::checkout(pool).await?;
+                client.query(&sql, &params).await.doing("reading sink_offset").map_err(SinkError::from)
+            })
+        })?;
+        let stored = rows.iter().map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get::<_, i64>(2)));
+        Ok(stored.filter(|(tp, _)| assigned.contains(tp)).collect())
+    }
+
     /// Drops the batch and seeks every assigned partition back to what `sink_offset` says.
     fn reseek_all(&mut self) -> Result<(), SinkError> {
         self.batch = Batch::default();
@@ -323,47 +344,105 @@ impl<'a> Sink<'a> {
     /// Writes the batch, retrying transient database errors (and dead letters the broker did
     /// not take) with backoff while the partitions are paused. Returns the ranges written.
     fn write_with_retry(&mut self, mut batch: Batch) -> Result<OffsetRanges, SinkError> {
+        let started = Instant::now();
+        match self.write_reading_on(&mut batch) {
+            Err(e) if retry_reason(&e).is_some() => {
+                // What was read meanwhile is read again once this batch is written.
+                self.batch = Batch::default();
+                self.retry_write(&mut batch, e, started)?;
+            }
+            other => other?,
+        }
+        METRICS.sink_batch_rows.observe(batch.rows() as f64);
+        METRICS.batch_seconds.with_label_values(&["sink"]).observe(started.elapsed().as_secs_f64());
+        Ok(batch.ranges)
+    }
+
+    /// Writes `batch` on a thread of its own while this one reads on into the next batch, up
+    /// to `sink.batch_rows` records, so that decoding overlaps the database's work. The next
+    /// batch's ranges start where this one ends: should the write fail, the caller drops what
+    /// was read meanwhile.
+    fn write_reading_on(&mut self, batch: &mut Batch) -> Result<(), SinkError> {
+        for (tp, (_, next)) in &batch.ranges {
+            self.expected.insert(tp.clone(), *next);
+        }
+        let (mut reading, writer, pool, rt, config) = self.split();
+        let (written, seek_failed) = std::thread::scope(|scope| {
+            let writing = scope.spawn(|| {
+                rt.block_on(async {
+                    let mut client = store::checkout(pool).await?;
+                    writer.write(&mut client, &config.postgres.schema, batch).await
+                })
+            });
+            let mut seek_failed = None;
+            while !writing.is_finished() {
+                let room = reading.batch.records() < config.sink.batch_rows;
+                if room && seek_failed.is_none() && !reading.shutdown.is_triggered() {
+                    seek_failed = reading.read_record(Duration::from_millis(5));
+                } else {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let written = writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (written, seek_failed)
+        });
+        record_pool_status(&self.pool);
+        if written.is_ok()
+            && let Some(e) = seek_failed
+        {
+            tracing::warn!(error = %e, "sink: seek failed; re-seeking");
+            self.reseek_all()?;
+        }
+        written
+    }
+
+    /// Retries writing `batch` after `failure` with backoff, its partitions paused, until it
+    /// is written, a failure is not worth retrying, or the stage stops.
+    fn retry_write(
+        &mut self,
+        batch: &mut Batch,
+        failure: SinkError,
+        started: Instant,
+    ) -> Result<(), SinkError> {
         let (consumer, pool, config, writer) = (&self.consumer, &self.pool, self.config, &mut self.writer);
         let (expected, shutdown, rt) = (&self.expected, self.shutdown, self.rt);
         let mut backoff = database_backoff(config);
         let mut paused: Option<TopicPartitionList> = None;
-        let started = Instant::now();
+        let mut failure = Some(failure);
         let result = loop {
-            let written = rt.block_on(async {
-                let mut client = store::checkout(pool).await?;
-                writer.write(&mut client, &config.postgres.schema, &mut batch).await
-            });
-            record_pool_status(pool);
-            match written {
-                Ok(()) => break Ok(()),
-                Err(e) if let Some(reason) = retry_reason(&e) => {
-                    let delay = backoff.failed();
-                    // A new connection may come after a restart that dropped our partitions' DDL cache.
-                    writer.forget_partitions();
-                    METRICS.sink_retries.with_label_values(&[reason]).inc();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: write failed, retrying");
-                    METRICS.sink_held_rows.set(batch.rows() as i64);
-                    if paused.is_none() {
-                        let assignment = consumer.assignment()?;
-                        consumer.pause(&assignment)?;
-                        paused = Some(assignment);
-                    }
-                    // Keep serving the group while waiting, so the sink is not thrown out of it.
-                    let until = Instant::now() + delay;
-                    while Instant::now() < until {
-                        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-                            tracing::debug!(
-                                topic = msg.topic(),
-                                "sink: record while paused, will be re-read"
-                            );
-                        }
-                    }
-                    if shutdown.is_triggered() && started.elapsed() > Duration::from_secs(20) {
-                        break Err(e);
-                    }
-                }
-                Err(e) => break Err(e),
+            let e = match failure.take() {
+                None => break Ok(()),
+                Some(e) if retry_reason(&e).is_none() => break Err(e),
+                Some(e) => e,
+            };
+            let delay = backoff.failed();
+            // A new connection may come after a restart that dropped our partitions' DDL cache.
+            writer.forget_partitions();
+            METRICS.sink_retries.with_label_values(&[retry_reason(&e).unwrap_or_default()]).inc();
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, rows = batch.rows(), "sink: write failed, retrying");
+            METRICS.sink_held_rows.set(batch.rows() as i64);
+            if paused.is_none() {
+                let assignment = consumer.assignment()?;
+                consumer.pause(&assignment)?;
+                paused = Some(assignment);
             }
+            // Keep serving the group while waiting, so the sink is not thrown out of it.
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                    tracing::debug!(topic = msg.topic(), "sink: record while paused, will be re-read");
+                }
+            }
+            if shutdown.is_triggered() && started.elapsed() > Duration::from_secs(20) {
+                break Err(e);
+            }
+            failure = rt
+                .block_on(async {
+                    let mut client = store::checkout(pool).await?;
+                    writer.write(&mut client, &config.postgres.schema, batch).await
+                })
+                .err();
+            record_pool_status(pool);
         };
         METRICS.sink_held_rows.set(0);
         if let Some(tpl) = paused {
@@ -381,10 +460,45 @@ impl<'a> Sink<'a> {
                 }
             }
         }
-        result?;
-        METRICS.sink_batch_rows.observe(batch.rows() as f64);
-        METRICS.batch_seconds.with_label_values(&["sink"]).observe(started.elapsed().as_secs_f64());
-        Ok(batch.ranges)
+        result
+    }
+}
+
+/// What reading a record into the batch borrows of the sink.
+struct Reading<'s> {
+    config: &'s Config,
+    shutdown: &'s Shutdown,
+    ready: &'s AtomicBool,
+    topics: &'s Topics,
+    consumer: &'s BaseConsumer<AssignmentLog>,
+    expected: &'s HashMap<(String, i32), i64>,
+    batch: &'s mut Batch,
+    registry: Option<&'s Registry>,
+    backoff: &'s mut Backoff,
+}
+
+impl Reading<'_> {
+    /// Polls one record, waiting at most `timeout`, and takes it into the batch. Returns the
+    /// error of a seek back that failed: going on would skip the record.
+    fn read_record(&mut self, timeout: Duration) -> Option<KafkaError> {
+        match self.consumer.poll(timeout) {
+            None => None,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "sink: consumer error");
+                None
+            }
+            Some(Ok(msg)) => {
+                self.ready.store(true, Ordering::Relaxed);
+                let (topics, expected, config) = (self.topics, self.expected, self.config);
+                match decode::accept(&msg, topics, expected, self.batch, config, self.registry) {
+                    Ok(()) => {
+                        self.backoff.succeeded();
+                        None
+                    }
+                    Err(e) => registry_paused(self.consumer, &msg, e, self.backoff, self.shutdown).err(),
+                }
+            }
+        }
     }
 }
 

@@ -109,7 +109,7 @@ impl Writer {
     }
 
     /// Sends the batch's dead letters the broker does not have yet, and waits for its
-    /// acknowledgement. Blocks the calling thread (the sink's own, not a runtime worker).
+    /// acknowledgement. Blocks the calling thread (one of the sink's, not a runtime worker).
     fn send_dead_letters(&mut self, batch: &mut Batch, refused: &[DeadLetter]) -> Result<(), SinkError> {
         let unsent: Vec<&DeadLetter> = batch
             .dead_letters

@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "tables", sql: include_str!("../../migrations/0001_tables.sql") },
     Migration { version: 2, name: "views", sql: include_str!("../../migrations/0002_views.sql") },
     Migration { version: 3, name: "alert_ack", sql: include_str!("../../migrations/0003_alert_ack.sql") },
+    Migration {
+        version: 4,
+        name: "application_fillfactor",
+        sql: include_str!("../../migrations/0004_application_fillfactor.sql"),
+    },
 ];
 
 impl Migration {

@@ -192,15 +192,25 @@ pub async fn ensure(
         Period::Month => day.with_day(1).expect("day 1 exists"),
     };
     let (name, end) = partition_for(plan, start);
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {q}.\"{name}\" PARTITION OF {q}.\"{table}\"
-             FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
-            table = plan.table
-        ))
-        .await
-        .doing(format!("creating partition {name}"))?;
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {q}.\"{name}\" PARTITION OF {q}.\"{table}\"
+         FOR VALUES FROM ('{start} 00:00:00+00') TO ('{end} 00:00:00+00')",
+        table = plan.table
+    );
+    let mut created = client.batch_execute(&create).await;
+    if created.as_ref().is_err_and(lost_a_race) {
+        // Another session created it between our check and our insert into the catalog; it
+        // has committed by now, and IF NOT EXISTS holds.
+        created = client.batch_execute(&create).await;
+    }
+    created.doing(format!("creating partition {name}"))?;
     Ok(name)
+}
+
+/// Whether a CREATE TABLE IF NOT EXISTS failed because another session created the same
+/// table at the same moment: duplicate_table, or unique_violation on the catalog's type names.
+fn lost_a_race(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| matches!(c.code(), "42P07" | "23505"))
 }
 
 #[cfg(test)]
