@@ -140,9 +140,11 @@ impl Ingest {
         for (&index, result) in mine.iter().zip(published) {
             outcomes[index] = result.map(|()| Delivered::New);
         }
-        // Claimed by another request, or twice in this one: once that attempt is settled.
-        for index in theirs {
-            outcomes[index] = self.deliver(&beats[index]).await;
+        // Claimed by another request, or twice in this one: once that attempt is settled, all
+        // together, so that a request waits for at most one more produce, not one per beat.
+        let settled = futures::future::join_all(theirs.iter().map(|&i| self.deliver(&beats[i]))).await;
+        for (index, result) in theirs.into_iter().zip(settled) {
+            outcomes[index] = result;
         }
         outcomes
     }

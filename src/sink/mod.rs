@@ -347,9 +347,13 @@ impl<'a> Sink<'a> {
         let started = Instant::now();
         match self.write_reading_on(&mut batch) {
             Err(e) if retry_reason(&e).is_some() => {
-                // What was read meanwhile is read again once this batch is written.
+                // What was read meanwhile is read again once this batch is written: should a
+                // partition not go back to where the batch ends, every one starts over from
+                // sink_offset rather than skip what was read ahead.
                 self.batch = Batch::default();
-                self.retry_write(&mut batch, e, started)?;
+                if !self.retry_write(&mut batch, e, started)? {
+                    self.reseek_all()?;
+                }
             }
             other => other?,
         }
@@ -397,17 +401,19 @@ impl<'a> Sink<'a> {
     }
 
     /// Retries writing `batch` after `failure` with backoff, its partitions paused, until it
-    /// is written, a failure is not worth retrying, or the stage stops.
+    /// is written, a failure is not worth retrying, or the stage stops; whether every
+    /// partition went back to where the batch ends.
     fn retry_write(
         &mut self,
         batch: &mut Batch,
         failure: SinkError,
         started: Instant,
-    ) -> Result<(), SinkError> {
+    ) -> Result<bool, SinkError> {
         let (consumer, pool, config, writer) = (&self.consumer, &self.pool, self.config, &mut self.writer);
         let (expected, shutdown, rt) = (&self.expected, self.shutdown, self.rt);
         let mut backoff = database_backoff(config);
         let mut paused: Option<TopicPartitionList> = None;
+        let mut sought_back = true;
         let mut failure = Some(failure);
         let result = loop {
             let e = match failure.take() {
@@ -457,10 +463,11 @@ impl<'a> Sink<'a> {
                         consumer.seek(e.topic(), e.partition(), Offset::Offset(next), Duration::from_secs(10))
                 {
                     tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "sink: seek after pause failed");
+                    sought_back = false;
                 }
             }
         }
-        result
+        result.map(|()| sought_back)
     }
 }
 
