@@ -119,6 +119,8 @@ class Pulsewatch:
             PULSEWATCH_BROKERS=BROKERS,
             PULSEWATCH_TOPIC=f"{self.prefix}heartbeats",
             PULSEWATCH_INTERVAL="1",
+            # The example's pool connects to the stack's PostgreSQL, on whatever port it runs.
+            DATABASE_URL="postgresql+psycopg://" + POSTGRES_URL.split("://", 1)[1],
         )
         env.pop("PULSEWATCH_INGEST_URL", None)
         env.update(settings)
