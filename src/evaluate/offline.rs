@@ -1,9 +1,10 @@
 //! The evaluation without the stack: the suite's beats, generated as the load generator
 //! would send them, are fed straight to one engine in this process and to the baseline,
-//! and scored the same way. The engine judges on event time alone, so a seed gives the
-//! verdicts the run through Kafka gives; this replay takes seconds where that run takes
-//! minutes, which is what developing the detector needs. The run through the stack stays
-//! the measure.
+//! and scored the same way. One engine holds every application here, where the processor
+//! has one per partition; the leak judgement depends on each instance's beats alone, and
+//! `tests/evaluate.rs` checks that both ways give the same verdicts, case by case. This
+//! replay takes seconds where that run takes minutes, which is what developing the detector
+//! needs; the run through the stack stays the measure.
 
 use std::time::Instant;
 
