@@ -12,6 +12,9 @@
 //! Run: `cargo bench --bench pipeline` (PULSEWATCH_BENCH_APPS, default 2000 apps × 2
 //! instances × 5 minutes of history). Under `cargo test` it runs a small load once.
 //!
+//! `cargo bench --bench pipeline -- live` runs a live fleet (see `pipeline/live.rs`) at 1 s and
+//! 10 s intervals: `app-state` bytes and CPU per beat, and how far each stage fell behind.
+//!
 //! `cargo bench --bench pipeline -- sink` runs only the load, the processor and step 4, on a
 //! narrow and a wide fleet (2,000 and 100,000 apps; PULSEWATCH_BENCH_APPS=2000,20000 chooses),
 //! and prints the sink beside the plain COPY for each.
@@ -30,6 +33,9 @@ use pulsewatch::{processor, readback, sink, store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+#[path = "pipeline/live.rs"]
+mod live;
+
 /// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
 /// the binary's.
 #[global_allocator]
@@ -39,6 +45,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if args.iter().any(|a| a == "live") {
+        live::live(&rt);
+        return;
+    }
     if args.iter().any(|a| a == "sink") {
         let fleets = fleet_widths().unwrap_or_else(|| vec![2_000, 100_000]);
         let figures: Vec<SinkFigures> = fleets.iter().map(|&apps| sink_beside_copy(&rt, apps)).collect();

@@ -14,8 +14,8 @@ use crate::labels::Labels;
 
 /// The version of the envelope and engine state `app-state` records carry: 3 on, the state
 /// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot. Records of
-/// versions 1 to 3 still restore; the history of the versions is in `docs/contracts.md`.
-pub const STATE_VERSION: u32 = 4;
+/// versions 1 to 4 still restore; the history of the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 5;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";

@@ -32,9 +32,15 @@ impl Engine {
             return; // superseded by a later schedule
         }
         inst.scheduled = None;
-        let ctx = StepContext { profile: &app.profile, origin };
-        step_liveness(&ctx, &mut app.state, &timer.app_id, &timer.instance_id, wm, out);
-        self.dirty.insert(timer.app_id.clone());
+        // A beat since it was scheduled moved the deadline on without rescheduling (see
+        // `stays`): nothing passed, and the state a record holds is unchanged (a restore
+        // schedules from the deadline, not from `scheduled`).
+        let passed = next_deadline(&app.profile, inst) <= wm;
+        if passed {
+            let ctx = StepContext { profile: &app.profile, origin };
+            step_liveness(&ctx, &mut app.state, &timer.app_id, &timer.instance_id, wm, out);
+            self.dirty.insert(timer.app_id.clone());
+        }
         self.schedule_liveness(&timer.app_id, &timer.instance_id);
     }
 }

@@ -13,6 +13,7 @@ mod change;
 pub mod explain;
 mod leaks;
 mod liveness;
+mod rates;
 mod restart;
 pub mod rollup;
 pub mod state;
@@ -223,14 +224,12 @@ impl Engine {
     ) -> Engine {
         let mut engine = Engine::new(partition, config, rules);
         let RestoredApps { apps, watermark } = restored;
-        let timers: usize = apps
+        let liveness: usize = apps.values().map(|a| a.instances.len()).sum();
+        let other: usize = apps
             .values()
-            .map(|a| {
-                a.rollups.len()
-                    + a.instances.values().map(|i| 1 + usize::from(i.restarted.is_some())).sum::<usize>()
-            })
+            .map(|a| a.rollups.len() + a.instances.values().filter(|i| i.restarted.is_some()).count())
             .sum();
-        engine.timers.reserve_exact(timers);
+        engine.timers.reserve_exact(liveness, other);
         engine.apps.reserve(apps.len());
         for (app_id, mut app) in apps {
             let profile = engine.rules.profile_for(&app_id, &app.labels);
@@ -321,19 +320,13 @@ impl Engine {
     fn fire_due(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
         let (Some(wm), Some(live)) = (self.watermark.current(), self.watermark.liveness()) else { return };
         // Liveness deadlines fire on the eager watermark; the others wait for the watermark.
-        let mut held = Vec::new();
-        while let Some(timer) = self.timers.pop_until(live) {
-            if timer.at > wm && timer.kind != TimerKind::Liveness {
-                held.push(timer);
-                continue;
-            }
+        while let Some(timer) = self.timers.pop_due(live, wm) {
             match timer.kind {
                 TimerKind::Liveness => self.fire_liveness(&timer, wall_ms, out),
                 TimerKind::RestartQuiet => self.fire_restart_quiet(&timer, wall_ms, out),
                 TimerKind::RollupClose(minute) => self.close_minute(&timer.app_id, minute, out),
             }
         }
-        self.timers.put_back(held);
     }
 
     /// The watermark passed the end of one of the application's minutes: its rollup is

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::rates::RateWindow;
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use super::vec_map::VecMap;
 use crate::alert::{AlertKind, Severity};
@@ -52,7 +53,7 @@ pub struct InstanceState {
     /// Event times of recent UP/DOWN transitions.
     pub transitions: VecDeque<i64>,
     /// (event time, requests, errors) deltas within the last minute.
-    pub rate_window: VecDeque<(i64, f64, f64)>,
+    pub rate_window: RateWindow,
     /// Minute points of this process and its open leak alerts.
     #[serde(default)]
     pub trend: InstanceTrend,
@@ -103,7 +104,7 @@ impl InstanceState {
             rules: RuleStates::default(),
             restarted: None,
             transitions: VecDeque::new(),
-            rate_window: VecDeque::new(),
+            rate_window: RateWindow::default(),
             trend: InstanceTrend::default(),
             flapping_since: None,
             arrivals: ArrivalStats::default(),

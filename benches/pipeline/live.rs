@@ -1,0 +1,302 @@
+//! The live mode of the pipeline bench: a fleet beating in real time at its interval, the
+//! load generator in a process of its own, the processor and the sink in this one. What it
+//! costs per beat: the bytes the broker stored for `app-state` (its log segments on disk,
+//! compressed as written), the CPU time of this process (processor and sink), and how far
+//! each stage fell behind (records behind the end of `heartbeats`, in seconds of the fleet's
+//! beats), sampled every second once the fleet has beaten once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pulsewatch::config::Config;
+use pulsewatch::metrics::METRICS;
+use pulsewatch::shutdown::Shutdown;
+use pulsewatch::topology::names;
+use pulsewatch::{processor, readback, sink, store};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{clean_up, fresh_config};
+
+/// One live run's figures.
+pub struct LiveFigures {
+    apps: usize,
+    interval: Duration,
+    /// Beats the processor read.
+    beats: u64,
+    /// `app-state` records the processor wrote, and the bytes their log segments hold.
+    state_records: u64,
+    state_bytes: u64,
+    /// CPU seconds of this process from the first beat until both stages caught up.
+    cpu_secs: f64,
+    /// The most each stage was behind, in seconds of beats.
+    processor_lag_s: f64,
+    sink_lag_s: f64,
+    /// Alerts the processor wrote, by kind: none is expected from this healthy fleet.
+    alerts: BTreeMap<String, u64>,
+    /// Rows in heartbeat_event, metric_rollup_1m and application at the end.
+    rows: [i64; 3],
+}
+
+impl std::fmt::Display for LiveFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let beats = self.beats.max(1) as f64;
+        write!(
+            f,
+            "  {:>7} apps every {:>2} s: {} beats; app-state {:.0} bytes/beat on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
+            self.apps,
+            self.interval.as_secs(),
+            self.beats,
+            self.state_bytes as f64 / beats,
+            self.state_records as f64 / beats,
+            self.cpu_secs * 1e6 / beats,
+            self.processor_lag_s,
+            self.sink_lag_s,
+            self.alerts,
+            self.rows[0],
+            self.rows[1],
+            self.rows[2]
+        )
+    }
+}
+
+/// Beats per second of each live run (`PULSEWATCH_BENCH_LIVE_RATE`, default 20,000): the
+/// fleet is this many apps × the interval.
+fn rate() -> usize {
+    std::env::var("PULSEWATCH_BENCH_LIVE_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+}
+
+/// Seconds of each live run (`PULSEWATCH_BENCH_LIVE_S`, default 60).
+fn span() -> Duration {
+    Duration::from_secs(
+        std::env::var("PULSEWATCH_BENCH_LIVE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(60),
+    )
+}
+
+/// The beat intervals of the live runs, in seconds (`PULSEWATCH_BENCH_LIVE_INTERVALS`,
+/// default 1,10).
+fn intervals() -> Vec<u64> {
+    let list = std::env::var("PULSEWATCH_BENCH_LIVE_INTERVALS").unwrap_or_else(|_| "1,10".into());
+    list.split(',').map(|s| s.trim().parse().expect("PULSEWATCH_BENCH_LIVE_INTERVALS: seconds")).collect()
+}
+
+/// Runs the live fleet at each interval and prints each run's figures.
+pub fn live(rt: &tokio::runtime::Runtime) {
+    let figures: Vec<LiveFigures> = intervals()
+        .into_iter()
+        .map(|secs| {
+            let interval = Duration::from_secs(secs);
+            let f = run(rt, rate() * secs as usize, interval, span());
+            println!("{f}");
+            f
+        })
+        .collect();
+    println!("\nlive fleets, {} s each, one instance per app:", span().as_secs());
+    for f in &figures {
+        println!("{f}");
+    }
+}
+
+fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Duration) -> LiveFigures {
+    let config = fresh_config(rt);
+    let shutdown = Shutdown::new();
+    let ready = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+    let stages = [
+        {
+            let (config, shutdown, ready) = (config.clone(), shutdown.clone(), ready[0].clone());
+            std::thread::spawn(move || processor::run(&config, &shutdown, &ready).map_err(|e| e.to_string()))
+        },
+        {
+            let (config, shutdown, ready) = (config.clone(), shutdown.clone(), ready[1].clone());
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || {
+                sink::run(&config, &shutdown, &ready, &handle).map_err(|e| e.to_string())
+            })
+        },
+    ];
+    while !ready.iter().all(|r| r.load(Ordering::Relaxed)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cpu_before = cpu_seconds();
+    let mut loadgen = Command::new(env!("CARGO_BIN_EXE_pulsewatch"))
+        .args(["loadgen", "--quiet", "--instances", "1", "--seed", "11", "--app-prefix", "live-"])
+        .args(["--apps", &apps.to_string()])
+        .args(["--interval", &format!("{}s", interval.as_secs())])
+        .args(["--duration", &format!("{}s", span.as_secs())])
+        .args(["--manifest", &std::env::temp_dir().join("pulsewatch-bench-live.json").to_string_lossy()])
+        .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .spawn()
+        .expect("the pulsewatch binary runs the load generator");
+    let lag = Lag::new(&config, rt, apps as f64 / interval.as_secs_f64());
+    let started = Instant::now();
+    let (mut processor_lag_s, mut sink_lag_s) = (0.0f64, 0.0f64);
+    let mut sample = |lag: &Lag, warm: bool| {
+        let (p, s) = lag.behind_s();
+        if warm {
+            (processor_lag_s, sink_lag_s) = (processor_lag_s.max(p), sink_lag_s.max(s));
+        }
+        (p, s)
+    };
+    while loadgen.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_secs(1));
+        sample(&lag, started.elapsed() > interval + Duration::from_secs(2));
+    }
+    assert!(loadgen.wait().unwrap().success(), "the load generator failed");
+    // Both stages catch up with the last beats before the CPU is read.
+    let caught_up = Instant::now();
+    while sample(&lag, true) != (0.0, 0.0) {
+        assert!(caught_up.elapsed() < Duration::from_secs(300), "the stages did not catch up in 5 minutes");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cpu_secs = cpu_seconds() - cpu_before;
+    shutdown.trigger();
+    for stage in stages {
+        stage.join().unwrap().expect("a stage stopped with an error");
+    }
+    let heartbeats = config.kafka.name(names::HEARTBEATS);
+    let app_state = config.kafka.name(names::APP_STATE);
+    let figures = LiveFigures {
+        apps,
+        interval,
+        beats: METRICS.records_in.with_label_values(&["processor", &heartbeats]).get(),
+        state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
+        alerts: alerts_by_kind(&config),
+        state_bytes: log_bytes(&kafka_data_dir(), &app_state),
+        cpu_secs,
+        processor_lag_s,
+        sink_lag_s,
+        rows: row_counts(&config, rt),
+    };
+    clean_up(&config, rt);
+    figures
+}
+
+/// How far the processor (its committed offsets) and the sink (its `sink_offset` rows) are
+/// behind the end of `heartbeats`, in seconds of beats at `rate` a second.
+struct Lag<'a> {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    config: &'a Config,
+    rt: &'a tokio::runtime::Runtime,
+    rate: f64,
+}
+
+impl<'a> Lag<'a> {
+    fn new(config: &'a Config, rt: &'a tokio::runtime::Runtime, rate: f64) -> Lag<'a> {
+        let consumer: BaseConsumer = config
+            .kafka
+            .client_config()
+            .set("group.id", config.kafka.name("processor"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let topic = config.kafka.name(names::HEARTBEATS);
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        let partitions = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        Lag { consumer, topic, partitions, config, rt, rate }
+    }
+
+    fn behind_s(&self) -> (f64, f64) {
+        let timeout = Duration::from_secs(10);
+        let ends: Vec<i64> = self
+            .partitions
+            .iter()
+            .map(|&p| self.consumer.fetch_watermarks(&self.topic, p, timeout).unwrap().1)
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self.consumer.committed_offsets(tpl, timeout).unwrap();
+        let processed: Vec<i64> = self
+            .partitions
+            .iter()
+            .map(|&p| {
+                committed.find_partition(&self.topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(0).max(0)
+            })
+            .collect();
+        let stored = self.sink_offsets();
+        let behind = |done: &dyn Fn(usize) -> i64| -> f64 {
+            ends.iter().enumerate().map(|(i, end)| (end - done(i)).max(0)).sum::<i64>() as f64 / self.rate
+        };
+        let sink = behind(&|i| stored.iter().find(|(p, _)| *p == self.partitions[i]).map_or(0, |s| s.1));
+        (behind(&|i| processed[i]), sink)
+    }
+
+    fn sink_offsets(&self) -> Vec<(i32, i64)> {
+        let q = format!(
+            "SELECT partition, next_offset FROM \"{}\".sink_offset WHERE topic = $1",
+            self.config.postgres.schema
+        );
+        self.rt.block_on(async {
+            let c = store::connect(&self.config.postgres).await.unwrap();
+            let rows = c.query(&q, &[&self.topic]).await.unwrap();
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        })
+    }
+}
+
+/// CPU seconds (user and system) this process has used.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The local stack's broker data (`scripts/stack`: `$PULSEWATCH_STACK_DIR/kafka/data`, by
+/// default `.stack/kafka/data` in the checkout).
+fn kafka_data_dir() -> PathBuf {
+    let stack = std::env::var("PULSEWATCH_STACK_DIR").unwrap_or_else(|_| ".stack".into());
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(stack).join("kafka").join("data")
+}
+
+/// Bytes in the log segments of every partition of `topic` under `data`.
+fn log_bytes(data: &Path, topic: &str) -> u64 {
+    let is_partition = |name: &str| {
+        name.strip_prefix(topic).and_then(|r| r.strip_prefix('-')).is_some_and(|n| n.parse::<u32>().is_ok())
+    };
+    let dirs =
+        std::fs::read_dir(data).unwrap_or_else(|e| panic!("the broker's data at {}: {e}", data.display()));
+    dirs.flatten()
+        .filter(|d| is_partition(&d.file_name().to_string_lossy()))
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "log"))
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+fn row_counts(config: &Config, rt: &tokio::runtime::Runtime) -> [i64; 3] {
+    rt.block_on(async {
+        let c = store::connect(&config.postgres).await.unwrap();
+        let mut rows = [0; 3];
+        for (n, table) in rows.iter_mut().zip(["heartbeat_event", "metric_rollup_1m", "application"]) {
+            let q = format!("SELECT count(*) FROM \"{}\".{table}", config.postgres.schema);
+            *n = c.query_one(&q, &[]).await.unwrap().get(0);
+        }
+        rows
+    })
+}
+
+/// The alerts the run wrote, counted by kind and state.
+fn alerts_by_kind(config: &Config) -> BTreeMap<String, u64> {
+    let topic = config.kafka.name(names::ALERTS);
+    let mut kinds = BTreeMap::new();
+    for m in readback::read_to_end(&config.kafka, &topic, Duration::from_secs(120)).unwrap() {
+        let alert =
+            rdkafka::message::Message::payload(&m).and_then(|p| pulsewatch::alert::Alert::decode(p).ok());
+        let kind =
+            alert.map_or_else(|| "undecodable".to_owned(), |a| format!("{} {:?}", a.kind.as_str(), a.state));
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+}
