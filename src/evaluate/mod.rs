@@ -479,3 +479,6 @@ fn describe(v: &CaseVerdict) -> String {
         _ => format!("{kinds} (not the expected kind)"),
     }
 }
+
+#[cfg(test)]
+mod tests_projection;
