@@ -193,14 +193,17 @@ fn at(v: &Value) -> Option<i64> {
 }
 
 /// The trend of the open `kind` alert that runs out soonest: from its measured level when
-/// it fired, at its slope, to the limit at the projected exhaustion. With `shares`, level
-/// and slope are divided by the limit in the evidence (the chart shows shares of it).
+/// it fired, at its slope (the projection's, if it has one), to the limit at the projected
+/// exhaustion. With `shares`, level and slope are divided by the limit in the evidence (the
+/// chart shows shares of it).
 pub fn leak_trend(app: &Value, kind: &str, shares: bool) -> Option<Trend> {
     let alerts = app["alerts"].as_array()?;
     let trends = alerts.iter().filter(|a| a["kind"] == kind).filter_map(|a| {
         let scale = if shares { evidence(a, "limit").filter(|l| *l > 0.0)? } else { 1.0 };
-        let level = evidence(a, "level")? / scale;
-        let slope = evidence(a, "slope_per_hour")? / scale;
+        // The line the exhaustion is projected along, where the alert has one.
+        let level = evidence(a, "projection_level").or_else(|| evidence(a, "level"))? / scale;
+        let slope =
+            evidence(a, "projection_slope_per_hour").or_else(|| evidence(a, "slope_per_hour"))? / scale;
         let limit = evidence(a, "limit").map(|l| l / scale);
         let exhaustion = at(&a["evidence"]["projected_exhaustion"]).zip(limit);
         Some(Trend { from: (at(&a["event_at"])?, level), exhaustion, slope_per_hour: slope })
@@ -228,7 +231,8 @@ mod tests {
     fn a_memory_leak_alert_gives_a_trend_in_shares_of_the_limit() {
         let app = json!({"alerts": [
             {"kind": "MEMORY_LEAK_SUSPECTED", "event_at": "2026-12-05T10:00:00.000Z",
-             "evidence": {"level": "500", "limit": "1000", "slope_per_hour": "100",
+             "evidence": {"level": "450", "limit": "1000", "slope_per_hour": "120",
+                          "projection_level": "500", "projection_slope_per_hour": "100",
                           "projected_exhaustion": "2026-12-05T15:00:00Z"}},
             {"kind": "MEMORY_LEAK_SUSPECTED", "event_at": "2026-12-05T10:00:00.000Z",
              "evidence": {"level": "500", "limit": "1000", "slope_per_hour": "10"}},

@@ -317,6 +317,12 @@ pub fn leak(change: &crate::trend::LeakChange, beat: &Heartbeat) -> Explanation 
             put(&mut evidence, "workload_normalised", Some(g.per_request_rate.is_some()));
             put(&mut evidence, "normalised_slope_per_hour", Some(format!("{per_hour:.3}")));
             put(&mut evidence, "per_request_per_s", g.per_request_rate.map(|b| format!("{b:.3}")));
+            let projected_per_hour = g.projection.slope_per_min * 60.0;
+            if verdict.limit.is_some() {
+                put(&mut evidence, "projection_slope_per_hour", Some(format!("{projected_per_hour:.3}")));
+                put(&mut evidence, "projection_level", Some(format!("{:.1}", g.projection.level)));
+                put(&mut evidence, "projection_points", Some(g.projection.points));
+            }
             let horizon = verdict.exhaustion_in_ms.map(|ms| {
                 let at = chrono::DateTime::from_timestamp_millis(beat.sent_at.saturating_add(ms))
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -332,9 +338,11 @@ pub fn leak(change: &crate::trend::LeakChange, beat: &Heartbeat) -> Explanation 
                 (None, Some(_)) => " (beyond what the request rate explains)".to_owned(),
                 (None, None) => " while the request rate is flat".to_owned(),
             };
+            // The rate the exhaustion is projected at, when there is a limit to reach.
+            let rate = if horizon.is_some() { projected_per_hour } else { per_hour };
             let unit = match resource {
-                Resource::Memory => format!("{:.1} MiB/h", per_hour / 1_048_576.0),
-                _ => format!("{per_hour:.2}/h"),
+                Resource::Memory => format!("{:.1} MiB/h", rate / 1_048_576.0),
+                _ => format!("{rate:.2}/h"),
             };
             let summary = match &horizon {
                 Some((hours, at)) => format!(

@@ -61,7 +61,12 @@ impl PredictLinear {
         for ((app_id, _, kind), samples) in &mut self.series {
             samples.sort_by_key(|s| s.0);
             for at in firing_starts(samples) {
-                out.push(Detection { app_id: app_id.clone(), kind: *kind, at_ms: at });
+                out.push(Detection {
+                    app_id: app_id.clone(),
+                    kind: *kind,
+                    at_ms: at,
+                    exhaustion_hours: None,
+                });
             }
         }
         out.sort_by(|a, b| (a.at_ms, &a.app_id).cmp(&(b.at_ms, &b.app_id)));

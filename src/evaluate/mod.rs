@@ -357,7 +357,13 @@ fn leak_onset(alert: Alert, end_ms: i64) -> Option<Detection> {
     (alert.state == AlertState::Firing
         && alert.kind.as_str().ends_with("_LEAK_SUSPECTED")
         && alert.event_at < end_ms)
-        .then_some(Detection { app_id: alert.app_id, kind: alert.kind, at_ms: alert.event_at })
+        .then_some(Detection {
+            app_id: alert.app_id,
+            kind: alert.kind,
+            at_ms: alert.event_at,
+            // A leak alert's value is its projected time to exhaustion, hours.
+            exhaustion_hours: alert.value,
+        })
 }
 
 /// The baseline's detections on the beats of the heartbeats topic.
@@ -473,3 +479,6 @@ fn describe(v: &CaseVerdict) -> String {
         _ => format!("{kinds} (not the expected kind)"),
     }
 }
+
+#[cfg(test)]
+mod tests_projection;

@@ -17,6 +17,9 @@ pub struct Detection {
     pub kind: AlertKind,
     /// Event time it fired at, ms.
     pub at_ms: i64,
+    /// The time to exhaustion it projected, hours (None without a limit, or for a detector
+    /// that projects none).
+    pub exhaustion_hours: Option<f64>,
 }
 
 /// What one detector did on one case.
@@ -26,6 +29,9 @@ pub struct CaseVerdict {
     pub detected: bool,
     /// From the leak's start to the first expected alert, ms.
     pub detect_after_ms: Option<i64>,
+    /// The time to exhaustion the first expected alert projected, hours (of alerts at the
+    /// same event time, the nearest: the order they are read in must not matter).
+    pub first_exhaustion_hours: Option<f64>,
     /// A leak alert where none belongs: on a quiet case, before the leak started, or of a
     /// resource the case does not grow.
     pub false_alarm: bool,
@@ -47,7 +53,13 @@ pub fn judge_case(case: &Case, app_id: &str, run_start_ms: i64, detections: &[De
             Some(_) if d.at_ms < leak_start => true,
             Some(kind) if d.kind == kind => {
                 v.detected = true;
-                v.detect_after_ms = earliest(v.detect_after_ms, d.at_ms - leak_start);
+                let after = d.at_ms - leak_start;
+                let first = v.detect_after_ms.is_none_or(|known| after < known);
+                let tied = v.detect_after_ms == Some(after);
+                if first || tied && nearer(d.exhaustion_hours, v.first_exhaustion_hours) {
+                    v.first_exhaustion_hours = d.exhaustion_hours;
+                }
+                v.detect_after_ms = earliest(v.detect_after_ms, after);
                 false
             }
             // Another resource the leak truly grows (sessions hold memory): no false alarm.
@@ -59,6 +71,14 @@ pub fn judge_case(case: &Case, app_id: &str, run_start_ms: i64, detections: &[De
         }
     }
     v
+}
+
+/// Whether projection `a` is nearer than `b` (a projection is nearer than none).
+fn nearer(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a < b,
+        (a, b) => a.is_some() && b.is_none(),
+    }
 }
 
 fn earliest(known: Option<i64>, ms: i64) -> Option<i64> {
@@ -123,7 +143,7 @@ mod tests {
     }
 
     fn d(app: &str, kind: AlertKind, at_min: i64) -> Detection {
-        Detection { app_id: app.into(), kind, at_ms: at_min * 60_000 }
+        Detection { app_id: app.into(), kind, at_ms: at_min * 60_000, exhaustion_hours: Some(at_min as f64) }
     }
 
     #[test]
@@ -140,6 +160,8 @@ mod tests {
         let v = judge_case(&leak, "a", 0, &ds);
         assert!(v.detected && !v.false_alarm);
         assert_eq!(v.detect_after_ms, Some(20 * 60_000));
+        // The projection of the first expected alert (the one at minute 30), not the later one's.
+        assert_eq!(v.first_exhaustion_hours, Some(30.0));
         assert_eq!(v.raised.len(), 2);
         // Before the leak started: a false alarm.
         assert!(judge_case(&leak, "b", 0, &ds).false_alarm);
@@ -147,6 +169,14 @@ mod tests {
         // A resource the leak does not grow.
         let c = judge_case(&leak, "c", 0, &ds);
         assert!(c.detected && c.false_alarm);
+        // Of two alerts at the same time, the nearer projection, whatever the order.
+        let tied = [
+            Detection { exhaustion_hours: Some(9.0), ..d("a", AlertKind::MemoryLeakSuspected, 30) },
+            Detection { exhaustion_hours: Some(7.0), ..d("a", AlertKind::MemoryLeakSuspected, 30) },
+        ];
+        let reversed = [tied[1].clone(), tied[0].clone()];
+        assert_eq!(judge_case(&leak, "a", 0, &tied).first_exhaustion_hours, Some(7.0));
+        assert_eq!(judge_case(&leak, "a", 0, &reversed).first_exhaustion_hours, Some(7.0));
         // Anything on a quiet case.
         let quiet = case(None, 0);
         assert!(judge_case(&quiet, "a", 0, &ds).false_alarm);

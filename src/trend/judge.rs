@@ -11,7 +11,9 @@
 use super::TrendConfig;
 use super::envelope::{Swings, swings};
 use super::history::SeriesPoint;
-use super::stats::{Line, hamed_rao_factor, mann_kendall, median, ols_t, student_t_quantile, theil_sen};
+use super::stats::{
+    Line, hamed_rao_factor, hinge, mann_kendall, median, ols_t, student_t_quantile, theil_sen,
+};
 
 /// A growth judged to be real.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +38,24 @@ pub struct Growth {
     /// line plus a typical tooth: the level the peaks reach), or the newest raw values'
     /// median when the workload was regressed out.
     pub level: f64,
+    /// What the time to exhaustion is projected from. Whether a growth is a leak is judged
+    /// on `slope_per_min` and `level`, often over a short stretch; the projection takes the
+    /// longest stretch consistent with the growth, whose slope varies far less.
+    pub projection: Projection,
+}
+
+/// The rate and level a growth's time to exhaustion is projected from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Projection {
+    /// Units per minute: for growth judged on the minute points, the least-squares slope of
+    /// every point since the growth's onset (found by a [`hinge`] over the rise since the
+    /// last fall); for a saw-tooth's troughs or the quarter-hour points, the judged slope.
+    pub slope_per_min: f64,
+    /// The level now: that line at the newest point (the judged level when the workload was
+    /// regressed out, or for troughs and quarter-hours).
+    pub level: f64,
+    /// Points the slope was fitted on.
+    pub points: usize,
 }
 
 /// The largest relative growth of a resource per relative growth of the request rate that a
@@ -96,7 +116,8 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
         // or a wandering level turns by then.
         let age = fine[fine.len() - 1].0 - fine[0].0 + 1.0;
         let young = age < f64::from(c.young_minutes);
-        return (new_ground && !young && unlike_its_past(judged, past, c)).then_some(g);
+        let found = new_ground && !young && unlike_its_past(judged, past, c);
+        return found.then(|| Growth { projection: projection(rising, &g), ..g });
     }
     let fell = fine_swings.fell() || coarse_swings.as_ref().is_some_and(Swings::fell);
     if !fell && coarse.len() >= MIN_COARSE_POINTS {
@@ -105,6 +126,29 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
         return judge(coarse, &slow);
     }
     None
+}
+
+/// The projection of growth `g` found on `rising` (the points since the last fall, or all
+/// of them): a least-squares hinge over every one, flat until the onset it finds, then
+/// rising. The growth judged may be a short recent stretch (a leak's onset is judged on as
+/// few as `min_points`), whose slope is noisy — the standard error of a least-squares slope
+/// falls as n^(-3/2) — while everything since the onset, and the level before it, measure
+/// the same rise. Net of the workload when `g` was judged so; `g`'s own without a rise.
+fn projection(rising: &[SeriesPoint], g: &Growth) -> Projection {
+    let xs: Vec<f64> = rising.iter().map(|p| p.0).collect();
+    let mut ys: Vec<f64> = rising.iter().map(|p| p.1).collect();
+    if let Some(per_rate) = g.per_request_rate {
+        if rising.iter().any(|p| !p.2.is_finite()) {
+            return g.projection;
+        }
+        for (y, p) in ys.iter_mut().zip(rising) {
+            *y -= per_rate * p.2;
+        }
+    }
+    let Some(h) = hinge(&xs, &ys) else { return g.projection };
+    // Net of the workload, the line's level is not the resource's: keep the newest values'.
+    let level = if g.per_request_rate.is_some() { g.level } else { h.at(&xs, xs[xs.len() - 1]) };
+    Projection { slope_per_min: h.slope, level, points: xs.len() - h.onset }
 }
 
 /// Whether the growth of `judged` is new to the series: its least-squares slope steeper, by
@@ -167,6 +211,7 @@ fn judge_troughs(series: &[SeriesPoint], s: &Swings, c: &TrendConfig) -> Option<
         return None;
     }
     let now = series.last()?.0;
+    let level = line.at(now) + s.typical_amplitude(&all_ys);
     Some(Growth {
         slope_per_min: line.slope,
         raw_slope_per_min: raw_slope(series),
@@ -175,7 +220,9 @@ fn judge_troughs(series: &[SeriesPoint], s: &Swings, c: &TrendConfig) -> Option<
         span_minutes: xs[k - 1] - xs[0],
         per_request_rate: None,
         troughs: Some(k),
-        level: line.at(now) + s.typical_amplitude(&all_ys),
+        level,
+        // The troughs' line already spans every tooth the series shows.
+        projection: Projection { slope_per_min: line.slope, level, points: k },
     })
 }
 
@@ -238,6 +285,7 @@ pub fn judge(series: &[SeriesPoint], c: &TrendConfig) -> Option<Growth> {
         per_request_rate,
         troughs: None,
         level,
+        projection: Projection { slope_per_min: line.slope, level, points: xs.len() },
     })
 }
 

@@ -16,7 +16,7 @@ pub mod stats;
 mod window;
 
 pub use history::{COARSE_MINUTES, History, SeriesPoint};
-pub use judge::{Growth, assess, judge, judge_recent_onset};
+pub use judge::{Growth, Projection, assess, judge, judge_recent_onset};
 pub use window::{COLUMNS, POINT_BYTES, Point, Points, RPS, Window};
 
 use serde::{Deserialize, Serialize};
@@ -279,19 +279,18 @@ pub struct Verdict {
 }
 
 /// The severity of `growth` against `limit`, or `None` if it exhausts beyond the horizon.
+/// Whether it does is judged on the growth as it was found (`slope_per_min`, `level`: the
+/// decision is measured as it stands); the time to exhaustion, and the severity it sets, are
+/// projected from [`Growth::projection`].
 pub fn verdict(growth: Growth, limit: Option<f64>, c: &TrendConfig) -> Option<Verdict> {
-    let per_ms = growth.slope_per_min / 60_000.0;
     match limit {
         Some(limit) => {
-            let left = (limit - growth.level).max(0.0);
-            let ms = (left / per_ms).min(i64::MAX as f64 / 2.0) as i64;
-            let severity = if ms <= c.critical_horizon_ms {
-                Severity::Critical
-            } else if ms <= c.warning_horizon_ms {
-                Severity::Warning
-            } else {
+            if time_to(limit, growth.level, growth.slope_per_min) > c.warning_horizon_ms {
                 return None;
-            };
+            }
+            let p = growth.projection;
+            let ms = time_to(limit, p.level, p.slope_per_min);
+            let severity = if ms <= c.critical_horizon_ms { Severity::Critical } else { Severity::Warning };
             Some(Verdict { severity, growth, limit: Some(limit), exhaustion_in_ms: Some(ms) })
         }
         None => {
@@ -304,6 +303,12 @@ pub fn verdict(growth: Growth, limit: Option<f64>, c: &TrendConfig) -> Option<Ve
             })
         }
     }
+}
+
+/// Milliseconds until `level`, growing `slope_per_min`, reaches `limit`.
+fn time_to(limit: f64, level: f64, slope_per_min: f64) -> i64 {
+    let left = (limit - level).max(0.0);
+    (left / (slope_per_min / 60_000.0)).min(i64::MAX as f64 / 2.0) as i64
 }
 
 /// An open leak alert of one resource.

@@ -1,7 +1,7 @@
 //! Robust trend statistics: the median, the Theil–Sen slope, the Mann–Kendall trend test
 //! (with the tie correction and the normal approximation) and Hamed–Rao's correction of its
-//! variance for autocorrelated series, and the least-squares slope's t statistic with the
-//! Student quantile it is compared to.
+//! variance for autocorrelated series, the least-squares slope's t statistic with the
+//! Student quantile it is compared to, and a least-squares line that is flat, then rises.
 
 /// The median of `values` (reordered in place); `None` when empty. NaNs must be filtered out
 /// by the caller.
@@ -190,6 +190,52 @@ pub fn ols_t(xs: &[f64], ys: &[f64]) -> Option<(f64, f64)> {
     Some((slope, t))
 }
 
+/// A line that is flat until `onset`, then rises: `y = level + slope × max(0, x − onset)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hinge {
+    /// Index of the point where the rise begins.
+    pub onset: usize,
+    pub level: f64,
+    pub slope: f64,
+}
+
+impl Hinge {
+    pub fn at(&self, xs: &[f64], x: f64) -> f64 {
+        self.level + self.slope * (x - xs[self.onset]).max(0.0)
+    }
+}
+
+/// The least-squares [`Hinge`] through the points, its onset at whichever point (leaving at
+/// least three after it) fits best, the slope positive. The flat part pins the level the rise
+/// starts from, so a rise of few points is measured against many: its slope varies far less
+/// than a line fitted to the rise alone. An onset at the first point is the plain
+/// least-squares line. `None` when no onset gives a rise.
+pub fn hinge(xs: &[f64], ys: &[f64]) -> Option<Hinge> {
+    debug_assert_eq!(xs.len(), ys.len());
+    let n = xs.len();
+    let mut best: Option<(f64, Hinge)> = None;
+    for onset in 0..n.saturating_sub(3) {
+        // Least squares of y on u = max(0, x − x_onset), with an intercept.
+        let u: Vec<f64> = xs.iter().map(|x| (x - xs[onset]).max(0.0)).collect();
+        let nf = n as f64;
+        let (mu, my) = (u.iter().sum::<f64>() / nf, ys.iter().sum::<f64>() / nf);
+        let suu: f64 = u.iter().map(|v| (v - mu).powi(2)).sum();
+        if suu <= 0.0 {
+            continue;
+        }
+        let slope = u.iter().zip(ys).map(|(v, y)| (v - mu) * (y - my)).sum::<f64>() / suu;
+        if slope <= 0.0 {
+            continue;
+        }
+        let level = my - slope * mu;
+        let sse: f64 = u.iter().zip(ys).map(|(v, y)| (y - level - slope * v).powi(2)).sum();
+        if best.is_none_or(|(b, _)| sse < b) {
+            best = Some((sse, Hinge { onset, level, slope }));
+        }
+    }
+    best.map(|(_, h)| h)
+}
+
 /// The Student t quantile with `df` degrees of freedom matching the standard normal
 /// quantile `z` (Cornish–Fisher expansion, within 10 % from 3 degrees of freedom on).
 pub fn student_t_quantile(z: f64, df: usize) -> f64 {
@@ -267,6 +313,27 @@ mod tests {
             .collect();
         assert!(hamed_rao_factor(&wander) > 3.0, "{}", hamed_rao_factor(&wander));
         assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    }
+
+    #[test]
+    fn a_hinge_finds_the_onset_and_the_rise_after_it() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let xs: Vec<f64> = (0..100).map(f64::from).collect();
+        // Flat at 10 until x = 70, then rising 0.5 per unit, with noise of ±1.
+        let ys: Vec<f64> =
+            xs.iter().map(|x| 10.0 + 0.5 * (x - 70.0).max(0.0) + rng.random_range(-1.0..1.0)).collect();
+        let h = hinge(&xs, &ys).unwrap();
+        assert!((65..=75).contains(&h.onset), "{h:?}");
+        assert!((h.slope - 0.5).abs() < 0.05 && (h.level - 10.0).abs() < 0.5, "{h:?}");
+        // A line rising from the first point: the onset is (near) the first point.
+        let line: Vec<f64> = xs.iter().map(|x| 3.0 + 0.2 * x + rng.random_range(-1.0..1.0)).collect();
+        let h = hinge(&xs, &line).unwrap();
+        assert!(h.onset < 10 && (h.slope - 0.2).abs() < 0.02, "{h:?}");
+        assert!((h.at(&xs, 99.0) - 22.8).abs() < 1.0, "{h:?}");
+        // Nothing rises.
+        let falling: Vec<f64> = xs.iter().map(|x| -x).collect();
+        assert_eq!(hinge(&xs, &falling), None);
     }
 
     #[test]

@@ -82,6 +82,34 @@ fn a_leak_that_begins_in_a_steady_process_is_found_on_the_newest_points() {
 }
 
 #[test]
+fn the_projection_of_a_leak_that_begins_late_rests_on_every_point_since_its_onset() {
+    let c = TrendConfig::default();
+    let onset = 60usize;
+    let truth = 0.6 * GIB / 1440.0;
+    let mut errors = Vec::new();
+    for seed in 0..20 {
+        // Steady for an hour, then a 24 h leak, in 1 % noise; judged on the last 120 points,
+        // from 45 minutes into the leak.
+        let f = |m: f64| 0.4 * GIB + 0.6 * GIB * (m - onset as f64).max(0.0) / 1440.0;
+        let s = series(200, 0.01, seed, f);
+        let window = |end: usize| &s[end.saturating_sub(120)..end];
+        let (end, g) = (onset + 45..200)
+            .find_map(|end| judge_window(window(end), &c).map(|g| (end, g)))
+            .unwrap_or_else(|| panic!("seed {seed}: not found"));
+        let seen = end - onset;
+        // The onset is found: the projection is fitted on the points since, not on the
+        // window's start nor on the stretch judged.
+        assert!(g.projection.points.abs_diff(seen) <= 10, "seed {seed}: {seen} min seen, {g:?}");
+        let error = g.projection.slope_per_min / truth - 1.0;
+        assert!(error.abs() < 0.2, "seed {seed}: {g:?}");
+        errors.push(error);
+    }
+    // Unbiased: the stretch judged, flat points and all, puts the slope 7 % low on average.
+    let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+    assert!(mean.abs() < 0.03, "{errors:?}");
+}
+
+#[test]
 fn fewer_points_than_the_minimum_are_not_judged() {
     let c = TrendConfig::default();
     assert!(judge(&series(c.min_points as usize - 1, 0.0, 1, leak(1.0)), &c).is_none());

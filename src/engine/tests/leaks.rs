@@ -24,6 +24,12 @@ fn leaks_are_suspected_within_half_an_hour_and_explain_themselves() {
             for key in ["slope_per_hour", "trend_z", "points", "normalised_slope_per_hour"] {
                 assert!(first.evidence.contains_key(key), "{kind:?}: evidence lacks {key}: {first:?}");
             }
+            if first.value.is_some() {
+                // A projected exhaustion says what it was projected from.
+                for key in ["projection_slope_per_hour", "projection_level", "projection_points"] {
+                    assert!(first.evidence.contains_key(key), "{kind:?}: evidence lacks {key}: {first:?}");
+                }
+            }
             assert!(!first.recommendations.is_empty());
         }
     }
