@@ -36,7 +36,8 @@ pub struct LiveFigures {
     /// The most each stage was behind, in seconds of beats.
     processor_lag_s: f64,
     sink_lag_s: f64,
-    /// Alerts the processor wrote, by kind: none is expected from this healthy fleet.
+    /// Alerts the processor wrote about the time the fleet was beating, by kind: none is
+    /// expected from this healthy fleet (it falls silent at the end of the run).
     alerts: BTreeMap<String, u64>,
     /// Rows in heartbeat_event, metric_rollup_1m and application at the end.
     rows: [i64; 3],
@@ -146,6 +147,8 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
         sample(&lag, started.elapsed() > interval + Duration::from_secs(2));
     }
     assert!(loadgen.wait().unwrap().success(), "the load generator failed");
+    // From here on the whole fleet is silent: deadlines after this are no false alarms.
+    let load_end_ms = chrono::Utc::now().timestamp_millis();
     // Both stages catch up with the last beats before the CPU is read.
     let caught_up = Instant::now();
     while sample(&lag, true) != (0.0, 0.0) {
@@ -164,7 +167,7 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
         interval,
         beats: METRICS.records_in.with_label_values(&["processor", &heartbeats]).get(),
         state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
-        alerts: alerts_by_kind(&config),
+        alerts: alerts_by_kind(&config, load_end_ms),
         state_bytes: log_bytes(&kafka_data_dir(), &app_state),
         cpu_secs,
         processor_lag_s,
@@ -253,11 +256,12 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// The local stack's broker data (`scripts/stack`: `$PULSEWATCH_STACK_DIR/kafka/data`, by
-/// default `.stack/kafka/data` in the checkout).
+/// The broker's data directory: `PULSEWATCH_BENCH_KAFKA_DATA`, else the local stack's
+/// (`scripts/stack` keeps it in `.stack/kafka/data` of the checkout).
 fn kafka_data_dir() -> PathBuf {
-    let stack = std::env::var("PULSEWATCH_STACK_DIR").unwrap_or_else(|_| ".stack".into());
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(stack).join("kafka").join("data")
+    std::env::var_os("PULSEWATCH_BENCH_KAFKA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/kafka/data"))
 }
 
 /// Bytes in the log segments of every partition of `topic` under `data`.
@@ -287,13 +291,17 @@ fn row_counts(config: &Config, rt: &tokio::runtime::Runtime) -> [i64; 3] {
     })
 }
 
-/// The alerts the run wrote, counted by kind and state.
-fn alerts_by_kind(config: &Config) -> BTreeMap<String, u64> {
+/// The alerts the run wrote about the time the fleet was beating (before `until_ms`),
+/// counted by kind and state.
+fn alerts_by_kind(config: &Config, until_ms: i64) -> BTreeMap<String, u64> {
     let topic = config.kafka.name(names::ALERTS);
     let mut kinds = BTreeMap::new();
     for m in readback::read_to_end(&config.kafka, &topic, Duration::from_secs(120)).unwrap() {
         let alert =
             rdkafka::message::Message::payload(&m).and_then(|p| pulsewatch::alert::Alert::decode(p).ok());
+        if alert.as_ref().is_some_and(|a| a.event_at >= until_ms) {
+            continue;
+        }
         let kind =
             alert.map_or_else(|| "undecodable".to_owned(), |a| format!("{} {:?}", a.kind.as_str(), a.state));
         *kinds.entry(kind).or_default() += 1;
