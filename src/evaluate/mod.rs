@@ -285,9 +285,10 @@ fn load_options(opts: &EvaluateOptions, cases: &[Case]) -> LoadgenOptions {
         seed: opts.seed,
         faults: cases.iter().enumerate().flat_map(|(i, c)| c.fault_specs(i)).collect(),
         app_prefix: APP_PREFIX.into(),
-        // Event times on whole minutes from the start, so that a seed gives the same minute
-        // points, hence the same verdicts, whenever it runs.
-        now_ms: Some(chrono::Utc::now().timestamp_millis() / 60_000 * 60_000),
+        // Event times on whole hours from the start, so that a seed gives the same minute
+        // and quarter-hour points (the history's quarters are of the clock), hence the same
+        // verdicts, whenever it runs.
+        now_ms: Some(chrono::Utc::now().timestamp_millis() / 3_600_000 * 3_600_000),
         progress: opts.progress,
         ..LoadgenOptions::default()
     }
