@@ -1,7 +1,7 @@
 //! The ingest stage against the real Kafka (`scripts/stack up` first), served in this
 //! process: single beats at 8, 64 and 256 concurrent kept-alive connections (p50 and p99
-//! latency, requests/s), then batches of 500 beats (beats/s). Every answer is a 202, given
-//! once the broker has the beats. The ceiling beside it: the same beats, Avro-encoded
+//! latency, requests/s), then batches of 500 beats at 4 and 16 connections (beats/s). Every
+//! answer is a 202, given once the broker has the beats. The ceiling beside it: the same beats, Avro-encoded
 //! beforehand, sent straight to Kafka by one producer with the ingest's settings.
 //!
 //! Run: `cargo bench --bench ingest` (PULSEWATCH_BENCH_SECONDS per measurement, default 5;
@@ -55,14 +55,20 @@ fn main() {
             latencies.len() as f64 / secs
         );
     }
-    let (beats, secs) = batches(&url, 4, 500, span);
-    let through_ingest = beats as f64 / secs;
-    println!("batches of 500, 4 connections: {through_ingest:>8.0} beats/s");
+    // A request's answer waits for the broker's acknowledgement: with few connections the
+    // rate is bound by those round trips, with more by the cores.
+    let mut best: f64 = 0.0;
+    for connections in [4, 16] {
+        let (beats, secs) = batches(&url, connections, 500, span);
+        let through_ingest = beats as f64 / secs;
+        println!("batches of 500, {connections:>2} connections: {through_ingest:>8.0} beats/s");
+        best = best.max(through_ingest);
+    }
     let (records, secs) = straight_to_kafka(&config, span);
     let ceiling = records as f64 / secs;
     println!(
         "the same beats straight to Kafka: {ceiling:>8.0} beats/s (batches reach {:.2} of it)",
-        through_ingest / ceiling
+        best / ceiling
     );
     rt.block_on(topology::remove(&config.kafka, &Topology::builtin())).ok();
 }
