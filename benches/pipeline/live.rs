@@ -3,7 +3,9 @@
 //! costs per beat: the bytes the broker stored for `app-state` (its log segments on disk,
 //! compressed as written), the CPU time of this process (processor and sink), and how far
 //! each stage fell behind (records behind the end of `heartbeats`, in seconds of the fleet's
-//! beats), sampled every second once the fleet has beaten once.
+//! beats), sampled every second once the fleet has beaten once. With
+//! `PULSEWATCH_BENCH_LIVE_BACKFILL_MIN` the fleet first writes that much history, so that its
+//! trend windows are full, and the figures count from when the processor has caught up.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,12 +28,15 @@ use super::{clean_up, fresh_config};
 pub struct LiveFigures {
     apps: usize,
     interval: Duration,
-    /// Beats the processor read.
+    /// Minutes of history processed before the live run was measured.
+    backfill: u64,
+    /// Beats the processor read live.
     beats: u64,
-    /// `app-state` records the processor wrote, and the bytes their log segments hold.
+    /// `app-state` records the processor wrote meanwhile, and the bytes they added to its log
+    /// segments.
     state_records: u64,
     state_bytes: u64,
-    /// CPU seconds of this process from the first beat until both stages caught up.
+    /// CPU seconds of this process from the first live beat until both stages caught up.
     cpu_secs: f64,
     /// The most each stage was behind, in seconds of beats.
     processor_lag_s: f64,
@@ -48,9 +53,10 @@ impl std::fmt::Display for LiveFigures {
         let beats = self.beats.max(1) as f64;
         write!(
             f,
-            "  {:>7} apps every {:>2} s: {} beats; app-state {:.0} bytes/beat on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
+            "  {:>7} apps every {:>2} s after {} min of history: {} live beats; app-state {:.0} bytes/beat on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
             self.apps,
             self.interval.as_secs(),
+            self.backfill,
             self.beats,
             self.state_bytes as f64 / beats,
             self.state_records as f64 / beats,
@@ -102,6 +108,47 @@ pub fn live(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// Minutes of history written before each live run (`PULSEWATCH_BENCH_LIVE_BACKFILL_MIN`,
+/// default 0), so that the applications' trend windows are full when it is measured: the
+/// figures count from the moment the processor has caught up with it.
+fn backfill_minutes() -> u64 {
+    std::env::var("PULSEWATCH_BENCH_LIVE_BACKFILL_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The counters a run's figures are the growth of.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    /// Beats the processor read.
+    beats: u64,
+    /// `app-state` records the processor wrote, and the bytes their log segments hold.
+    state_records: u64,
+    state_bytes: u64,
+    /// CPU seconds of this process.
+    cpu_secs: f64,
+}
+
+impl Counters {
+    fn now(config: &Config) -> Counters {
+        let app_state = config.kafka.name(names::APP_STATE);
+        let heartbeats = config.kafka.name(names::HEARTBEATS);
+        Counters {
+            beats: METRICS.records_in.with_label_values(&["processor", &heartbeats]).get(),
+            state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
+            state_bytes: log_bytes(&kafka_data_dir(), &app_state),
+            cpu_secs: cpu_seconds(),
+        }
+    }
+
+    fn since(self, base: Counters) -> Counters {
+        Counters {
+            beats: self.beats - base.beats,
+            state_records: self.state_records - base.state_records,
+            state_bytes: self.state_bytes - base.state_bytes,
+            cpu_secs: self.cpu_secs - base.cpu_secs,
+        }
+    }
+}
+
 fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Duration) -> LiveFigures {
     let config = fresh_config(rt);
     let shutdown = Shutdown::new();
@@ -122,54 +169,64 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
     while !ready.iter().all(|r| r.load(Ordering::Relaxed)) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let cpu_before = cpu_seconds();
+    let backfill = backfill_minutes();
+    let backfilled = apps as u64 * backfill * 60 / interval.as_secs().max(1);
+    let mut base = (backfill == 0).then(|| Counters::now(&config));
     let mut loadgen = Command::new(env!("CARGO_BIN_EXE_pulsewatch"))
         .args(["loadgen", "--quiet", "--instances", "1", "--seed", "11", "--app-prefix", "live-"])
         .args(["--apps", &apps.to_string()])
         .args(["--interval", &format!("{}s", interval.as_secs())])
         .args(["--duration", &format!("{}s", span.as_secs())])
+        .args(["--backfill", &format!("{backfill}m")])
         .args(["--manifest", &std::env::temp_dir().join("pulsewatch-bench-live.json").to_string_lossy()])
         .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
         .spawn()
         .expect("the pulsewatch binary runs the load generator");
     let lag = Lag::new(&config, rt, apps as f64 / interval.as_secs_f64());
-    let started = Instant::now();
+    let mut live_since = Instant::now();
     let (mut processor_lag_s, mut sink_lag_s) = (0.0f64, 0.0f64);
-    let mut sample = |lag: &Lag, warm: bool| {
-        let (p, s) = lag.behind_s();
-        if warm {
-            (processor_lag_s, sink_lag_s) = (processor_lag_s.max(p), sink_lag_s.max(s));
-        }
-        (p, s)
-    };
     while loadgen.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_secs(1));
-        sample(&lag, started.elapsed() > interval + Duration::from_secs(2));
+        let (p, s) = lag.behind_s();
+        if base.is_none() {
+            // The backfill is processed: the live measurement starts.
+            if Counters::now(&config).beats >= backfilled && p < 1.0 {
+                base = Some(Counters::now(&config));
+                live_since = Instant::now();
+            }
+        } else if live_since.elapsed() > interval + Duration::from_secs(2) {
+            (processor_lag_s, sink_lag_s) = (processor_lag_s.max(p), sink_lag_s.max(s));
+        }
     }
     assert!(loadgen.wait().unwrap().success(), "the load generator failed");
+    let base = base.expect("the processor caught up with the backfill before the live run ended");
     // From here on the whole fleet is silent: deadlines after this are no false alarms.
     let load_end_ms = chrono::Utc::now().timestamp_millis();
     // Both stages catch up with the last beats before the CPU is read.
     let caught_up = Instant::now();
-    while sample(&lag, true) != (0.0, 0.0) {
+    loop {
+        let (p, s) = lag.behind_s();
+        (processor_lag_s, sink_lag_s) = (processor_lag_s.max(p), sink_lag_s.max(s));
+        if (p, s) == (0.0, 0.0) {
+            break;
+        }
         assert!(caught_up.elapsed() < Duration::from_secs(300), "the stages did not catch up in 5 minutes");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let cpu_secs = cpu_seconds() - cpu_before;
+    let grown = Counters::now(&config).since(base);
     shutdown.trigger();
     for stage in stages {
         stage.join().unwrap().expect("a stage stopped with an error");
     }
-    let heartbeats = config.kafka.name(names::HEARTBEATS);
-    let app_state = config.kafka.name(names::APP_STATE);
     let figures = LiveFigures {
         apps,
         interval,
-        beats: METRICS.records_in.with_label_values(&["processor", &heartbeats]).get(),
-        state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
+        backfill,
+        beats: grown.beats,
+        state_records: grown.state_records,
         alerts: alerts_by_kind(&config, load_end_ms),
-        state_bytes: log_bytes(&kafka_data_dir(), &app_state),
-        cpu_secs,
+        state_bytes: grown.state_bytes,
+        cpu_secs: grown.cpu_secs,
         processor_lag_s,
         sink_lag_s,
         rows: row_counts(&config, rt),
