@@ -21,9 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use pulsewatch::app_state::StateRecordOut;
 use pulsewatch::config::Config;
-use pulsewatch::engine::{AppState, Effect, Engine, StateRecord};
+use pulsewatch::engine::{AppState, Effect, Engine, RestoredApps};
 use pulsewatch::kafka;
 use pulsewatch::loadgen::scenario::InstanceSim;
 use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
@@ -74,11 +73,13 @@ fn main() {
     let header: usize = records.iter().map(|r| r.header.len()).sum();
     let read_back = || {
         let started = Instant::now();
-        let parsed: Vec<StateRecord> =
-            records.iter().map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap()).collect();
+        let mut parsed = RestoredApps::default();
+        for r in &records {
+            parsed.add_written(r).unwrap();
+        }
         let decode = started.elapsed();
         let started = Instant::now();
-        let restored = Engine::restore(0, config.clone(), rules.clone(), parsed);
+        let restored = Engine::restore_apps(0, config.clone(), rules.clone(), parsed);
         assert_eq!(restored.app_count(), engine.app_count());
         (restored, decode, started.elapsed())
     };
@@ -89,7 +90,7 @@ fn main() {
     let (_, decode_again, rebuild_again) = read_back();
     let per_app = |d: std::time::Duration| d.as_secs_f64() * 1e6 / apps as f64;
     println!(
-        "restore: {apps} apps x 2 instances; per app-state record {} bytes of JSON snapshot, {} of binary state; transparent huge pages {}",
+        "restore: {apps} apps x 2 instances; per app, {} bytes of JSON snapshot and {} of binary state (its state and windows records); transparent huge pages {}",
         value / apps,
         header / apps,
         if huge_pages { "allowed" } else { "off" }
@@ -107,10 +108,8 @@ fn main() {
         held as f64 / 1e3 / apps as f64,
         per_app(decode_again + rebuild_again)
     );
-    let templates: Vec<AppState> = records
-        .iter()
-        .filter_map(|r| StateRecord::decode(&r.value, Some(&r.header)).unwrap().state)
-        .collect();
+    let templates: Vec<AppState> =
+        records.iter().filter(|r| !r.is_windows()).filter_map(|r| engine.app(&r.app_id).cloned()).collect();
     let restore_apps: usize = std::env::var("PULSEWATCH_BENCH_RESTORE_APPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -139,12 +138,13 @@ fn through_kafka(
     for i in 0..apps {
         let state = &templates[i % templates.len()];
         let app_id = format!("app-{i:07}");
-        let record = StateRecordOut::new(&state.snapshot(&app_id, 1_800_000_000_000), Some(state));
-        bytes += record.value.len() + record.header.len();
-        let header = OwnedHeaders::new()
-            .insert(Header { key: pulsewatch::app_state::STATE_HEADER, value: Some(&record.header) });
         let partition = Some(partitions[i % partitions.len()]);
-        kafka::send_to(&producer, &topic, partition, &app_id, &record.value, Some(header)).unwrap();
+        for record in state.records(&app_id, 1_800_000_000_000) {
+            bytes += record.value.len() + record.header.len();
+            let header =
+                OwnedHeaders::new().insert(Header { key: record.header_name, value: Some(&record.header) });
+            kafka::send_to(&producer, &topic, partition, &record.key(), &record.value, Some(header)).unwrap();
+        }
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(120)).unwrap();

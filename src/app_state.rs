@@ -13,12 +13,22 @@ use serde::{Deserialize, Serialize};
 use crate::labels::Labels;
 
 /// The version of the envelope and engine state `app-state` records carry: 3 on, the state
-/// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot. Records of
-/// versions 1 to 4 still restore; the history of the versions is in `docs/contracts.md`.
-pub const STATE_VERSION: u32 = 5;
+/// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot; 6 on, the
+/// trend windows are in a record of their own ([`WINDOWS_HEADER`]). Records of versions 1 to
+/// 5 still restore; the history of the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 6;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";
+
+/// The header of an application's windows record (version 6 on): its instances' trend
+/// windows, which change once a minute, written only when they change. Its key is the app
+/// id and [`WINDOWS_KEY_SUFFIX`], its value empty; the sink passes it by.
+pub const WINDOWS_HEADER: &str = "pulsewatch-windows";
+
+/// What follows the app id in a windows record's key: an app id holds no NUL, so no
+/// application's key is ever another's windows key.
+pub const WINDOWS_KEY_SUFFIX: &str = "\0windows";
 
 /// The current state of one application, as published on `app-state` (JSON, key app_id)
 /// and stored in the `application` table.
@@ -62,12 +72,15 @@ impl AppSnapshot {
     }
 }
 
-/// An `app-state` record ready to send: the key, the JSON value (the snapshot and the
-/// version), and the [`STATE_HEADER`].
+/// An `app-state` record ready to send: an application's state (the JSON value, the
+/// snapshot and the version, and the [`STATE_HEADER`]) or its windows record (an empty value
+/// and the [`WINDOWS_HEADER`]).
 #[derive(Debug, Clone)]
 pub struct StateRecordOut {
     pub app_id: String,
     pub value: Vec<u8>,
+    /// [`STATE_HEADER`] or [`WINDOWS_HEADER`].
+    pub header_name: &'static str,
     pub header: Vec<u8>,
 }
 
@@ -103,8 +116,52 @@ impl StateRecordOut {
         StateRecordOut {
             app_id: snapshot.app_id.clone(),
             value: value.expect("a snapshot serialises"),
+            header_name: STATE_HEADER,
             header: header.expect("the engine state serialises"),
         }
+    }
+
+    /// The windows record of `app_id`: each instance's windows, by instance id.
+    pub fn windows<W: Serialize>(app_id: &str, windows: &[(&str, &W)]) -> StateRecordOut {
+        let body = (app_id, windows);
+        let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
+        StateRecordOut {
+            app_id: app_id.to_owned(),
+            value: Vec::new(),
+            header_name: WINDOWS_HEADER,
+            header: header.expect("trend windows serialise"),
+        }
+    }
+
+    pub fn is_windows(&self) -> bool {
+        self.header_name == WINDOWS_HEADER
+    }
+
+    /// The record's key: the app id, or for a windows record the app id and
+    /// [`WINDOWS_KEY_SUFFIX`].
+    pub fn key(&self) -> String {
+        if self.is_windows() { format!("{}{WINDOWS_KEY_SUFFIX}", self.app_id) } else { self.app_id.clone() }
+    }
+}
+
+/// An application's windows record as read back. `W` is the engine's trend windows of one
+/// instance.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WindowsRecord<W> {
+    pub app_id: String,
+    /// By instance id.
+    pub windows: Vec<(String, W)>,
+}
+
+impl<W: DeserializeOwned> WindowsRecord<W> {
+    /// Reads a record from its [`WINDOWS_HEADER`].
+    pub fn decode(header: &[u8]) -> Result<WindowsRecord<W>, StateRecordError> {
+        let (&version, body) = header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
+        let version = u32::from(version);
+        if version > STATE_VERSION {
+            return Err(StateRecordError::Newer(version));
+        }
+        postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })
     }
 }
 

@@ -2,8 +2,8 @@
 //! read to their settled end (read_committed, once no transaction is pending on them: the
 //! state a transaction committed a moment ago is there even if its markers are still on
 //! their way, as the consumed offsets committed with it are) on one thread, which copies out
-//! of each record only what a restore reads (the state header, or the JSON value of older
-//! versions) into batches, and hands them to one decoding worker per core, a partition
+//! of each record only what a restore reads (the state or windows header, or the JSON value
+//! of older versions) into batches, and hands them to one decoding worker per core, a partition
 //! always to the same worker. The workers decode while the reading goes on, keep only each
 //! application's newest record, hand the emptied batches back to be filled again, and
 //! rebuild their partitions' engines once the end is read.
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::app_state::{STATE_HEADER, StateRecordError};
+use crate::app_state::{STATE_HEADER, StateRecordError, WINDOWS_HEADER};
 use crate::config::KafkaConfig;
-use crate::engine::{Engine, RestoredApps, StateRecord};
+use crate::engine::{Engine, RestoredApps, StateRecord, WindowsRecord};
 use crate::readback::{self, End, ReadError};
 use crate::rules::CompiledRules;
 use crate::rules::DetectionConfig;
@@ -57,23 +57,41 @@ struct RecordBatch {
     records: Vec<RawRecord>,
 }
 
-/// Where a record lies in its batch's buffer.
+/// Where a record lies in its batch's buffer, and what it holds.
 struct RawRecord {
     partition: i32,
     end: usize,
-    is_header: bool,
+    kind: RawKind,
+}
+
+/// What of a record a batch holds.
+#[derive(Clone, Copy)]
+enum RawKind {
+    /// The state header (version 3 on).
+    State,
+    /// The windows header (version 6 on).
+    Windows,
+    /// The JSON value (versions 1 and 2).
+    Json,
+}
+
+/// A record read back: an application's state, or its windows.
+enum Read {
+    State(StateRecord),
+    Windows(WindowsRecord),
 }
 
 impl RecordBatch {
     fn push(&mut self, m: &BorrowedMessage<'_>) {
         let header =
-            m.headers().and_then(|hs| hs.iter().find(|h| h.key == STATE_HEADER)).and_then(|h| h.value);
-        let (bytes, is_header) = match header {
-            Some(h) => (h, true),
-            None => (m.payload().unwrap_or_default(), false),
+            |name: &str| m.headers().and_then(|hs| hs.iter().find(|h| h.key == name)).and_then(|h| h.value);
+        let (bytes, kind) = match (header(STATE_HEADER), header(WINDOWS_HEADER)) {
+            (Some(h), _) => (h, RawKind::State),
+            (None, Some(h)) => (h, RawKind::Windows),
+            (None, None) => (m.payload().unwrap_or_default(), RawKind::Json),
         };
         self.bytes.extend_from_slice(bytes);
-        self.records.push(RawRecord { partition: m.partition(), end: self.bytes.len(), is_header });
+        self.records.push(RawRecord { partition: m.partition(), end: self.bytes.len(), kind });
     }
 
     fn len(&self) -> usize {
@@ -85,15 +103,15 @@ impl RecordBatch {
     }
 
     /// Each record's partition and what it decodes to.
-    fn decode(&self) -> impl Iterator<Item = (i32, Result<StateRecord, StateRecordError>)> + '_ {
+    fn decode(&self) -> impl Iterator<Item = (i32, Result<Read, StateRecordError>)> + '_ {
         let mut start = 0;
         self.records.iter().map(move |r| {
             let bytes = &self.bytes[start..r.end];
             start = r.end;
-            let decoded = if r.is_header {
-                StateRecord::decode(&[], Some(bytes))
-            } else {
-                StateRecord::decode(bytes, None)
+            let decoded = match r.kind {
+                RawKind::State => StateRecord::decode(&[], Some(bytes)).map(Read::State),
+                RawKind::Windows => WindowsRecord::decode(bytes).map(Read::Windows),
+                RawKind::Json => StateRecord::decode(bytes, None).map(Read::State),
             };
             (r.partition, decoded)
         })
@@ -210,7 +228,8 @@ fn work(
     for mut batch in rx {
         for (partition, decoded) in batch.decode() {
             match decoded {
-                Ok(r) => restored.entry(partition).or_default().add(r),
+                Ok(Read::State(r)) => restored.entry(partition).or_default().add(r),
+                Ok(Read::Windows(r)) => restored.entry(partition).or_default().add_windows(r),
                 Err(e) => {
                     unreadable += 1;
                     first_error.get_or_insert(e);

@@ -65,12 +65,14 @@ fn the_state_of_100000_apps_comes_back_after_a_restart_and_readyz_waits_for_it()
 
 /// The restore function on its own, against a topic written by hand: each application's
 /// newest record wins even when its records fall in different batches of a worker, every
-/// requested partition gets its engine (an empty one when it has no records), and records
-/// that cannot be read back are counted with a reason instead of stopping the restore.
+/// requested partition gets its engine (an empty one when it has no records), an
+/// application's trend windows come back from their own record, and records that cannot be
+/// read back are counted with a reason instead of stopping the restore.
 #[test]
 fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
     use pulsewatch::app_state::{STATE_HEADER, StateRecordOut};
-    use pulsewatch::engine::AppState;
+    use pulsewatch::engine::{AppState, Engine};
+    use pulsewatch::heartbeat::Heartbeat;
     use pulsewatch::rules::{CompiledRules, DetectionConfig, RuleSet};
     use pulsewatch::trend::TrendConfig;
     use pulsewatch::{kafka, restore};
@@ -103,11 +105,24 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
     send(1, "future", b"{}", Some(&[99, 0]));
     let v1 = AppState::default().snapshot("snapshot-only", 1_800_000_000_000);
     send(1, "snapshot-only", &serde_json::to_vec(&v1).unwrap(), None);
+    // On partition 0, an application with ten minutes of trend window, written as the engine
+    // writes it: its windows record, then its state record without them.
+    let engine_config = DetectionConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
+    let mut windowed = Engine::new(0, engine_config.clone(), rules.clone());
+    let mut out = Vec::new();
+    for k in 0..121 {
+        let beat = Heartbeat::new("windowed", "windowed-i0", k, 1_800_000_000_000 + k * 5_000);
+        windowed.on_beat(beat, k, 0, &mut out);
+    }
+    let state = windowed.app("windowed").unwrap();
+    for r in state.records("windowed", 1_800_000_000_000) {
+        let headers = OwnedHeaders::new().insert(Header { key: r.header_name, value: Some(&r.header) });
+        kafka::send_to(&producer, &topic, Some(0), &r.key(), &r.value, Some(headers)).unwrap();
+    }
     producer.flush(Duration::from_secs(60)).unwrap();
     assert_eq!(producer.context().failed(), 0);
 
-    let engine_config = DetectionConfig::default();
-    let rules = CompiledRules::new(&RuleSet::default(), &engine_config, &TrendConfig::default()).unwrap();
     let restored = restore::restore_partitions(
         &config.kafka,
         &topic,
@@ -117,14 +132,18 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
         Duration::from_secs(120),
     )
     .unwrap();
-    assert_eq!(restored.records, 2 * STATE_APPS + 3);
+    assert_eq!(restored.records, 2 * STATE_APPS + 3 + 2);
     assert_eq!(restored.unreadable, 2, "the damaged and the future record");
     assert!(restored.first_error.is_some());
     let partitions: Vec<i32> = restored.engines.iter().map(|(p, _)| *p).collect();
     assert_eq!(partitions, [0, 1, 2, 3]);
     for (p, engine) in &restored.engines {
         assert_eq!(engine.partition(), *p);
-        let expected = if *p == 3 { 0 } else { STATE_APPS / 3 };
+        let expected = match p {
+            0 => STATE_APPS / 3 + 1,
+            3 => 0,
+            _ => STATE_APPS / 3,
+        };
         assert_eq!(engine.app_count(), expected, "apps restored on partition {p}");
     }
     for i in 0..STATE_APPS {
@@ -133,7 +152,10 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
         let app = engine.app(&app_id).unwrap_or_else(|| panic!("{app_id} restored on its partition"));
         assert_eq!(app.last_seen, 2, "{app_id}: the newest record wins");
     }
-    assert_eq!(restored.apps(), STATE_APPS);
+    assert_eq!(restored.apps(), STATE_APPS + 1);
+    let window = |e: &Engine| e.app("windowed").unwrap().instances["windowed-i0"].trend.window.len();
+    assert_eq!(window(&restored.engines[0].1), window(&windowed), "the windows come back with the state");
+    assert_eq!(window(&windowed), 10);
 }
 
 /// A restore reads the state a transaction committed even while the transaction's markers

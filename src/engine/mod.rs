@@ -21,7 +21,7 @@ mod thresholds;
 mod timers;
 pub mod vec_map;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::alert::Alert;
@@ -35,7 +35,7 @@ use crate::watermark::{Observation, Watermark};
 use change::Origin;
 use liveness::{StepContext, next_deadline};
 use rollup::Joined;
-pub use state::{AppState, InstanceState, Liveness, RestoredApps, StateRecord};
+pub use state::{AppState, InstanceState, Liveness, RestoredApps, StateRecord, WindowsRecord};
 use timers::{TimerKind, Timers};
 
 /// What processing produced, to be published.
@@ -73,6 +73,9 @@ pub struct Engine {
     timers: Timers,
     /// Applications changed since the last [`Engine::take_state_records`].
     dirty: BTreeSet<String>,
+    /// Those of them whose instances' trend windows changed (a minute closed, a process
+    /// restarted) or whose instances came: their windows record is written too.
+    windows_dirty: HashSet<String>,
     /// Leak transitions of the beat being applied (kept to reuse its allocation).
     leak_changes: Vec<LeakChange>,
     /// Offset of the last record seen: the position timer-driven alerts point at.
@@ -108,6 +111,7 @@ impl Engine {
             apps: HashMap::new(),
             timers: Timers::default(),
             dirty: BTreeSet::new(),
+            windows_dirty: HashSet::new(),
             leak_changes: Vec::new(),
             last_offset: -1,
             stats: EngineStats::default(),
@@ -179,22 +183,31 @@ impl Engine {
         self.fire_due(wall_ms, out);
     }
 
-    /// The `app-state` records (snapshot, version, whole state) of the applications that
-    /// changed since the last call, in app order: what [`Engine::restore`] reads back.
+    /// The `app-state` records of the applications that changed since the last call, in app
+    /// order: each one's state (snapshot, version, the state without its trend windows),
+    /// preceded by its windows record when those changed. What [`Engine::restore_apps`]
+    /// reads back.
     pub fn take_state_records(&mut self) -> Vec<StateRecordOut> {
         let dirty = std::mem::take(&mut self.dirty);
         let updated_at = self.watermark.current().unwrap_or_default();
-        dirty
-            .into_iter()
-            .map(|app_id| {
-                let state = self.apps.get(&app_id).map(|a| &a.state);
-                let snapshot = match state {
-                    Some(app) => app.snapshot(&app_id, updated_at),
-                    None => AppSnapshot::gone(&app_id, updated_at),
-                };
-                StateRecordOut::new(&snapshot, state)
-            })
-            .collect()
+        let mut records = Vec::with_capacity(dirty.len());
+        for app_id in dirty {
+            let windows_changed = self.windows_dirty.remove(&app_id);
+            let Some(tracked) = self.apps.get_mut(&app_id) else {
+                records.push(StateRecordOut::new(&AppSnapshot::gone(&app_id, updated_at), None::<&AppState>));
+                continue;
+            };
+            let app = &mut tracked.state;
+            let snapshot = app.snapshot(&app_id, updated_at);
+            // The windows change once a minute, the rest at every beat: they are written apart.
+            let windows = app.take_windows();
+            if windows_changed {
+                records.push(app.windows_record(&app_id, &windows));
+            }
+            records.push(StateRecordOut::new(&snapshot, Some(&*app)));
+            app.put_windows(windows);
+        }
+        records
     }
 
     /// Rebuilds a partition's engine from its `app-state` records, oldest first (the newest
@@ -223,7 +236,17 @@ impl Engine {
         restored: RestoredApps,
     ) -> Engine {
         let mut engine = Engine::new(partition, config, rules);
-        let RestoredApps { apps, watermark } = restored;
+        let RestoredApps { mut apps, watermark, mut windows } = restored;
+        for (app_id, app) in apps.iter_mut() {
+            match windows.remove(app_id) {
+                Some(of_app) => app.put_windows_of(of_app),
+                // Records before version 6 hold the windows themselves: the next record of
+                // the application takes them out, so its windows record must come with it.
+                None => {
+                    engine.windows_dirty.insert(app_id.clone());
+                }
+            }
+        }
         let liveness: usize = apps.values().map(|a| a.instances.len()).sum();
         let other: usize = apps
             .values()
@@ -300,6 +323,11 @@ impl Engine {
         }
         thresholds::judge(&ctx, instance, &beat, &deltas, self.rules.error_rate_min_requests, out);
         leaks::judge(&ctx, &mut instance.trend, &beat, deltas.requests, &mut self.leak_changes, out);
+        // A new instance too: a windows record of the app written before it came (or before
+        // one of the same id left) must not give it windows on a restore.
+        if instance.trend.take_window_changed() || is_new {
+            self.windows_dirty.insert(app_id.clone());
+        }
 
         let stopping = beat.status == InstanceStatus::Stopping;
         // A beat behind the watermark its deadlines are judged on counts from there.

@@ -9,11 +9,11 @@ use super::rates::RateWindow;
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use super::vec_map::VecMap;
 use crate::alert::{AlertKind, Severity};
-use crate::app_state::AppSnapshot;
+use crate::app_state::{AppSnapshot, StateRecordError, StateRecordOut};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
 use crate::rules::{MAX_FLAP_TRANSITIONS, Rule, RuleStates};
-use crate::trend::InstanceTrend;
+use crate::trend::{History, InstanceTrend};
 
 /// Where an instance stands on liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,15 +282,61 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Takes the instances' trend windows out, in instance order (to write the rest alone).
+    pub fn take_windows(&mut self) -> Vec<History> {
+        self.instances.iter_mut().map(|(_, i)| std::mem::take(&mut i.trend.window)).collect()
+    }
+
+    /// Puts back what [`AppState::take_windows`] took.
+    pub fn put_windows(&mut self, windows: Vec<History>) {
+        for ((_, instance), window) in self.instances.iter_mut().zip(windows) {
+            instance.trend.window = window;
+        }
+    }
+
+    /// The windows record of the application, of `windows` taken from it.
+    pub fn windows_record(&self, app_id: &str, windows: &[History]) -> StateRecordOut {
+        let by_instance: Vec<(&str, &History)> =
+            self.instances.keys().map(String::as_str).zip(windows).collect();
+        StateRecordOut::windows(app_id, &by_instance)
+    }
+
+    /// The records the engine writes of this state: the windows record, then the state
+    /// record without them (a copy of the state is made: for tests and benches).
+    pub fn records(&self, app_id: &str, updated_at_ms: i64) -> [StateRecordOut; 2] {
+        let mut rest = self.clone();
+        let windows = rest.take_windows();
+        [
+            rest.windows_record(app_id, &windows),
+            StateRecordOut::new(&self.snapshot(app_id, updated_at_ms), Some(&rest)),
+        ]
+    }
+
+    /// Gives the instances the windows a windows record holds for them, by instance id.
+    pub fn put_windows_of(&mut self, windows: Vec<(String, History)>) {
+        for (id, window) in windows {
+            if let Some(instance) = self.instances.get_mut(&id) {
+                instance.trend.window = window;
+            }
+        }
+    }
+}
+
 /// An `app-state` record as read back, with the engine state of this version.
 pub type StateRecord = crate::app_state::StateRecord<AppState>;
 
+/// A windows record as read back.
+pub type WindowsRecord = crate::app_state::WindowsRecord<History>;
+
 /// What a partition's `app-state` records restore: each application's state from its newest
-/// record, and the newest watermark they carry.
+/// record and its instances' windows from its newest windows record, and the newest
+/// watermark they carry.
 #[derive(Debug, Default)]
 pub struct RestoredApps {
     pub(super) apps: HashMap<String, AppState>,
     pub(super) watermark: Option<i64>,
+    pub(super) windows: HashMap<String, Vec<(String, History)>>,
 }
 
 impl RestoredApps {
@@ -306,7 +352,23 @@ impl RestoredApps {
             }
             None => {
                 self.apps.remove(&r.app_id);
+                self.windows.remove(&r.app_id);
             }
         }
+    }
+
+    /// Takes a windows record read after the ones before it.
+    pub fn add_windows(&mut self, r: WindowsRecord) {
+        self.windows.insert(r.app_id, r.windows);
+    }
+
+    /// Takes a record as the engine wrote it (of this version, either kind).
+    pub fn add_written(&mut self, r: &StateRecordOut) -> Result<(), StateRecordError> {
+        if r.is_windows() {
+            self.add_windows(WindowsRecord::decode(&r.header)?);
+        } else {
+            self.add(StateRecord::decode(&r.value, Some(&r.header))?);
+        }
+        Ok(())
     }
 }

@@ -12,8 +12,9 @@
 //! of the batch at once, before the next record: its next owner reads those records again
 //! from the committed offset, so none of it may be committed here.
 //!
-//! Each application's whole engine state goes to `app-state` (in the partition of the same
-//! number as its heartbeats) in the transaction of every batch that changed it. Before it
+//! Each application's engine state goes to `app-state` (in the partition of the same number
+//! as its heartbeats) in the transaction of every batch that changed it, its trend windows in
+//! a record of their own when they changed. Before it
 //! processes a newly assigned partition (also one given back after it was revoked), the
 //! processor rebuilds that partition's engine from there (read_committed, to its end once no
 //! transaction is pending on it): the state as of the committed offsets. When a

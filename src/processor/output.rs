@@ -4,7 +4,7 @@
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::app_state::{STATE_HEADER, StateRecordOut};
+use crate::app_state::StateRecordOut;
 use crate::dead_letter::DeadLetter;
 use crate::engine::Effect;
 use crate::kafka::{self, TrackedProducer};
@@ -29,9 +29,9 @@ impl Outputs {
         record: &StateRecordOut,
     ) -> Result<(), KafkaError> {
         let state = OwnedHeaders::new_with_capacity(1)
-            .insert(Header { key: STATE_HEADER, value: Some(&record.header) });
+            .insert(Header { key: record.header_name, value: Some(&record.header) });
         let topic = &self.topics.app_state;
-        kafka::send_to(producer, topic, Some(partition), &record.app_id, &record.value, Some(state))?;
+        kafka::send_to(producer, topic, Some(partition), &record.key(), &record.value, Some(state))?;
         METRICS.records_out.with_label_values(&["processor", topic]).inc();
         Ok(())
     }

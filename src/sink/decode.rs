@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::Utc;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::batch::{Batch, place};
 use crate::ack::AlertAck;
 use crate::alert::Alert;
-use crate::app_state::AppSnapshot;
+use crate::app_state::{AppSnapshot, WINDOWS_HEADER};
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::METRICS;
@@ -25,6 +25,8 @@ pub enum Decoded {
     Rollup(Rollup),
     App(AppSnapshot),
     Ack(AlertAck),
+    /// An application's windows record (`app-state`): the processor's alone, nothing to store.
+    Windows,
 }
 
 /// Adds one consumed record to the batch (or skips it, if `sink_offset` says it is written).
@@ -80,6 +82,10 @@ fn decode(
         // Invalid input is the processor's to dead-letter; the sink stores valid beats only.
         let beat = Registry::decode(registry, payload, reference, config.input.max_sent_at_drift_ms)?;
         return Ok(beat.map(Decoded::Beat).map_err(|_| None));
+    }
+    if topic == topics.app_state && msg.headers().is_some_and(|hs| hs.iter().any(|h| h.key == WINDOWS_HEADER))
+    {
+        return Ok(Ok(Decoded::Windows));
     }
     Ok(decode_output(topic, payload, topics))
 }

@@ -335,6 +335,20 @@ pub struct InstanceTrend {
     open_minute: Option<OpenMinute>,
     pub window: History,
     pub open: [Option<OpenLeak>; 5],
+    /// Whether `window` changed since [`InstanceTrend::take_window_changed`] last said.
+    #[serde(skip)]
+    window_changed: Changed,
+}
+
+/// A flag that is not part of the state it sits in: equal whatever its value, never
+/// persisted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Changed(bool);
+
+impl PartialEq for Changed {
+    fn eq(&self, _: &Changed) -> bool {
+        true
+    }
 }
 
 impl InstanceTrend {
@@ -348,6 +362,7 @@ impl InstanceTrend {
             _ => {
                 if let Some(done) = self.open_minute.take() {
                     self.window.push(done.close(), c);
+                    self.window_changed = Changed(true);
                     self.judge_all(b, c, out);
                 }
                 let mut open = OpenMinute::new(minute);
@@ -357,9 +372,16 @@ impl InstanceTrend {
         }
     }
 
+    /// Whether the window changed (a minute closed, or the series started over) since the
+    /// last call.
+    pub fn take_window_changed(&mut self) -> bool {
+        std::mem::take(&mut self.window_changed).0
+    }
+
     /// A new process: the series start over and open leak alerts resolve.
     pub fn restart(&mut self, out: &mut Vec<LeakChange>) {
         self.window.clear();
+        self.window_changed = Changed(true);
         self.open_minute = None;
         for r in Resource::ALL {
             if let Some(open) = self.open[r.index()].take() {

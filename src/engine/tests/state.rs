@@ -95,11 +95,18 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                         {
                             // The cut, right after a batch that closed a minute: a new owner
                             // restores what was committed so far.
-                            let parsed = records.iter().map(|r| read_back(r, version));
+                            let mut parsed = RestoredApps::default();
+                            for r in &records {
+                                if r.is_windows() {
+                                    parsed.add_written(r).unwrap();
+                                } else {
+                                    parsed.add(read_back(r, version));
+                                }
+                            }
                             let c = DetectionConfig::default();
                             let rules =
                                 CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
-                            restored = Some(Engine::restore(0, c, rules, parsed));
+                            restored = Some(Engine::restore_apps(0, c, rules, parsed));
                             out_original.clear();
                         }
                         batch_from = out_original.len();
@@ -149,4 +156,67 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
 #[test]
 fn the_snapshot_of_an_application_gone_is_that_of_an_empty_state() {
     assert_eq!(AppSnapshot::gone("a", T0), AppState::default().snapshot("a", T0));
+}
+
+/// The trend windows of one application's instances after a restore, by instance.
+fn window_lengths(e: &Engine, app: &str) -> Vec<usize> {
+    e.app(app).unwrap().instances.values().map(|i| i.trend.window.len()).collect()
+}
+
+#[test]
+fn the_trend_windows_are_written_apart_once_a_minute_and_restore_with_the_state() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    // The first beat: the new instance's (empty) windows are written with its state.
+    let mut seq = run_app(&mut e, "a", T0, T0, 0, &mut out);
+    let first = e.take_state_records();
+    assert_eq!(first.iter().map(StateRecordOut::is_windows).collect::<Vec<_>>(), [true, false]);
+    let (mut states, mut windows) = (0, 0);
+    let mut written = first;
+    // Ten minutes of 5 s beats, committed at every beat.
+    for k in 1..120 {
+        seq = run_app(&mut e, "a", T0 + k * 5 * S, T0 + k * 5 * S, seq, &mut out);
+        for r in e.take_state_records() {
+            if r.is_windows() {
+                windows += 1;
+            } else {
+                states += 1;
+                let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+                let w = &back.state.unwrap().instances["a-i0"].trend.window;
+                assert!(w.is_empty(), "a state record carries no windows");
+            }
+            written.push(r);
+        }
+    }
+    assert_eq!(states, 119, "a state record per beat");
+    assert_eq!(windows, 9, "a windows record per minute closed");
+    let mut restored = RestoredApps::default();
+    for r in &written {
+        restored.add_written(r).unwrap();
+    }
+    let c = DetectionConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+    let back = Engine::restore_apps(0, c, rules, restored);
+    assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
+    assert_eq!(window_lengths(&e, "a"), [9]);
+}
+
+#[test]
+fn a_state_restored_from_a_record_that_held_its_windows_writes_them_apart_at_its_next_change() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let seq = run_app(&mut e, "a", T0, T0 + 600 * S, 0, &mut out);
+    e.take_state_records();
+    // As processors before version 6 wrote it: the windows inside the state.
+    let state = e.app("a").unwrap();
+    let old = StateRecordOut::new(&state.snapshot("a", T0 + 600 * S), Some(state));
+    let mut restored = RestoredApps::default();
+    restored.add(StateRecord::decode(&old.value, Some(&old.header)).unwrap());
+    let c = DetectionConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+    let mut back = Engine::restore_apps(0, c, rules, restored);
+    assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
+    run_app(&mut back, "a", T0 + 605 * S, T0 + 605 * S, seq, &mut out);
+    let next = back.take_state_records();
+    assert!(next.iter().any(StateRecordOut::is_windows), "the windows leave the state with their own record");
 }
