@@ -348,6 +348,11 @@ impl RestoredApps {
         }
         match r.state {
             Some(state) => {
+                // A record before version 6 holds its windows itself: a windows record read
+                // before it (of a newer processor that had the partition first) is older.
+                if r.version < 6 {
+                    self.windows.remove(&r.app_id);
+                }
                 self.apps.insert(r.app_id, state);
             }
             None => {

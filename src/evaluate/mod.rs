@@ -275,7 +275,7 @@ fn drive(
 }
 
 /// The load generator's options for `cases`: backfilled over the span, ending on the
-/// minute now.
+/// hour now.
 fn load_options(opts: &EvaluateOptions, cases: &[Case]) -> LoadgenOptions {
     LoadgenOptions {
         apps: cases.len(),

@@ -229,7 +229,8 @@ pub fn hinge(xs: &[f64], ys: &[f64]) -> Option<Hinge> {
         }
         let level = my - slope * mu;
         let sse: f64 = u.iter().zip(ys).map(|(v, y)| (y - level - slope * v).powi(2)).sum();
-        if best.is_none_or(|(b, _)| sse < b) {
+        // A value beyond f64's range leaves no finite fit to compare.
+        if sse.is_finite() && best.is_none_or(|(b, _)| sse < b) {
             best = Some((sse, Hinge { onset, level, slope }));
         }
     }

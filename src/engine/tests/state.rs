@@ -1,5 +1,7 @@
 //! The engine's state records: an engine rebuilt from them goes on as the original.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// What an output says, without when it was emitted or the offset it points at (a restored
@@ -20,13 +22,17 @@ fn comparable(effects: &[Effect]) -> Vec<String> {
 }
 
 /// A state record read back as written, or after rewriting it in the form of version 2
-/// (the state in the JSON value).
-fn read_back(r: &StateRecordOut, version: u32) -> StateRecord {
-    let record = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
+/// (the whole state in the JSON value, with the windows of the app's newest windows record
+/// written before it, as a processor of that version held them).
+fn read_back(r: &StateRecordOut, version: u32, windows: Option<&WindowsRecord>) -> StateRecord {
+    let mut record = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
     if version == STATE_VERSION {
         return record;
     }
     assert_eq!(version, 2);
+    if let (Some(state), Some(w)) = (record.state.as_mut(), windows) {
+        state.put_windows_of(w.windows.clone());
+    }
     #[derive(serde::Serialize)]
     struct V2<'a> {
         #[serde(flatten)]
@@ -96,11 +102,16 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                             // The cut, right after a batch that closed a minute: a new owner
                             // restores what was committed so far.
                             let mut parsed = RestoredApps::default();
+                            let mut windows = HashMap::new();
                             for r in &records {
                                 if r.is_windows() {
-                                    parsed.add_written(r).unwrap();
+                                    windows
+                                        .insert(r.app_id.clone(), WindowsRecord::decode(&r.header).unwrap());
+                                    if version == STATE_VERSION {
+                                        parsed.add_written(r).unwrap();
+                                    }
                                 } else {
-                                    parsed.add(read_back(r, version));
+                                    parsed.add(read_back(r, version, windows.get(&r.app_id)));
                                 }
                             }
                             let c = DetectionConfig::default();
@@ -219,4 +230,33 @@ fn a_state_restored_from_a_record_that_held_its_windows_writes_them_apart_at_its
     run_app(&mut back, "a", T0 + 605 * S, T0 + 605 * S, seq, &mut out);
     let next = back.take_state_records();
     assert!(next.iter().any(StateRecordOut::is_windows), "the windows leave the state with their own record");
+}
+
+#[test]
+fn a_state_record_that_holds_its_windows_is_newer_than_a_windows_record_read_before_it() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let seq = run_app(&mut e, "a", T0, T0 + 300 * S, 0, &mut out);
+    // A processor of this version had the partition: its windows record, five minutes.
+    let early: Vec<StateRecordOut> = e.take_state_records();
+    let seq = run_app(&mut e, "a", T0 + 305 * S, T0 + 600 * S, seq, &mut out);
+    e.take_state_records();
+    // Then one of version 5, which writes the windows inside the state: ten minutes.
+    let state = e.app("a").unwrap();
+    let mut v5 = StateRecordOut::new(&state.snapshot("a", T0 + 600 * S), Some(state));
+    v5.header[0] = 5;
+    let mut restored = RestoredApps::default();
+    for r in &early {
+        restored.add_written(r).unwrap();
+    }
+    restored.add(StateRecord::decode(&v5.value, Some(&v5.header)).unwrap());
+    let c = DetectionConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+    let mut back = Engine::restore_apps(0, c, rules, restored);
+    assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
+    let early_windows = early.iter().find(|r| r.is_windows()).unwrap();
+    let early_len = WindowsRecord::decode(&early_windows.header).unwrap().windows[0].1.len();
+    assert!(window_lengths(&e, "a")[0] > early_len, "the later windows are longer");
+    run_app(&mut back, "a", T0 + 605 * S, T0 + 605 * S, seq, &mut out);
+    assert!(back.take_state_records().iter().any(StateRecordOut::is_windows));
 }
