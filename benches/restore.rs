@@ -133,7 +133,7 @@ fn through_kafka(
     let topic = pw.kafka.name(names::APP_STATE);
     let partitions: Vec<i32> = (0..12).collect();
     let producer = kafka::producer(&pw.kafka).unwrap();
-    let mut bytes = 0usize;
+    let (mut bytes, mut written) = (0usize, 0usize);
     let started = Instant::now();
     for i in 0..apps {
         let state = &templates[i % templates.len()];
@@ -141,6 +141,7 @@ fn through_kafka(
         let partition = Some(partitions[i % partitions.len()]);
         for record in state.records(&app_id, 1_800_000_000_000) {
             bytes += record.value.len() + record.header.len();
+            written += 1;
             let header =
                 OwnedHeaders::new().insert(Header { key: record.header_name, value: Some(&record.header) });
             kafka::send_to(&producer, &topic, partition, &record.key(), &record.value, Some(header)).unwrap();
@@ -164,7 +165,7 @@ fn through_kafka(
     })
     .unwrap();
     let ceiling = started.elapsed();
-    assert_eq!(read, apps);
+    assert_eq!(read, written, "each app's state and windows records");
     let rss_before = resident_bytes();
     let cpu_before = cpu_seconds();
     let faults_before = minor_faults();
