@@ -274,8 +274,11 @@ fn drive(
     Ok(manifest)
 }
 
+/// The length of the history's coarse points, which start on the clock's quarter hours.
+const QUARTER_MS: i64 = crate::trend::COARSE_MINUTES as i64 * 60_000;
+
 /// The load generator's options for `cases`: backfilled over the span, ending on the
-/// hour now.
+/// quarter hour now.
 fn load_options(opts: &EvaluateOptions, cases: &[Case]) -> LoadgenOptions {
     LoadgenOptions {
         apps: cases.len(),
@@ -285,10 +288,10 @@ fn load_options(opts: &EvaluateOptions, cases: &[Case]) -> LoadgenOptions {
         seed: opts.seed,
         faults: cases.iter().enumerate().flat_map(|(i, c)| c.fault_specs(i)).collect(),
         app_prefix: APP_PREFIX.into(),
-        // Event times on whole hours from the start, so that a seed gives the same minute
-        // and quarter-hour points (the history's quarters are of the clock), hence the same
-        // verdicts, whenever it runs.
-        now_ms: Some(chrono::Utc::now().timestamp_millis() / 3_600_000 * 3_600_000),
+        // Event times on whole quarter hours from the start, so that a seed gives the same
+        // minute and quarter-hour points (the history's quarters are of the clock), hence the
+        // same verdicts, whenever it runs.
+        now_ms: Some(chrono::Utc::now().timestamp_millis() / QUARTER_MS * QUARTER_MS),
         progress: opts.progress,
         ..LoadgenOptions::default()
     }
