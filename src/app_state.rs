@@ -156,13 +156,19 @@ pub struct WindowsRecord<W> {
 impl<W: DeserializeOwned> WindowsRecord<W> {
     /// Reads a record from its [`WINDOWS_HEADER`].
     pub fn decode(header: &[u8]) -> Result<WindowsRecord<W>, StateRecordError> {
-        let (&version, body) = header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
-        let version = u32::from(version);
-        if version > STATE_VERSION {
-            return Err(StateRecordError::Newer(version));
-        }
-        postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })
+        read_header(header).map(|(_, record)| record)
     }
+}
+
+/// A header's version byte and the body after it (postcard), of a version this reads.
+fn read_header<T: DeserializeOwned>(header: &[u8]) -> Result<(u32, T), StateRecordError> {
+    let (&version, body) = header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
+    let version = u32::from(version);
+    if version > STATE_VERSION {
+        return Err(StateRecordError::Newer(version));
+    }
+    let body = postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })?;
+    Ok((version, body))
 }
 
 /// An `app-state` record as read back, of any version: what a restore needs. `S` is the
@@ -210,14 +216,8 @@ impl<S: DeserializeOwned> StateRecord<S> {
     /// its JSON value.
     pub fn decode(value: &[u8], header: Option<&[u8]>) -> Result<StateRecord<S>, StateRecordError> {
         if let Some(header) = header {
-            let (&version, body) =
-                header.split_first().ok_or(StateRecordError::MissingHeader(STATE_VERSION))?;
-            let version = u32::from(version);
-            if version > STATE_VERSION {
-                return Err(StateRecordError::Newer(version));
-            }
-            let body: StateBody<S> =
-                postcard::from_bytes(body).map_err(|source| StateRecordError::State { version, source })?;
+            let (version, body) = read_header(header)?;
+            let body: StateBody<S> = body;
             return Ok(StateRecord {
                 app_id: body.app_id,
                 version,

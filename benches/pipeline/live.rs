@@ -190,7 +190,8 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
         let (p, s) = lag.behind_s();
         if base.is_none() {
             // The backfill is processed: the live measurement starts.
-            if Counters::now(&config).beats >= backfilled && p < 1.0 {
+            let beats = METRICS.records_in.with_label_values(&["processor", &lag.topic]).get();
+            if beats >= backfilled && p < 1.0 {
                 base = Some(Counters::now(&config));
                 live_since = Instant::now();
             }
@@ -241,13 +242,15 @@ struct Lag<'a> {
     consumer: BaseConsumer,
     topic: String,
     partitions: Vec<i32>,
-    config: &'a Config,
+    /// The query of the sink's stored offsets, on a connection kept for the run.
+    database: tokio_postgres::Client,
+    sink_offsets: String,
     rt: &'a tokio::runtime::Runtime,
     rate: f64,
 }
 
 impl<'a> Lag<'a> {
-    fn new(config: &'a Config, rt: &'a tokio::runtime::Runtime, rate: f64) -> Lag<'a> {
+    fn new(config: &Config, rt: &'a tokio::runtime::Runtime, rate: f64) -> Lag<'a> {
         let consumer: BaseConsumer = config
             .kafka
             .client_config()
@@ -258,7 +261,12 @@ impl<'a> Lag<'a> {
         let topic = config.kafka.name(names::HEARTBEATS);
         let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
         let partitions = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-        Lag { consumer, topic, partitions, config, rt, rate }
+        let database = rt.block_on(store::connect(&config.postgres)).unwrap();
+        let sink_offsets = format!(
+            "SELECT partition, next_offset FROM \"{}\".sink_offset WHERE topic = $1",
+            config.postgres.schema
+        );
+        Lag { consumer, topic, partitions, database, sink_offsets, rt, rate }
     }
 
     fn behind_s(&self) -> (f64, f64) {
@@ -289,15 +297,8 @@ impl<'a> Lag<'a> {
     }
 
     fn sink_offsets(&self) -> Vec<(i32, i64)> {
-        let q = format!(
-            "SELECT partition, next_offset FROM \"{}\".sink_offset WHERE topic = $1",
-            self.config.postgres.schema
-        );
-        self.rt.block_on(async {
-            let c = store::connect(&self.config.postgres).await.unwrap();
-            let rows = c.query(&q, &[&self.topic]).await.unwrap();
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-        })
+        let rows = self.rt.block_on(self.database.query(&self.sink_offsets, &[&self.topic])).unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
     }
 }
 

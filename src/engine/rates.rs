@@ -8,10 +8,13 @@
 //! f64's 8 bytes. About 5 bytes a delta instead of 22. Version 4 and before (binary): the
 //! deltas' count, then each as (i64, f64, f64). JSON (version 2): a list of such triples.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 
 use serde::{Deserialize, Serialize};
+
+use crate::trend::Bytes;
 
 /// The first number of the compact binary form: no count of the older form reaches it.
 const COMPACT_FORM: u32 = u32::MAX;
@@ -115,17 +118,8 @@ impl Serialize for RateWindow {
         }
         let mut t = serializer.serialize_tuple(2)?;
         t.serialize_element(&COMPACT_FORM)?;
-        t.serialize_element(&Coded(&self.coded()))?;
+        t.serialize_element(&Bytes(Cow::Owned(self.coded())))?;
         t.end()
-    }
-}
-
-/// Bytes written as serde's bytes (postcard: a length, then the bytes).
-struct Coded<'a>(&'a [u8]);
-
-impl Serialize for Coded<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
     }
 }
 
@@ -154,7 +148,7 @@ impl<'de> serde::de::Visitor<'de> for BinaryVisitor {
         let ends = |what: &str| A::Error::custom(format!("a rate window ends before its {what}"));
         let head: u32 = seq.next_element()?.ok_or_else(|| ends("form"))?;
         if head == COMPACT_FORM {
-            let bytes: ByteBuf = seq.next_element()?.ok_or_else(|| ends("deltas"))?;
+            let bytes: Bytes<'_> = seq.next_element()?.ok_or_else(|| ends("deltas"))?;
             return RateWindow::of_coded(&bytes.0).map_err(A::Error::custom);
         }
         let mut window = VecDeque::with_capacity((head as usize).min(1024));
@@ -162,25 +156,6 @@ impl<'de> serde::de::Visitor<'de> for BinaryVisitor {
             window.push_back(seq.next_element()?.ok_or_else(|| ends("deltas"))?);
         }
         Ok(RateWindow(window))
-    }
-}
-
-/// Owned bytes read as serde's bytes.
-struct ByteBuf(Vec<u8>);
-
-impl<'de> Deserialize<'de> for ByteBuf {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteBuf;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-        }
-        deserializer.deserialize_bytes(Visitor)
     }
 }
 

@@ -17,6 +17,7 @@ mod window;
 
 pub use history::{COARSE_MINUTES, History, SeriesPoint};
 pub use judge::{Growth, Projection, assess, judge, judge_recent_onset};
+pub(crate) use window::Bytes;
 pub use window::{COLUMNS, POINT_BYTES, Point, Points, RPS, Window};
 
 use serde::{Deserialize, Serialize};

@@ -391,8 +391,9 @@ fn of_raw(bytes: &[u8]) -> Result<impl ExactSizeIterator<Item = Point> + '_, &'s
     }))
 }
 
-/// Bytes, borrowed from the input where the format allows.
-struct Bytes<'a>(Cow<'a, [u8]>);
+/// Bytes, borrowed from the input where the format allows (serde's bytes: in postcard, a
+/// length, then the bytes).
+pub(crate) struct Bytes<'a>(pub(crate) Cow<'a, [u8]>);
 
 impl Serialize for Bytes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

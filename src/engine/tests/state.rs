@@ -48,6 +48,31 @@ fn read_back(r: &StateRecordOut, version: u32, windows: Option<&WindowsRecord>) 
     old
 }
 
+/// An engine rebuilt from what the records restore.
+fn rebuilt(restored: RestoredApps) -> Engine {
+    let c = DetectionConfig::default();
+    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
+    Engine::restore_apps(0, c, rules, restored)
+}
+
+/// An engine rebuilt from `records` as written, or with every state record rewritten in the
+/// form of `version` 2.
+fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
+    let mut parsed = RestoredApps::default();
+    let mut windows = HashMap::new();
+    for r in records {
+        if r.is_windows() {
+            windows.insert(r.app_id.clone(), WindowsRecord::decode(&r.header).unwrap());
+            if version == STATE_VERSION {
+                parsed.add_written(r).unwrap();
+            }
+        } else {
+            parsed.add(read_back(r, version, windows.get(&r.app_id)));
+        }
+    }
+    rebuilt(parsed)
+}
+
 #[test]
 fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
     use FaultKind::*;
@@ -101,23 +126,7 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                         {
                             // The cut, right after a batch that closed a minute: a new owner
                             // restores what was committed so far.
-                            let mut parsed = RestoredApps::default();
-                            let mut windows = HashMap::new();
-                            for r in &records {
-                                if r.is_windows() {
-                                    windows
-                                        .insert(r.app_id.clone(), WindowsRecord::decode(&r.header).unwrap());
-                                    if version == STATE_VERSION {
-                                        parsed.add_written(r).unwrap();
-                                    }
-                                } else {
-                                    parsed.add(read_back(r, version, windows.get(&r.app_id)));
-                                }
-                            }
-                            let c = DetectionConfig::default();
-                            let rules =
-                                CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
-                            restored = Some(Engine::restore_apps(0, c, rules, parsed));
+                            restored = Some(restore_all(&records, version));
                             out_original.clear();
                         }
                         batch_from = out_original.len();
@@ -205,9 +214,7 @@ fn the_trend_windows_are_written_apart_once_a_minute_and_restore_with_the_state(
     for r in &written {
         restored.add_written(r).unwrap();
     }
-    let c = DetectionConfig::default();
-    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
-    let back = Engine::restore_apps(0, c, rules, restored);
+    let back = rebuilt(restored);
     assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
     assert_eq!(window_lengths(&e, "a"), [9]);
 }
@@ -223,9 +230,7 @@ fn a_state_restored_from_a_record_that_held_its_windows_writes_them_apart_at_its
     let old = StateRecordOut::new(&state.snapshot("a", T0 + 600 * S), Some(state));
     let mut restored = RestoredApps::default();
     restored.add(StateRecord::decode(&old.value, Some(&old.header)).unwrap());
-    let c = DetectionConfig::default();
-    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
-    let mut back = Engine::restore_apps(0, c, rules, restored);
+    let mut back = rebuilt(restored);
     assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
     run_app(&mut back, "a", T0 + 605 * S, T0 + 605 * S, seq, &mut out);
     let next = back.take_state_records();
@@ -250,9 +255,7 @@ fn a_state_record_that_holds_its_windows_is_newer_than_a_windows_record_read_bef
         restored.add_written(r).unwrap();
     }
     restored.add(StateRecord::decode(&v5.value, Some(&v5.header)).unwrap());
-    let c = DetectionConfig::default();
-    let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
-    let mut back = Engine::restore_apps(0, c, rules, restored);
+    let mut back = rebuilt(restored);
     assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
     let early_windows = early.iter().find(|r| r.is_windows()).unwrap();
     let early_len = WindowsRecord::decode(&early_windows.header).unwrap().windows[0].1.len();
