@@ -25,22 +25,15 @@ impl Swings {
     }
 
     /// The longest rise from a trough to the peak after it, in the units of `xs`: a tooth may
-    /// last that long, so a rise no longer than it is no leak. A rise from the series' first
-    /// point may have begun before it, so it does not count.
+    /// last that long, so a rise no longer than it is no leak. Only a rise from a trough that
+    /// followed a fall counts: the first rise may have begun before the series did, whatever
+    /// point (noise picks it) it seems to start from.
     pub fn longest_rise(&self, xs: &[f64]) -> f64 {
-        let mut start = 0;
         let mut longest: f64 = 0.0;
-        let mut troughs = self.troughs.iter().peekable();
-        for &p in &self.peaks {
-            while let Some(&&t) = troughs.peek() {
-                if t >= p {
-                    break;
-                }
-                start = t;
-                troughs.next();
-            }
-            if start > 0 {
-                longest = longest.max(xs[p] - xs[start]);
+        for (k, &p) in self.peaks.iter().enumerate() {
+            let start = self.troughs.iter().rev().find(|&&t| t < p);
+            if let Some(&t) = start.filter(|&&t| k > 0 && self.peaks[k - 1] < t) {
+                longest = longest.max(xs[p] - xs[t]);
             }
         }
         longest
@@ -142,6 +135,12 @@ mod tests {
         let first_two = swings(&ys[..45], 5.0, 0.25);
         assert_eq!(first_two.longest_rise(&xs), 19.0, "the second tooth, whole");
         assert_eq!(swings(&ys[..30], 5.0, 0.25).longest_rise(&xs), 0.0, "the first may have begun before");
+        // Noise may put the first tooth's lowest point after the series' first.
+        let mut noisy = ys[..30].to_vec();
+        noisy[0] += 2.0;
+        let first = swings(&noisy, 5.0, 0.25);
+        assert_eq!(first.troughs[0], 1);
+        assert_eq!(first.longest_rise(&xs), 0.0, "the first rise is not a whole tooth");
         assert!((s.typical_amplitude(&ys) - 9.5).abs() < 1e-9);
         assert!(s.fell());
     }

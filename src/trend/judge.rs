@@ -71,6 +71,8 @@ const SWING_RANGE: f64 = 0.25;
 const OUTLAST: f64 = 1.5;
 /// A rise judged must be this many times steeper than any of the same length before it.
 const UNLIKE_PAST: f64 = 1.5;
+/// A rise judged must be this many times the range the level moved in before it.
+const STAND_OUT: f64 = 2.0;
 /// Fewest quarter-hour points on which slow growth is judged.
 const MIN_COARSE_POINTS: usize = 8;
 
@@ -116,7 +118,7 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
         // or a wandering level turns by then.
         let age = fine[fine.len() - 1].0 - fine[0].0 + 1.0;
         let young = age < f64::from(c.young_minutes);
-        let found = new_ground && !young && unlike_its_past(judged, past, c);
+        let found = new_ground && !young && unlike_its_past(judged, past, c) && stands_out(past, &g);
         return found.then(|| Growth { projection: projection(rising, &g), ..g });
     }
     let fell = fine_swings.fell() || coarse_swings.as_ref().is_some_and(Swings::fell);
@@ -168,6 +170,23 @@ fn unlike_its_past(judged: &[SeriesPoint], past: &[SeriesPoint], c: &TrendConfig
     let len = judged.len().min(past.len());
     let steepest = past.windows(len).map(slope).fold(f64::NEG_INFINITY, f64::max);
     now > UNLIKE_PAST * steepest
+}
+
+/// Whether growth `g` rose by [`STAND_OUT`] times as much as the level moved before it:
+/// the range of the `past` points' 5-minute means, net of the past's own rise (a leak may
+/// have begun before the part judged). A wandering level rises as far as it fell or rose
+/// before; a leak's onset leaves a steady level behind. Too short a past is not weighed.
+fn stands_out(past: &[SeriesPoint], g: &Growth) -> bool {
+    const MEAN_OF: usize = 5;
+    if past.len() < MEAN_OF {
+        return true;
+    }
+    let (xs, ys): (Vec<f64>, Vec<f64>) = past.iter().map(|p| (p.0, p.1)).unzip();
+    let drift = theil_sen(&xs, &ys).map_or(0.0, |l| l.slope.max(0.0));
+    let means =
+        past.windows(MEAN_OF).map(|w| w.iter().map(|p| p.1 - drift * p.0).sum::<f64>() / MEAN_OF as f64);
+    let (lo, hi) = means.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), m| (lo.min(m), hi.max(m)));
+    g.slope_per_min * g.span_minutes >= STAND_OUT * (hi - lo)
 }
 
 /// The swings of a series' values.

@@ -127,3 +127,25 @@ fn a_24_hour_leak_in_noise_is_found_within_90_minutes_and_projected() {
         assert!((hours - truth).abs() < 0.25 * truth, "seed {seed}: {hours:.1} h, truly {truth:.1}");
     }
 }
+
+#[test]
+fn a_rise_no_larger_than_the_level_moved_before_is_not_a_leak() {
+    let c = TrendConfig::default();
+    // A level wandering as the suite's wander does (knots 12 minutes apart, 3.4 % of the
+    // limit), whose steepest rises stand out from what came just before them but go no
+    // further than the level went: once called a leak after about 70 minutes.
+    let shape = crate::loadgen::shape::Shape {
+        period: Some(std::time::Duration::from_secs(702)),
+        amplitude: Some(0.0341),
+        ..Default::default()
+    };
+    let wander = |m: f64| crate::loadgen::shape::wander(&shape, 7_492_658_333_849_886_905, m * 60.0 + 30.0);
+    for seed in 0..4 {
+        let s = series(180, 0.0034, seed, |m| (0.4 + wander(m)) * GIB);
+        assert_eq!(first_found(&s, &c), None, "noise {seed}");
+        // A 6-hour leak beginning under that wander an hour in is still found.
+        let leak = series(180, 0.0034, seed, |m| (0.4 + wander(m) + 0.6 * (m - 60.0).max(0.0) / 360.0) * GIB);
+        let found = first_found(&leak, &c).unwrap_or_else(|| panic!("noise {seed}: leak not found"));
+        assert!(found > 60 && found <= 90, "noise {seed}: found at {found}");
+    }
+}
