@@ -16,6 +16,8 @@ pub struct Metrics {
     // What the stages read and write.
     pub records_in: IntCounterVec,
     pub records_out: IntCounterVec,
+    /// Bytes of the records produced (key, value and headers, before compression).
+    pub bytes_out: IntCounterVec,
     pub decode_errors: IntCounterVec,
     /// Avro records read whose header carries apache-avro's fingerprint, by schema.
     pub legacy_fingerprint: IntCounterVec,
@@ -82,6 +84,7 @@ fn latency_buckets() -> Vec<f64> {
 struct StageIo {
     records_in: IntCounterVec,
     records_out: IntCounterVec,
+    bytes_out: IntCounterVec,
     decode_errors: IntCounterVec,
     legacy_fingerprint: IntCounterVec,
     registry_unavailable: IntCounterVec,
@@ -105,6 +108,12 @@ impl StageIo {
                 r,
                 "records_out_total",
                 "Records produced or rows written, by destination",
+                &["stage", "destination"],
+            ),
+            bytes_out: counter(
+                r,
+                "bytes_out_total",
+                "Bytes of the records produced (key, value and headers, before compression), by destination",
                 &["stage", "destination"],
             ),
             decode_errors: counter(r, "decode_errors_total", "Heartbeats rejected, by error code", &["code"]),
@@ -307,6 +316,7 @@ impl Metrics {
         let StageIo {
             records_in,
             records_out,
+            bytes_out,
             decode_errors,
             legacy_fingerprint,
             registry_unavailable,
@@ -333,6 +343,7 @@ impl Metrics {
             registry,
             records_in,
             records_out,
+            bytes_out,
             decode_errors,
             legacy_fingerprint,
             registry_unavailable,

@@ -6,6 +6,9 @@
 //! beats), sampled every second once the fleet has beaten once. With
 //! `PULSEWATCH_BENCH_LIVE_BACKFILL_MIN` the fleet first writes that much history, so that its
 //! trend windows are full, and the figures count from when the processor has caught up.
+//! With `PULSEWATCH_BENCH_LIVE_RESTART=1` a processor is then started as a user starts one
+//! (`pulsewatch run --stage processor`, a process of its own) on the changelog as the run
+//! left it, and timed from its start to its first ready `/readyz`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,9 +35,11 @@ pub struct LiveFigures {
     backfill: u64,
     /// Beats the processor read live.
     beats: u64,
-    /// `app-state` records the processor wrote meanwhile, and the bytes they added to its log
-    /// segments.
+    /// `app-state` records the processor wrote meanwhile, their bytes (key, value and
+    /// header, before compression), and the bytes they added to its log segments (compressed,
+    /// and net of what compaction removed meanwhile).
     state_records: u64,
+    state_bytes_produced: u64,
     state_bytes: u64,
     /// CPU seconds of this process from the first live beat until both stages caught up.
     cpu_secs: f64,
@@ -46,6 +51,18 @@ pub struct LiveFigures {
     alerts: BTreeMap<String, u64>,
     /// Rows in heartbeat_event, metric_rollup_1m and application at the end.
     rows: [i64; 3],
+    /// With `PULSEWATCH_BENCH_LIVE_RESTART`, a processor restarted on what the run left.
+    restart: Option<Restart>,
+}
+
+/// A processor restarted after the run: from its process's start to a ready `/readyz`.
+struct Restart {
+    /// Seconds until ready.
+    ready_s: f64,
+    /// What it restored from: the bytes of `app-state`'s log segments and the records the
+    /// processor wrote to it over the whole run (backfill included), before any compaction.
+    state_bytes: u64,
+    state_records: u64,
 }
 
 impl std::fmt::Display for LiveFigures {
@@ -53,11 +70,12 @@ impl std::fmt::Display for LiveFigures {
         let beats = self.beats.max(1) as f64;
         write!(
             f,
-            "  {:>7} apps every {:>2} s after {} min of history: {} live beats; app-state {:.0} bytes/beat on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
+            "  {:>7} apps every {:>2} s after {} min of history: {} live beats; app-state {:.0} bytes/beat produced, {:.0} on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
             self.apps,
             self.interval.as_secs(),
             self.backfill,
             self.beats,
+            self.state_bytes_produced as f64 / beats,
             self.state_bytes as f64 / beats,
             self.state_records as f64 / beats,
             self.cpu_secs * 1e6 / beats,
@@ -67,7 +85,18 @@ impl std::fmt::Display for LiveFigures {
             self.rows[0],
             self.rows[1],
             self.rows[2]
-        )
+        )?;
+        if let Some(r) = &self.restart {
+            write!(
+                f,
+                "; restarted processor ready after {:.2} s ({:.1} s per million apps) on {:.0} MB of app-state ({} records written)",
+                r.ready_s,
+                r.ready_s * 1e6 / self.apps as f64,
+                r.state_bytes as f64 / 1e6,
+                r.state_records
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -120,8 +149,10 @@ fn backfill_minutes() -> u64 {
 struct Counters {
     /// Beats the processor read.
     beats: u64,
-    /// `app-state` records the processor wrote, and the bytes their log segments hold.
+    /// `app-state` records the processor wrote, their bytes before compression, and the
+    /// bytes its log segments hold.
     state_records: u64,
+    state_bytes_produced: u64,
     state_bytes: u64,
     /// CPU seconds of this process.
     cpu_secs: f64,
@@ -134,6 +165,7 @@ impl Counters {
         Counters {
             beats: METRICS.records_in.with_label_values(&["processor", &heartbeats]).get(),
             state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
+            state_bytes_produced: METRICS.bytes_out.with_label_values(&["processor", &app_state]).get(),
             state_bytes: log_bytes(&kafka_data_dir(), &app_state),
             cpu_secs: cpu_seconds(),
         }
@@ -143,7 +175,8 @@ impl Counters {
         Counters {
             beats: self.beats - base.beats,
             state_records: self.state_records - base.state_records,
-            state_bytes: self.state_bytes - base.state_bytes,
+            state_bytes_produced: self.state_bytes_produced - base.state_bytes_produced,
+            state_bytes: self.state_bytes.saturating_sub(base.state_bytes),
             cpu_secs: self.cpu_secs - base.cpu_secs,
         }
     }
@@ -219,21 +252,73 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
     for stage in stages {
         stage.join().unwrap().expect("a stage stopped with an error");
     }
+    let restart =
+        std::env::var("PULSEWATCH_BENCH_LIVE_RESTART").is_ok_and(|v| v == "1").then(|| restart(&config));
     let figures = LiveFigures {
         apps,
         interval,
         backfill,
         beats: grown.beats,
         state_records: grown.state_records,
+        state_bytes_produced: grown.state_bytes_produced,
         alerts: alerts_by_kind(&config, load_end_ms),
         state_bytes: grown.state_bytes,
         cpu_secs: grown.cpu_secs,
         processor_lag_s,
         sink_lag_s,
         rows: row_counts(&config, rt),
+        restart,
     };
     clean_up(&config, rt);
     figures
+}
+
+/// Starts `pulsewatch run --stage processor` on the run's topics and times it until its
+/// `/readyz` answers 200: the restore of `app-state` as it stands, uncompacted or not.
+fn restart(config: &Config) -> Restart {
+    let app_state = config.kafka.name(names::APP_STATE);
+    let state_records = METRICS.records_out.with_label_values(&["processor", &app_state]).get();
+    let state_bytes = log_bytes(&kafka_data_dir(), &app_state);
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pulsewatch"))
+        .args(["run", "--stage", "processor"])
+        .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .env("PULSEWATCH_POSTGRES_SCHEMA", &config.postgres.schema)
+        .env("PULSEWATCH_HTTP_LISTEN", listen.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the pulsewatch binary runs the processor");
+    while !ready(listen) {
+        assert!(child.try_wait().unwrap().is_none(), "the restarted processor stopped");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the restarted processor not ready in 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ready_s = started.elapsed().as_secs_f64();
+    // SAFETY: a signal to the child this function started and has not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "the restarted processor stopped cleanly");
+    Restart { ready_s, state_bytes, state_records }
+}
+
+/// Whether `GET /readyz` at `addr` answers 200.
+fn ready(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut head = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// How far the processor (its committed offsets) and the sink (its `sink_offset` rows) are

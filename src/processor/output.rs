@@ -31,8 +31,11 @@ impl Outputs {
         let state = OwnedHeaders::new_with_capacity(1)
             .insert(Header { key: record.header_name, value: Some(&record.header) });
         let topic = &self.topics.app_state;
-        kafka::send_to(producer, topic, Some(partition), &record.key(), &record.value, Some(state))?;
+        let key = record.key();
+        kafka::send_to(producer, topic, Some(partition), &key, &record.value, Some(state))?;
         METRICS.records_out.with_label_values(&["processor", topic]).inc();
+        let bytes = key.len() + record.value.len() + record.header_name.len() + record.header.len();
+        METRICS.bytes_out.with_label_values(&["processor", topic]).inc_by(bytes as u64);
         Ok(())
     }
 
