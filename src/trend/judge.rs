@@ -6,7 +6,8 @@
 //! series is not a trend), a Theil–Sen line whose rise stands above the scatter, growth in
 //! both halves at comparable rates (a step or a cache warming to its cap is not a leak), net
 //! of a trending workload; or, for a leak that begins in a steady process, its newest part.
-//! Growth too slow for the minute window is judged on the quarter-hour history.
+//! Either way a rise must be new to its series: steeper than it rose before, and going
+//! further than the level moved before. Growth too slow for the minute window is judged on the quarter-hour history.
 
 use super::TrendConfig;
 use super::envelope::{Swings, swings};
@@ -183,8 +184,8 @@ fn stands_out(past: &[SeriesPoint], g: &Growth) -> bool {
     }
     let (xs, ys): (Vec<f64>, Vec<f64>) = past.iter().map(|p| (p.0, p.1)).unzip();
     let drift = theil_sen(&xs, &ys).map_or(0.0, |l| l.slope.max(0.0));
-    let means =
-        past.windows(MEAN_OF).map(|w| w.iter().map(|p| p.1 - drift * p.0).sum::<f64>() / MEAN_OF as f64);
+    let net = |p: &SeriesPoint| p.1 - drift * (p.0 - xs[0]);
+    let means = past.windows(MEAN_OF).map(|w| w.iter().map(net).sum::<f64>() / MEAN_OF as f64);
     let (lo, hi) = means.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), m| (lo.min(m), hi.max(m)));
     g.slope_per_min * g.span_minutes >= STAND_OUT * (hi - lo)
 }
