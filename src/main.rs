@@ -102,6 +102,10 @@ enum TopologyAction {
         /// Topology file (default: the shipped topology/topics.toml).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Also set the declared settings on existing topics whose settings differ (their
+        /// other topic-level settings are kept; partitions are never changed).
+        #[arg(long)]
+        alter: bool,
     },
     /// Exit non-zero if a topic is missing or differs from the declaration.
     Check {
@@ -304,9 +308,9 @@ fn register_schemas(config: &Config) -> Result<ExitCode> {
 
 /// `topology apply` and `topology check`; a check that finds drift exits with 2.
 fn apply_or_check_topology(config: &Config, action: TopologyAction) -> Result<ExitCode> {
-    let (file, check_only) = match action {
-        TopologyAction::Apply { file } => (file, false),
-        TopologyAction::Check { file } => (file, true),
+    let (file, check_only, alter) = match action {
+        TopologyAction::Apply { file, alter } => (file, false, alter),
+        TopologyAction::Check { file } => (file, true, false),
     };
     let declared = match file {
         Some(path) => Topology::from_file(&path)?,
@@ -315,12 +319,17 @@ fn apply_or_check_topology(config: &Config, action: TopologyAction) -> Result<Ex
     let report = runtime()?.block_on(async {
         if check_only {
             topology::check(&config.kafka, &declared).await
+        } else if alter {
+            topology::apply_and_alter(&config.kafka, &declared).await
         } else {
             topology::apply(&config.kafka, &declared).await
         }
     })?;
     for t in &report.created {
         println!("created   {t}");
+    }
+    for t in &report.altered {
+        println!("altered   {t}");
     }
     for t in &report.unchanged {
         println!("ok        {t}");

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::Deserialize;
@@ -62,6 +64,8 @@ pub enum TopologyError {
     Create { topic: String, code: RDKafkaErrorCode },
     #[error("describing topic {topic} failed: {problem}")]
     Describe { topic: String, problem: String },
+    #[error("setting the declared config of topic {topic} failed: {code}")]
+    Alter { topic: String, code: RDKafkaErrorCode },
     #[error("deleting topic {topic} failed: {code}")]
     Delete { topic: String, code: RDKafkaErrorCode },
     #[error("topic {topic} was created but {leaderless} of its partitions have no leader after {secs} s")]
@@ -119,6 +123,8 @@ impl std::fmt::Display for Drift {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Report {
     pub created: Vec<String>,
+    /// Existing topics whose declared settings were set (`apply_and_alter`).
+    pub altered: Vec<String>,
     pub unchanged: Vec<String>,
     pub drift: Vec<Drift>,
 }
@@ -199,6 +205,70 @@ pub async fn apply(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, T
         wait_for_leaders(&admin, &specs).await?;
     }
     Ok(report)
+}
+
+/// [`apply`], then sets the declared settings on existing topics whose settings differ,
+/// keeping their other topic-level settings (the broker's AlterConfigs replaces a topic's
+/// whole set, so the set sent is theirs with the declared ones over it). Partitions are
+/// never changed: that drift stays in the report.
+pub async fn apply_and_alter(kafka: &KafkaConfig, topology: &Topology) -> Result<Report, TopologyError> {
+    let mut report = apply(kafka, topology).await?;
+    let mut drifted: Vec<String> = report
+        .drift
+        .iter()
+        .filter_map(|d| match d {
+            Drift::Config { topic, .. } => Some(topic.clone()),
+            _ => None,
+        })
+        .collect();
+    drifted.sort();
+    drifted.dedup();
+    if drifted.is_empty() {
+        return Ok(report);
+    }
+    let admin = admin_client(kafka)?;
+    let sets = settings_to_set(&admin, kafka, topology, &drifted).await?;
+    let changes: Vec<AlterConfig<'_>> = drifted
+        .iter()
+        .zip(&sets)
+        .map(|(topic, set)| {
+            set.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(topic)), |c, (k, v)| c.set(k, v))
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    for (topic, result) in drifted.iter().zip(admin.alter_configs(changes.iter(), &opts).await?) {
+        result.map_err(|(_, code)| TopologyError::Alter { topic: topic.clone(), code })?;
+    }
+    report.drift.retain(|d| !matches!(d, Drift::Config { .. }));
+    report.altered = drifted;
+    Ok(report)
+}
+
+/// For each of `topics`: its topic-level settings, with the declared ones over them.
+async fn settings_to_set(
+    admin: &AdminClient<DefaultClientContext>,
+    kafka: &KafkaConfig,
+    topology: &Topology,
+    topics: &[String],
+) -> Result<Vec<BTreeMap<String, String>>, TopologyError> {
+    let resources: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let described = admin.describe_configs(resources.iter(), &opts).await?;
+    let mut sets = Vec::new();
+    for (topic, result) in topics.iter().zip(described) {
+        let resource = result
+            .map_err(|code| TopologyError::Describe { topic: topic.clone(), problem: code.to_string() })?;
+        let mut set: BTreeMap<String, String> = resource
+            .entries
+            .iter()
+            .filter(|e| e.source == ConfigSource::DynamicTopic)
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect();
+        let spec = topology.topics.iter().find(|t| kafka.name(&t.name) == *topic).expect("declared");
+        set.extend(spec.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        sets.push(set);
+    }
+    Ok(sets)
 }
 
 /// Waits until every partition of the topics just created has a leader. The broker answers

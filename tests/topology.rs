@@ -80,14 +80,7 @@ fn a_changed_setting_is_reported_as_drift() {
             .unwrap();
         assert!(results.iter().all(Result::is_ok), "{results:?}");
 
-        let mut drift = Vec::new();
-        for _ in 0..50 {
-            drift = topology::check(&config.kafka, &declared).await.unwrap().drift;
-            if !drift.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let drift = drift_once(&config, &declared, |d| !d.is_empty()).await;
         assert_eq!(
             drift,
             vec![Drift::Config {
@@ -102,4 +95,59 @@ fn a_changed_setting_is_reported_as_drift() {
         assert_eq!(report.drift.len(), 1, "{:?}", report.drift);
         assert!(report.created.is_empty());
     });
+}
+
+#[test]
+fn apply_with_alter_sets_the_declared_settings_and_keeps_the_others() {
+    let config = common::isolated_config("topology_alter");
+    let declared = Topology::builtin();
+    common::runtime().block_on(async {
+        topology::apply(&config.kafka, &declared).await.unwrap();
+        // A cluster made before the declaration changed, with a setting of its operator's.
+        let app_state = config.kafka.name("app-state");
+        let admin = topology::admin_client(&config.kafka).unwrap();
+        let before = AlterConfig::new(ResourceSpecifier::Topic(&app_state))
+            .set("cleanup.policy", "compact")
+            .set("segment.ms", "3600000")
+            .set("max.message.bytes", "2000000");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.alter_configs([&before], &opts).await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let drift = drift_once(&config, &declared, |d| !d.is_empty()).await;
+        assert!(
+            drift.iter().any(|d| matches!(d, Drift::Config { key, .. } if key == "segment.ms")),
+            "{drift:?}"
+        );
+
+        let report = topology::apply_and_alter(&config.kafka, &declared).await.unwrap();
+        assert_eq!(report.altered, vec![app_state.clone()]);
+        assert!(report.drift.is_empty(), "{:?}", report.drift);
+        let left = drift_once(&config, &declared, <[Drift]>::is_empty).await;
+        assert!(left.is_empty(), "{left:?}");
+        let described = admin
+            .describe_configs([&ResourceSpecifier::Topic(&app_state)], &AdminOptions::new())
+            .await
+            .unwrap();
+        let resource = described.into_iter().next().unwrap().unwrap();
+        let kept = resource.get("max.message.bytes").and_then(|e| e.value.clone());
+        assert_eq!(kept.as_deref(), Some("2000000"), "the operator's setting is kept");
+    });
+}
+
+/// The drift `check` reports once `settled` holds of it (a broker applies a setting a
+/// moment after it answers), or after 10 s.
+async fn drift_once(
+    config: &pulsewatch::config::Config,
+    declared: &Topology,
+    settled: impl Fn(&[Drift]) -> bool,
+) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    for _ in 0..50 {
+        drift = topology::check(&config.kafka, declared).await.unwrap().drift;
+        if settled(&drift) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drift
 }
