@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, OwnedResourceSpecifier,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -236,8 +237,14 @@ pub async fn apply_and_alter(kafka: &KafkaConfig, topology: &Topology) -> Result
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    for (topic, result) in drifted.iter().zip(admin.alter_configs(changes.iter(), &opts).await?) {
-        result.map_err(|(_, code)| TopologyError::Alter { topic: topic.clone(), code })?;
+    for result in admin.alter_configs(changes.iter(), &opts).await? {
+        result.map_err(|(resource, code)| {
+            let topic = match resource {
+                OwnedResourceSpecifier::Topic(name) => name,
+                other => format!("{other:?}"),
+            };
+            TopologyError::Alter { topic, code }
+        })?;
     }
     report.drift.retain(|d| !matches!(d, Drift::Config { .. }));
     report.altered = drifted;

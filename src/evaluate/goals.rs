@@ -23,8 +23,14 @@ pub const LOOK_ALIKES: [&str; 8] = [
     "random-warm-up",
 ];
 
-/// The goals, judged on this run's cases and results.
-pub fn goals(cases: &[Case], results: &[CaseResult], overall: &FamilyResult) -> Vec<Goal> {
+/// The goals, judged on this run's cases and results; `young_minutes`, the age at which a
+/// new series is first judged, tells the false alarms on a series' first rise apart.
+pub fn goals(
+    cases: &[Case],
+    results: &[CaseResult],
+    overall: &FamilyResult,
+    young_minutes: u32,
+) -> Vec<Goal> {
     let (p, b) = (&overall.pulsewatch, &overall.baseline);
     let mut goals = vec![
         Goal {
@@ -50,10 +56,20 @@ pub fn goals(cases: &[Case], results: &[CaseResult], overall: &FamilyResult) -> 
     let look_alikes: Vec<&CaseResult> = results.iter().filter(|r| LOOK_ALIKES.contains(&r.family)).collect();
     if !look_alikes.is_empty() {
         let alarms = look_alikes.iter().filter(|r| r.pulsewatch.false_alarm).count();
+        // An alarm within a minute of the first judgement came on a new series' first rise,
+        // which is all its history shows then: what a leak that began with its process shows.
+        let first_judged_ms = i64::from(young_minutes + 1) * 60_000;
+        let first_rise = look_alikes
+            .iter()
+            .filter(|r| r.pulsewatch.false_alarm_at_ms.is_some_and(|ms| ms <= first_judged_ms))
+            .count();
         goals.push(Goal {
             goal: "no alert on the saw-tooth, drain, wander, warm-up, ramp, step and diurnal scenarios",
             met: alarms == 0,
-            measured: format!("{alarms} of {} cases raised a leak alert", look_alikes.len()),
+            measured: format!(
+                "{alarms} of {} cases raised a leak alert, {first_rise} of them within a minute of the age ({young_minutes} min) at which a new series is first judged",
+                look_alikes.len()
+            ),
         });
     }
     goals

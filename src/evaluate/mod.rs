@@ -190,7 +190,8 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
 
     let ours = pulsewatch_detections(&kafka, opts.timeout, manifest.end_ms)?;
     let theirs = baseline_detections(&config, opts.timeout, manifest.end_ms)?;
-    Ok(score(&cases, opts, &manifest, &ours, &theirs, kafka.topic_prefix.clone(), started))
+    let judged_from = config.trend.young_minutes;
+    Ok(score(&cases, opts, &manifest, (&ours, &theirs), judged_from, kafka.topic_prefix.clone(), started))
 }
 
 /// Scores both detectors' detections on `cases` into the report.
@@ -198,8 +199,8 @@ fn score(
     cases: &[Case],
     opts: &EvaluateOptions,
     manifest: &loadgen::Manifest,
-    ours: &[Detection],
-    theirs: &[Detection],
+    (ours, theirs): (&[Detection], &[Detection]),
+    young_minutes: u32,
     topic_prefix: String,
     started: Instant,
 ) -> Report {
@@ -229,7 +230,7 @@ fn score(
     let families =
         suite::families(cases).into_iter().map(|f| family_result(f, &|c: &Case| c.family == f)).collect();
     let overall = family_result("overall", &|_: &Case| true);
-    let goals = goals::goals(cases, &results, &overall);
+    let goals = goals::goals(cases, &results, &overall, young_minutes);
     Report {
         topic_prefix,
         offline: opts.offline,

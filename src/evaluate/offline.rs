@@ -35,7 +35,7 @@ pub fn run(config: &Config, opts: &EvaluateOptions) -> Result<Report, EvaluateEr
     leak_detections(&mut effects, manifest.end_ms, &mut ours);
     let theirs: Vec<Detection> =
         baseline.detections().into_iter().filter(|d| d.at_ms < manifest.end_ms).collect();
-    Ok(score(&cases, opts, &manifest, &ours, &theirs, String::new(), started))
+    Ok(score(&cases, opts, &manifest, (&ours, &theirs), config.trend.young_minutes, String::new(), started))
 }
 
 /// Moves the leak alerts that started firing before `end_ms` out of `effects` into `out`,
