@@ -158,7 +158,7 @@ impl<'a> Processor<'a> {
             batch: Batch::default(),
             txn,
             transactional_id,
-            outputs: Outputs { topics, alert_schema_id },
+            outputs: Outputs::new(topics, alert_schema_id),
             registry,
             registry_down: None,
             registry_backoff: Backoff::service(),

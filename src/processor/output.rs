@@ -1,6 +1,7 @@
 //! What a batch publishes, inside its transaction: the state records of the applications it
 //! changed (to `app-state`), dead letters (to `heartbeats-dlq`), alerts and rollups.
 
+use prometheus::IntCounter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -17,9 +18,22 @@ pub struct Outputs {
     /// The registry's id of the alert schema when alerts are written in the Confluent wire
     /// format; `None`: single-object encoding.
     pub alert_schema_id: Option<u32>,
+    /// The app-state records and bytes produced, looked up once rather than per record.
+    state_records: IntCounter,
+    state_bytes: IntCounter,
 }
 
 impl Outputs {
+    pub fn new(topics: Topics, alert_schema_id: Option<u32>) -> Outputs {
+        let labels = ["processor", topics.app_state.as_str()];
+        Outputs {
+            state_records: METRICS.records_out.with_label_values(&labels),
+            state_bytes: METRICS.bytes_out.with_label_values(&labels),
+            topics,
+            alert_schema_id,
+        }
+    }
+
     /// Sends one application's state to the app-state partition of its heartbeats
     /// partition's number, whatever partitioner the producers used.
     pub fn send_state(
@@ -33,9 +47,9 @@ impl Outputs {
         let topic = &self.topics.app_state;
         let key = record.key();
         kafka::send_to(producer, topic, Some(partition), &key, &record.value, Some(state))?;
-        METRICS.records_out.with_label_values(&["processor", topic]).inc();
+        self.state_records.inc();
         let bytes = key.len() + record.value.len() + record.header_name.len() + record.header.len();
-        METRICS.bytes_out.with_label_values(&["processor", topic]).inc_by(bytes as u64);
+        self.state_bytes.inc_by(bytes as u64);
         Ok(())
     }
 
