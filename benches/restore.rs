@@ -109,7 +109,7 @@ fn main() {
         per_app(decode_again + rebuild_again)
     );
     let templates: Vec<AppState> =
-        records.iter().filter(|r| !r.is_windows()).filter_map(|r| engine.app(&r.app_id).cloned()).collect();
+        records.iter().filter(|r| r.is_state()).filter_map(|r| engine.app(&r.app_id).cloned()).collect();
     let restore_apps: usize = std::env::var("PULSEWATCH_BENCH_RESTORE_APPS")
         .ok()
         .and_then(|v| v.parse().ok())

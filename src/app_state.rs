@@ -1,6 +1,7 @@
-//! The `app-state` topic's records (compacted, key app_id): the [`AppSnapshot`] of an
-//! application in JSON, which the sink upserts into the `application` table, and the
-//! engine's state of that application in the [`STATE_HEADER`] header, which a restore reads.
+//! The `app-state` topic's records (compacted): the [`AppSnapshot`] of an application in
+//! JSON (key app_id), which the sink upserts into the `application` table, and the engine's
+//! state of that application in the [`STATE_HEADER`] header of a record of its own, which a
+//! restore reads.
 //!
 //! The engine state itself is the engine's own type: this module owns the envelope (the
 //! version, the header's layout, the older versions still read back), generic over it.
@@ -14,12 +15,21 @@ use crate::labels::Labels;
 
 /// The version of the envelope and engine state `app-state` records carry: 3 on, the state
 /// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot; 6 on, the
-/// trend windows are in a record of their own ([`WINDOWS_HEADER`]). Records of versions 1 to
-/// 5 still restore; the history of the versions is in `docs/contracts.md`.
-pub const STATE_VERSION: u32 = 6;
+/// trend windows are in a record of their own ([`WINDOWS_HEADER`]); 7 on, the state and the
+/// snapshot are in records of their own too ([`STATE_KEY_SUFFIX`], [`SNAPSHOT_HEADER`]), the
+/// snapshot written only when what it shows changed. Records of versions 1 to 6 still
+/// restore; the history of the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 7;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";
+
+/// What follows the app id in a state record's key (version 7 on); its value is empty.
+pub const STATE_KEY_SUFFIX: &str = "\0state";
+
+/// The header of a snapshot record (version 7 on): its value is the JSON snapshot, the
+/// header's one byte the version, so that a restore passes it by without reading the JSON.
+pub const SNAPSHOT_HEADER: &str = "pulsewatch-snapshot";
 
 /// The header of an application's windows record (version 6 on): its instances' trend
 /// windows, which change once a minute, written only when they change. Its key is the app
@@ -72,16 +82,27 @@ impl AppSnapshot {
     }
 }
 
-/// An `app-state` record ready to send: an application's state (the JSON value, the
-/// snapshot and the version, and the [`STATE_HEADER`]) or its windows record (an empty value
-/// and the [`WINDOWS_HEADER`]).
+/// An `app-state` record ready to send: an application's snapshot (the JSON value, and the
+/// [`SNAPSHOT_HEADER`]), its state (an empty value and the [`STATE_HEADER`]) or its windows
+/// record (an empty value and the [`WINDOWS_HEADER`]).
 #[derive(Debug, Clone)]
 pub struct StateRecordOut {
     pub app_id: String,
     pub value: Vec<u8>,
-    /// [`STATE_HEADER`] or [`WINDOWS_HEADER`].
+    /// [`SNAPSHOT_HEADER`], [`STATE_HEADER`] or [`WINDOWS_HEADER`].
     pub header_name: &'static str,
     pub header: Vec<u8>,
+    /// What follows the app id in the record's key: nothing for a snapshot,
+    /// [`STATE_KEY_SUFFIX`] or [`WINDOWS_KEY_SUFFIX`].
+    pub key_suffix: &'static str,
+}
+
+/// A snapshot's JSON value: the snapshot and the version.
+#[derive(Serialize)]
+struct SnapshotValue<'a> {
+    #[serde(flatten)]
+    snapshot: &'a AppSnapshot,
+    version: u32,
 }
 
 /// The binary part of a record, as written.
@@ -101,23 +122,42 @@ struct StateBody<S> {
 }
 
 impl StateRecordOut {
-    /// The record of `snapshot`, with the engine's `state` of the application (absent for
-    /// an application the engine no longer tracks).
-    pub fn new<S: Serialize>(snapshot: &AppSnapshot, state: Option<&S>) -> StateRecordOut {
-        #[derive(Serialize)]
-        struct Value<'a> {
-            #[serde(flatten)]
-            snapshot: &'a AppSnapshot,
-            version: u32,
+    /// The snapshot record of an application.
+    pub fn snapshot(snapshot: &AppSnapshot) -> StateRecordOut {
+        let value = serde_json::to_vec(&SnapshotValue { snapshot, version: STATE_VERSION });
+        StateRecordOut {
+            app_id: snapshot.app_id.clone(),
+            value: value.expect("a snapshot serialises"),
+            header_name: SNAPSHOT_HEADER,
+            header: vec![STATE_VERSION as u8],
+            key_suffix: "",
         }
-        let value = serde_json::to_vec(&Value { snapshot, version: STATE_VERSION });
-        let body = StateBodyOut { app_id: &snapshot.app_id, updated_at_ms: snapshot.updated_at_ms, state };
-        let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
+    }
+
+    /// The state record of an application: the engine's `state` of it (absent for an
+    /// application the engine no longer tracks) and the partition's watermark.
+    pub fn state<S: Serialize>(app_id: &str, updated_at_ms: i64, state: Option<&S>) -> StateRecordOut {
+        StateRecordOut {
+            app_id: app_id.to_owned(),
+            value: Vec::new(),
+            header_name: STATE_HEADER,
+            header: state_header(app_id, updated_at_ms, state),
+            key_suffix: STATE_KEY_SUFFIX,
+        }
+    }
+
+    /// A record as versions 3 to 6 wrote it, the snapshot and the state in one (key app_id):
+    /// what a restore still reads, for tests and benches.
+    pub fn combined<S: Serialize>(snapshot: &AppSnapshot, state: Option<&S>) -> StateRecordOut {
+        let value = serde_json::to_vec(&SnapshotValue { snapshot, version: 6 });
+        let mut header = state_header(&snapshot.app_id, snapshot.updated_at_ms, state);
+        header[0] = 6;
         StateRecordOut {
             app_id: snapshot.app_id.clone(),
             value: value.expect("a snapshot serialises"),
             header_name: STATE_HEADER,
-            header: header.expect("the engine state serialises"),
+            header,
+            key_suffix: "",
         }
     }
 
@@ -130,6 +170,7 @@ impl StateRecordOut {
             value: Vec::new(),
             header_name: WINDOWS_HEADER,
             header: header.expect("trend windows serialise"),
+            key_suffix: WINDOWS_KEY_SUFFIX,
         }
     }
 
@@ -137,11 +178,25 @@ impl StateRecordOut {
         self.header_name == WINDOWS_HEADER
     }
 
-    /// The record's key: the app id, or for a windows record the app id and
-    /// [`WINDOWS_KEY_SUFFIX`].
-    pub fn key(&self) -> String {
-        if self.is_windows() { format!("{}{WINDOWS_KEY_SUFFIX}", self.app_id) } else { self.app_id.clone() }
+    pub fn is_snapshot(&self) -> bool {
+        self.header_name == SNAPSHOT_HEADER
     }
+
+    /// Whether the record carries an engine state (of any version), or an application's end.
+    pub fn is_state(&self) -> bool {
+        self.header_name == STATE_HEADER
+    }
+
+    /// The record's key: the app id and the record's [`StateRecordOut::key_suffix`].
+    pub fn key(&self) -> String {
+        format!("{}{}", self.app_id, self.key_suffix)
+    }
+}
+
+/// A [`STATE_HEADER`] of the current version.
+fn state_header<S: Serialize>(app_id: &str, updated_at_ms: i64, state: Option<&S>) -> Vec<u8> {
+    let body = StateBodyOut { app_id, updated_at_ms, state };
+    postcard::to_extend(&body, vec![STATE_VERSION as u8]).expect("the engine state serialises")
 }
 
 /// An application's windows record as read back. `W` is the engine's trend windows of one

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::app_state::{STATE_HEADER, StateRecordError, WINDOWS_HEADER};
+use crate::app_state::{SNAPSHOT_HEADER, STATE_HEADER, StateRecordError, WINDOWS_HEADER};
 use crate::config::KafkaConfig;
 use crate::engine::{Engine, RestoredApps, StateRecord, WindowsRecord};
 use crate::readback::{self, End, ReadError};
@@ -82,12 +82,15 @@ enum Read {
 }
 
 impl RecordBatch {
+    /// Takes what a restore reads of a record; a snapshot record (version 7 on) restores
+    /// nothing and is passed by.
     fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let header =
-            |name: &str| m.headers().and_then(|hs| hs.iter().find(|h| h.key == name)).and_then(|h| h.value);
-        let (bytes, kind) = match (header(STATE_HEADER), header(WINDOWS_HEADER)) {
+        let header = |name: &str| m.headers().and_then(|hs| hs.iter().find(|h| h.key == name));
+        let value = |name: &str| header(name).and_then(|h| h.value);
+        let (bytes, kind) = match (value(STATE_HEADER), value(WINDOWS_HEADER)) {
             (Some(h), _) => (h, RawKind::State),
             (None, Some(h)) => (h, RawKind::Windows),
+            (None, None) if header(SNAPSHOT_HEADER).is_some() => return,
             (None, None) => (m.payload().unwrap_or_default(), RawKind::Json),
         };
         self.bytes.extend_from_slice(bytes);

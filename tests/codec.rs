@@ -156,8 +156,7 @@ fn app_state_records_of_version_3_read_back_to_the_state_they_held() {
     assert_eq!((engine.app_count(), engine.instance_count()), (3, 6));
     for (app_id, r) in fixture.iter().map(|r| (r["app_id"].as_str().unwrap(), r)) {
         let state = engine.app(app_id).unwrap();
-        let snapshot = state.snapshot(app_id, 0);
-        let out = pulsewatch::app_state::StateRecordOut::new(&snapshot, Some(state));
+        let out = pulsewatch::app_state::StateRecordOut::state(app_id, 0, Some(state));
         let back = StateRecord::decode(&out.value, Some(&out.header)).unwrap();
         assert_eq!(back.version, STATE_VERSION);
         // (The restore schedules each instance's deadline anew: compared with the engine's.)

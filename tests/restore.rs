@@ -87,16 +87,24 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
             header.map(|h| OwnedHeaders::new().insert(Header { key: STATE_HEADER, value: Some(h) }));
         kafka::send_to(&producer, &topic, Some(partition), key, value, headers).unwrap();
     };
-    // 3,000 applications on partitions 0..3, each written twice: an old state, and later a
-    // newer one (last_seen 2). A partition's 2,000 records span two worker batches.
+    // 3,000 applications on partitions 0..3, each written twice: an old state as state
+    // version 6 wrote it (the snapshot with it), and later a newer one (last_seen 2) as the
+    // engine writes it now, its snapshot (which restores nothing) after it. A partition's
+    // 3,000 records span two worker batches.
     const STATE_APPS: usize = 3_000;
-    for version in 1..=2 {
-        for i in 0..STATE_APPS {
-            let app_id = format!("app-{i:05}");
-            let state = AppState { last_seen: version, ..AppState::default() };
-            let record =
-                StateRecordOut::new(&state.snapshot(&app_id, 1_800_000_000_000 + version), Some(&state));
-            send((i % 3) as i32, &app_id, &record.value, Some(&record.header));
+    for i in 0..STATE_APPS {
+        let app_id = format!("app-{i:05}");
+        let (old, new) = (
+            AppState { last_seen: 1, ..AppState::default() },
+            AppState { last_seen: 2, ..AppState::default() },
+        );
+        let v6 = StateRecordOut::combined(&old.snapshot(&app_id, 1_800_000_000_001), Some(&old));
+        let state = StateRecordOut::state(&app_id, 1_800_000_000_002, Some(&new));
+        let snapshot = StateRecordOut::snapshot(&old.snapshot(&app_id, 1_800_000_000_002));
+        for r in [&v6, &state, &snapshot] {
+            let headers = OwnedHeaders::new().insert(Header { key: r.header_name, value: Some(&r.header) });
+            kafka::send_to(&producer, &topic, Some((i % 3) as i32), &r.key(), &r.value, Some(headers))
+                .unwrap();
         }
     }
     // On partition 1: a damaged header, a version the processor does not know yet, and a
@@ -132,7 +140,7 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
         Duration::from_secs(120),
     )
     .unwrap();
-    assert_eq!(restored.records, 2 * STATE_APPS + 3 + 2);
+    assert_eq!(restored.records, 3 * STATE_APPS + 3 + 3);
     assert_eq!(restored.unreadable, 2, "the damaged and the future record");
     assert!(restored.first_error.is_some());
     let partitions: Vec<i32> = restored.engines.iter().map(|(p, _)| *p).collect();
@@ -179,7 +187,7 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
     producer.init_transactions(Duration::from_secs(60)).unwrap();
     producer.begin_transaction().unwrap();
     let state = AppState { last_seen: 5, ..AppState::default() };
-    let record = StateRecordOut::new(&state.snapshot("app-pending", 1_800_000_000_000), Some(&state));
+    let record = StateRecordOut::state("app-pending", 1_800_000_000_000, Some(&state));
     let headers = OwnedHeaders::new().insert(Header { key: STATE_HEADER, value: Some(&record.header) });
     kafka::send_to(&producer, &topic, Some(0), "app-pending", &record.value, Some(headers)).unwrap();
     producer.flush(Duration::from_secs(60)).unwrap();

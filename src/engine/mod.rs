@@ -56,11 +56,41 @@ pub struct EngineStats {
     pub late_for_rollup: u64,
 }
 
-/// One tracked application: its state, and the profile it is judged by (from the
-/// configuration and its overrides, so not part of the persisted state).
+/// One tracked application: its state, the profile it is judged by (from the configuration
+/// and its overrides) and what of it was last published; these two are not part of the
+/// persisted state.
 struct Tracked {
     state: AppState,
     profile: Arc<Profile>,
+    /// The snapshot last published, if any since the application was tracked or restored
+    /// (or its labels changed).
+    published: Option<Published>,
+}
+
+/// What a published snapshot showed: the digest of its [`state::Shown`] and its newest beat.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Published {
+    shown: u64,
+    last_seen: i64,
+}
+
+impl Tracked {
+    fn new(state: AppState, profile: Arc<Profile>) -> Tracked {
+        Tracked { state, profile, published: None }
+    }
+
+    /// The application's snapshot, if it is to be published: what it shows changed, or its
+    /// newest beat is `interval_ms` newer than the one last published.
+    fn snapshot_due(&mut self, app_id: &str, updated_at: i64, interval_ms: i64) -> Option<AppSnapshot> {
+        let now = Published { shown: self.state.shown().digest(), last_seen: self.state.last_seen };
+        let due = self
+            .published
+            .is_none_or(|last| last.shown != now.shown || now.last_seen - last.last_seen >= interval_ms);
+        due.then(|| {
+            self.published = Some(now);
+            self.state.snapshot(app_id, updated_at)
+        })
+    }
 }
 
 /// The state and logic of one partition.
@@ -184,27 +214,31 @@ impl Engine {
     }
 
     /// The `app-state` records of the applications that changed since the last call, in app
-    /// order: each one's state (snapshot, version, the state without its trend windows),
-    /// preceded by its windows record when those changed. What [`Engine::restore_apps`]
-    /// reads back.
+    /// order: each one's windows record when those changed, its snapshot when it is due
+    /// (see `detection.snapshot_interval_ms`), and its state without its trend windows.
+    /// What [`Engine::restore_apps`] reads back.
     pub fn take_state_records(&mut self) -> Vec<StateRecordOut> {
         let dirty = std::mem::take(&mut self.dirty);
         let updated_at = self.watermark.current().unwrap_or_default();
+        let interval = self.config.snapshot_interval_ms;
         let mut records = Vec::with_capacity(dirty.len());
         for app_id in dirty {
             let windows_changed = self.windows_dirty.remove(&app_id);
             let Some(tracked) = self.apps.get_mut(&app_id) else {
-                records.push(StateRecordOut::new(&AppSnapshot::gone(&app_id, updated_at), None::<&AppState>));
+                records.push(StateRecordOut::snapshot(&AppSnapshot::gone(&app_id, updated_at)));
+                records.push(StateRecordOut::state(&app_id, updated_at, None::<&AppState>));
                 continue;
             };
+            if let Some(snapshot) = tracked.snapshot_due(&app_id, updated_at, interval) {
+                records.push(StateRecordOut::snapshot(&snapshot));
+            }
             let app = &mut tracked.state;
-            let snapshot = app.snapshot(&app_id, updated_at);
             // The windows change once a minute, the rest at every beat: they are written apart.
             let windows = app.take_windows();
             if windows_changed {
                 records.push(app.windows_record(&app_id, &windows));
             }
-            records.push(StateRecordOut::new(&snapshot, Some(&*app)));
+            records.push(StateRecordOut::state(&app_id, updated_at, Some(&*app)));
             app.put_windows(windows);
         }
         records
@@ -269,7 +303,7 @@ impl Engine {
             for &minute in app.rollups.keys() {
                 engine.timers.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
             }
-            engine.apps.insert(app_id, Tracked { state: app, profile });
+            engine.apps.insert(app_id, Tracked::new(app, profile));
         }
         if let Some(w) = watermark {
             engine.watermark.restore(w);
@@ -289,7 +323,7 @@ impl Engine {
         }
         let wm = self.watermark.current().unwrap_or(i64::MIN);
         let live_wm = self.watermark.liveness().unwrap_or(wm);
-        let Tracked { state: app, profile } = track(&mut self.apps, &self.rules, &beat);
+        let Tracked { state: app, profile, .. } = track(&mut self.apps, &self.rules, &beat);
         let origin = Origin { partition: self.partition, offset, wall_ms };
         let ctx = BeatContext { app_id: &app_id, instance_id: &instance_id, t, origin, profile };
 
@@ -383,13 +417,14 @@ fn track<'a>(
 ) -> &'a mut Tracked {
     if !apps.contains_key(&beat.app_id) {
         let profile = rules.profile_for(&beat.app_id, &beat.labels);
-        apps.insert(beat.app_id.clone(), Tracked { state: AppState::default(), profile });
+        apps.insert(beat.app_id.clone(), Tracked::new(AppState::default(), profile));
     }
     let tracked = apps.get_mut(&beat.app_id).expect("inserted above");
     let app = &mut tracked.state;
     app.last_seen = app.last_seen.max(beat.sent_at);
     if app.labels != beat.labels {
         app.labels.clone_from(&beat.labels);
+        tracked.published = None;
     }
     tracked
 }

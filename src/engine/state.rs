@@ -220,8 +220,30 @@ pub struct AppState {
     pub labels: Labels,
 }
 
+/// What an application's snapshot shows of it besides its newest beat: what, once changed,
+/// publishes the snapshot at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown {
+    /// UP, DEGRADED, LATE, DOWN or STOPPED.
+    pub status: &'static str,
+    /// healthy, warning or critical.
+    pub health: &'static str,
+    pub instances_up: u32,
+    pub instances_total: u32,
+    pub open_alerts: u32,
+}
+
+impl Shown {
+    /// A digest of it, to compare with the one last published.
+    pub fn digest(&self) -> u64 {
+        let counts = [self.instances_up, self.instances_total, self.open_alerts].map(u32::to_le_bytes);
+        crate::alert::fnv1a([self.status.as_bytes(), self.health.as_bytes(), counts.as_flattened()])
+    }
+}
+
 impl AppState {
-    pub fn snapshot(&self, app_id: &str, updated_at_ms: i64) -> AppSnapshot {
+    /// Its status, health, instance counts and open alerts.
+    pub fn shown(&self) -> Shown {
         let total = self.instances.len();
         let up = self.instances.values().filter(|i| i.liveness == Liveness::Up).count();
         let down = self.instances.values().filter(|i| i.liveness == Liveness::Down).count();
@@ -237,16 +259,30 @@ impl AppState {
         } else {
             "UP"
         };
-        let mut open: Vec<Severity> =
-            self.instances.values().flat_map(|i| i.open_alerts()).map(|(_, sev, _)| sev).collect();
-        if self.app_down.is_some() {
-            open.push(Severity::Critical);
+        let (mut open, mut worst) =
+            (usize::from(self.app_down.is_some()), self.app_down.map(|_| Severity::Critical));
+        for instance in self.instances.values() {
+            for (_, severity, _) in instance.open_alerts() {
+                open += 1;
+                worst = worst.max(Some(severity));
+            }
         }
-        let health = match open.iter().max() {
+        let health = match worst {
             Some(Severity::Critical) => "critical",
             Some(Severity::Warning) => "warning",
             None => "healthy",
         };
+        Shown {
+            status,
+            health,
+            instances_up: up as u32,
+            instances_total: total as u32,
+            open_alerts: open as u32,
+        }
+    }
+
+    pub fn snapshot(&self, app_id: &str, updated_at_ms: i64) -> AppSnapshot {
+        let shown = self.shown();
         let newest = self.instances.iter().max_by_key(|(id, i)| (i.last.sent_at, *id));
         let mut last_figures = BTreeMap::new();
         if let Some((_, i)) = newest {
@@ -269,13 +305,13 @@ impl AppState {
         }
         AppSnapshot {
             app_id: app_id.to_owned(),
-            status: status.to_owned(),
-            health: health.to_owned(),
-            instances_up: up as u32,
-            instances_total: total as u32,
+            status: shown.status.to_owned(),
+            health: shown.health.to_owned(),
+            instances_up: shown.instances_up,
+            instances_total: shown.instances_total,
             last_seen_ms: (self.last_seen > 0).then_some(self.last_seen),
             last_figures,
-            open_alerts: open.len() as u32,
+            open_alerts: shown.open_alerts,
             labels: self.labels.clone(),
             updated_at_ms,
         }
@@ -302,14 +338,16 @@ impl AppState {
         StateRecordOut::windows(app_id, &by_instance)
     }
 
-    /// The records the engine writes of this state: the windows record, then the state
-    /// record without them (a copy of the state is made: for tests and benches).
-    pub fn records(&self, app_id: &str, updated_at_ms: i64) -> [StateRecordOut; 2] {
+    /// The records the engine writes of this state: the windows record, the snapshot, then
+    /// the state record without the windows (a copy of the state is made: for tests and
+    /// benches).
+    pub fn records(&self, app_id: &str, updated_at_ms: i64) -> [StateRecordOut; 3] {
         let mut rest = self.clone();
         let windows = rest.take_windows();
         [
             rest.windows_record(app_id, &windows),
-            StateRecordOut::new(&self.snapshot(app_id, updated_at_ms), Some(&rest)),
+            StateRecordOut::snapshot(&self.snapshot(app_id, updated_at_ms)),
+            StateRecordOut::state(app_id, updated_at_ms, Some(&rest)),
         ]
     }
 
@@ -367,11 +405,12 @@ impl RestoredApps {
         self.windows.insert(r.app_id, r.windows);
     }
 
-    /// Takes a record as the engine wrote it (of this version, either kind).
+    /// Takes a record as the engine wrote it (of this version, any kind; a snapshot
+    /// restores nothing).
     pub fn add_written(&mut self, r: &StateRecordOut) -> Result<(), StateRecordError> {
         if r.is_windows() {
             self.add_windows(WindowsRecord::decode(&r.header)?);
-        } else {
+        } else if r.is_state() {
             self.add(StateRecord::decode(&r.value, Some(&r.header))?);
         }
         Ok(())

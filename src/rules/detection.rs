@@ -42,6 +42,11 @@ pub struct DetectionConfig {
     pub phi_min_std_ms: f64,
     /// Inter-arrival times the phi estimate is weighted over.
     pub phi_window: u32,
+    /// An application's snapshot (the `application` table's row) is published when what it
+    /// shows changes (status, health, instance counts, open alerts, labels), and otherwise
+    /// once its newest beat is this much newer than the last one published, ms; 0: at
+    /// every change.
+    pub snapshot_interval_ms: i64,
 }
 
 impl Default for DetectionConfig {
@@ -59,6 +64,7 @@ impl Default for DetectionConfig {
             phi_threshold: 0.0,
             phi_min_std_ms: 500.0,
             phi_window: 100,
+            snapshot_interval_ms: 30_000,
         }
     }
 }
@@ -87,6 +93,9 @@ impl DetectionConfig {
         }
         if self.phi_window < 2 {
             return bad("phi_window", "must be at least 2");
+        }
+        if self.snapshot_interval_ms < 0 {
+            return bad("snapshot_interval_ms", "must be 0 (every change) or positive");
         }
         Ok(())
     }

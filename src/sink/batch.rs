@@ -152,6 +152,6 @@ pub fn place(msg: &BorrowedMessage<'_>, decoded: Decoded, batch: &mut Batch, ret
             batch.apps.insert(app.app_id.clone(), Row { value: app, source: Source::of(msg) });
         }
         Decoded::Ack(ack) => batch.acks.push(Row { value: ack, source: Source::of(msg) }),
-        Decoded::Windows => {}
+        Decoded::EngineOnly => {}
     }
 }

@@ -10,7 +10,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use super::batch::{Batch, place};
 use crate::ack::AlertAck;
 use crate::alert::Alert;
-use crate::app_state::{AppSnapshot, WINDOWS_HEADER};
+use crate::app_state::{AppSnapshot, STATE_HEADER, WINDOWS_HEADER};
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::METRICS;
@@ -25,8 +25,9 @@ pub enum Decoded {
     Rollup(Rollup),
     App(AppSnapshot),
     Ack(AlertAck),
-    /// An application's windows record (`app-state`): the processor's alone, nothing to store.
-    Windows,
+    /// An application's windows record, or its state record without a snapshot
+    /// (`app-state`, version 7 on): the processor's alone, nothing to store.
+    EngineOnly,
 }
 
 /// Adds one consumed record to the batch (or skips it, if `sink_offset` says it is written).
@@ -83,11 +84,17 @@ fn decode(
         let beat = Registry::decode(registry, payload, reference, config.input.max_sent_at_drift_ms)?;
         return Ok(beat.map(Decoded::Beat).map_err(|_| None));
     }
-    if topic == topics.app_state && msg.headers().is_some_and(|hs| hs.iter().any(|h| h.key == WINDOWS_HEADER))
-    {
-        return Ok(Ok(Decoded::Windows));
+    if topic == topics.app_state && is_engine_only(msg, payload) {
+        return Ok(Ok(Decoded::EngineOnly));
     }
     Ok(decode_output(topic, payload, topics))
+}
+
+/// Whether an `app-state` record is the processor's alone: a windows record, or a state
+/// record with no snapshot in its value (a record before version 7 held both).
+fn is_engine_only(msg: &BorrowedMessage<'_>, payload: &[u8]) -> bool {
+    let has = |name: &str| msg.headers().is_some_and(|hs| hs.iter().any(|h| h.key == name));
+    has(WINDOWS_HEADER) || (payload.is_empty() && has(STATE_HEADER))
 }
 
 /// Decodes a record of one of the processor's output topics.

@@ -118,10 +118,12 @@ fn stopping_leaves_cleanly_without_alerts() {
     run_app(&mut e, "b", T0, T0 + 600 * S, 0, &mut out);
     assert!(alerts(&out).is_empty(), "{:?}", alerts(&out));
     let records = e.take_state_records();
-    let a = records.iter().find(|r| r.app_id == "a" && !r.is_windows()).unwrap();
-    let snapshot: AppSnapshot = serde_json::from_slice(&a.value).unwrap();
+    let of_a =
+        |kind: fn(&StateRecordOut) -> bool| records.iter().find(|r| r.app_id == "a" && kind(r)).unwrap();
+    let snapshot: AppSnapshot = serde_json::from_slice(&of_a(StateRecordOut::is_snapshot).value).unwrap();
     assert_eq!((snapshot.status.as_str(), snapshot.instances_total), ("STOPPED", 0));
-    assert_eq!(StateRecord::decode(&a.value, Some(&a.header)).unwrap().version, STATE_VERSION);
+    let state = of_a(StateRecordOut::is_state);
+    assert_eq!(StateRecord::decode(&state.value, Some(&state.header)).unwrap().version, STATE_VERSION);
 }
 
 #[test]

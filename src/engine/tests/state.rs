@@ -40,7 +40,10 @@ fn read_back(r: &StateRecordOut, version: u32, windows: Option<&WindowsRecord>) 
         version: u32,
         state: Option<&'a AppState>,
     }
-    let snapshot: AppSnapshot = serde_json::from_slice(&r.value).unwrap();
+    let snapshot = match &record.state {
+        Some(state) => state.snapshot(&record.app_id, record.updated_at_ms),
+        None => AppSnapshot::gone(&record.app_id, record.updated_at_ms),
+    };
     let json = serde_json::to_vec(&V2 { snapshot: &snapshot, version: 2, state: record.state.as_ref() });
     let old = StateRecord::decode(&json.unwrap(), None).unwrap();
     assert_eq!((old.version, old.updated_at_ms), (2, record.updated_at_ms));
@@ -66,7 +69,7 @@ fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
             if version == STATE_VERSION {
                 parsed.add_written(r).unwrap();
             }
-        } else {
+        } else if r.is_state() {
             parsed.add(read_back(r, version, windows.get(&r.app_id)));
         }
     }
@@ -150,7 +153,8 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
     let mut e = engine();
     let mut out = Vec::new();
     run_app(&mut e, "a", T0, T0 + 120 * S, 0, &mut out);
-    let r = e.take_state_records().pop().unwrap();
+    let records = e.take_state_records();
+    let (r, snapshot) = (records.last().unwrap(), records.iter().find(|r| r.is_snapshot()).unwrap());
     let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
     assert_eq!((back.version, back.app_id.as_str()), (STATE_VERSION, "a"));
     assert_eq!(back.state.as_ref().map(|s| s.instances.len()), Some(1));
@@ -168,7 +172,7 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
     newer[0] += 1;
     let err = StateRecord::decode(&r.value, Some(&newer)).unwrap_err();
     assert!(matches!(err, StateRecordError::Newer(v) if v == STATE_VERSION + 1), "{err}");
-    let err = StateRecord::decode(&r.value, None).unwrap_err();
+    let err = StateRecord::decode(&snapshot.value, None).unwrap_err();
     assert!(matches!(err, StateRecordError::MissingHeader(STATE_VERSION)), "{err}");
     assert!(matches!(StateRecord::decode(b"[1,2]", None), Err(StateRecordError::Value(_))));
 }
@@ -190,7 +194,7 @@ fn the_trend_windows_are_written_apart_once_a_minute_and_restore_with_the_state(
     // The first beat: the new instance's (empty) windows are written with its state.
     let mut seq = run_app(&mut e, "a", T0, T0, 0, &mut out);
     let first = e.take_state_records();
-    assert_eq!(first.iter().map(StateRecordOut::is_windows).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(first.iter().map(StateRecordOut::is_windows).collect::<Vec<_>>(), [false, true, false]);
     let (mut states, mut windows) = (0, 0);
     let mut written = first;
     // Ten minutes of 5 s beats, committed at every beat.
@@ -199,7 +203,7 @@ fn the_trend_windows_are_written_apart_once_a_minute_and_restore_with_the_state(
         for r in e.take_state_records() {
             if r.is_windows() {
                 windows += 1;
-            } else {
+            } else if r.is_state() {
                 states += 1;
                 let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
                 let w = &back.state.unwrap().instances["a-i0"].trend.window;
@@ -227,7 +231,8 @@ fn a_state_restored_from_a_record_that_held_its_windows_writes_them_apart_at_its
     e.take_state_records();
     // As processors before version 6 wrote it: the windows inside the state.
     let state = e.app("a").unwrap();
-    let old = StateRecordOut::new(&state.snapshot("a", T0 + 600 * S), Some(state));
+    let mut old = StateRecordOut::combined(&state.snapshot("a", T0 + 600 * S), Some(state));
+    old.header[0] = 5;
     let mut restored = RestoredApps::default();
     restored.add(StateRecord::decode(&old.value, Some(&old.header)).unwrap());
     let mut back = rebuilt(restored);
@@ -248,7 +253,7 @@ fn a_state_record_that_holds_its_windows_is_newer_than_a_windows_record_read_bef
     e.take_state_records();
     // Then one of version 5, which writes the windows inside the state: ten minutes.
     let state = e.app("a").unwrap();
-    let mut v5 = StateRecordOut::new(&state.snapshot("a", T0 + 600 * S), Some(state));
+    let mut v5 = StateRecordOut::combined(&state.snapshot("a", T0 + 600 * S), Some(state));
     v5.header[0] = 5;
     let mut restored = RestoredApps::default();
     for r in &early {
@@ -262,4 +267,50 @@ fn a_state_record_that_holds_its_windows_is_newer_than_a_windows_record_read_bef
     assert!(window_lengths(&e, "a")[0] > early_len, "the later windows are longer");
     run_app(&mut back, "a", T0 + 605 * S, T0 + 605 * S, seq, &mut out);
     assert!(back.take_state_records().iter().any(StateRecordOut::is_windows));
+}
+
+/// The snapshots `e` publishes with its next records.
+fn published(e: &mut Engine) -> Vec<AppSnapshot> {
+    let records = e.take_state_records();
+    records.iter().filter(|r| r.is_snapshot()).map(|r| serde_json::from_slice(&r.value).unwrap()).collect()
+}
+
+#[test]
+fn a_snapshot_is_published_when_what_it_shows_changes_and_otherwise_once_per_interval() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let (mut seen, mut seq, mut written) = (Vec::new(), 0, Vec::new());
+    for k in 0..13 {
+        seq = run_app(&mut e, "a", T0 + k * 5 * S, T0 + k * 5 * S, seq, &mut out);
+        let records = e.take_state_records();
+        for r in records.iter().filter(|r| r.is_snapshot()) {
+            let s: AppSnapshot = serde_json::from_slice(&r.value).unwrap();
+            seen.push(s.last_seen_ms.unwrap() - T0);
+        }
+        assert!(records.iter().any(StateRecordOut::is_state), "a state record at every change");
+        written.extend(records);
+    }
+    assert_eq!(seen, [0, 30 * S, 60 * S], "the first, then once its newest beat is 30 s newer");
+
+    let mut relabelled = beat("a", "i0", seq + 1, T0 + 65 * S);
+    relabelled.labels.insert("team".into(), "payments".into());
+    e.on_beat(relabelled, seq + 1, 0, &mut out);
+    let now = published(&mut e);
+    assert_eq!(now.len(), 1, "a label change is published at once");
+    assert_eq!(now[0].labels.get("team").map(String::as_str), Some("payments"));
+
+    // Another application's beats move the watermark past a's deadline: LATE, at once.
+    run_app(&mut e, "b", T0 + 70 * S, T0 + 90 * S, 0, &mut out);
+    let late: Vec<AppSnapshot> = published(&mut e).into_iter().filter(|s| s.app_id == "a").collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!((late[0].status.as_str(), late[0].last_seen_ms), ("LATE", Some(T0 + 65 * S)));
+
+    // A restored engine does not know what was published: its first change publishes.
+    let mut restored = RestoredApps::default();
+    for r in &written {
+        restored.add_written(r).unwrap();
+    }
+    let mut back = rebuilt(restored);
+    run_app(&mut back, "a", T0 + 70 * S, T0 + 70 * S, seq + 1, &mut out);
+    assert_eq!(published(&mut back).len(), 1);
 }
