@@ -257,11 +257,13 @@ impl<'a> Generator<'a> {
         Ok(true)
     }
 
-    /// Under `--rate`, waits until the records sent are no more than the rate allows.
+    /// Under `--rate`, waits until the records sent are no more than the rate allows: once
+    /// they are a millisecond ahead, so that a fast rate is kept in short bursts rather than
+    /// by a wait per record.
     fn pace(&mut self) -> Result<(), LoadgenError> {
         if let Some(rate) = self.opts.rate {
             let ahead = self.sent as f64 / rate - self.started.elapsed().as_secs_f64();
-            if ahead > 0.0 {
+            if ahead >= 0.001 {
                 self.out.wait(Duration::from_secs_f64(ahead))?;
             }
         }

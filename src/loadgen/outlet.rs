@@ -92,10 +92,15 @@ impl Outlet {
         }
     }
 
-    /// Waits `pause`, serving Kafka's callbacks, or posting what is gathered first.
+    /// Waits `pause`, serving Kafka's callbacks first, or posting what is gathered first.
     pub fn wait(&mut self, pause: Duration) -> Result<(), LoadgenError> {
         match self {
-            Outlet::Kafka { producer, .. } => producer.poll(pause),
+            // Not `poll(pause)`: the client's poll spins through the deadline's last
+            // millisecond, and a live fleet waits a millisecond at a time.
+            Outlet::Kafka { producer, .. } => {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(pause);
+            }
             Outlet::Http(http) => {
                 http.flush()?;
                 std::thread::sleep(pause);
