@@ -72,13 +72,7 @@ fn a_changed_setting_is_reported_as_drift() {
     common::runtime().block_on(async {
         topology::apply(&config.kafka, &declared).await.unwrap();
         let alerts = config.kafka.name("alerts");
-        let admin = topology::admin_client(&config.kafka).unwrap();
-        let change = AlterConfig::new(ResourceSpecifier::Topic(&alerts)).set("retention.ms", "3600000");
-        let results = admin
-            .alter_configs([&change], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
-            .await
-            .unwrap();
-        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        set_by_hand(&config, &alerts, &[("retention.ms", "3600000")]).await;
 
         let drift = drift_once(&config, &declared, |d| !d.is_empty()).await;
         assert_eq!(
@@ -105,14 +99,9 @@ fn apply_with_alter_sets_the_declared_settings_and_keeps_the_others() {
         topology::apply(&config.kafka, &declared).await.unwrap();
         // A cluster made before the declaration changed, with a setting of its operator's.
         let app_state = config.kafka.name("app-state");
-        let admin = topology::admin_client(&config.kafka).unwrap();
-        let before = AlterConfig::new(ResourceSpecifier::Topic(&app_state))
-            .set("cleanup.policy", "compact")
-            .set("segment.ms", "3600000")
-            .set("max.message.bytes", "2000000");
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin.alter_configs([&before], &opts).await.unwrap();
-        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let before =
+            [("cleanup.policy", "compact"), ("segment.ms", "3600000"), ("max.message.bytes", "2000000")];
+        set_by_hand(&config, &app_state, &before).await;
         let drift = drift_once(&config, &declared, |d| !d.is_empty()).await;
         assert!(
             drift.iter().any(|d| matches!(d, Drift::Config { key, .. } if key == "segment.ms")),
@@ -124,6 +113,7 @@ fn apply_with_alter_sets_the_declared_settings_and_keeps_the_others() {
         assert!(report.drift.is_empty(), "{:?}", report.drift);
         let left = drift_once(&config, &declared, <[Drift]>::is_empty).await;
         assert!(left.is_empty(), "{left:?}");
+        let admin = topology::admin_client(&config.kafka).unwrap();
         let described = admin
             .describe_configs([&ResourceSpecifier::Topic(&app_state)], &AdminOptions::new())
             .await
@@ -132,6 +122,16 @@ fn apply_with_alter_sets_the_declared_settings_and_keeps_the_others() {
         let kept = resource.get("max.message.bytes").and_then(|e| e.value.clone());
         assert_eq!(kept.as_deref(), Some("2000000"), "the operator's setting is kept");
     });
+}
+
+/// Sets `topic`'s topic-level settings to `set` (AlterConfigs: the others are dropped), as
+/// an operator would by hand.
+async fn set_by_hand(config: &pulsewatch::config::Config, topic: &str, set: &[(&str, &str)]) {
+    let admin = topology::admin_client(&config.kafka).unwrap();
+    let change = set.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(topic)), |c, (k, v)| c.set(k, v));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.alter_configs([&change], &opts).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
 }
 
 /// The drift `check` reports once `settled` holds of it (a broker applies a setting a

@@ -82,13 +82,14 @@ impl Tracked {
     /// The application's snapshot, if it is to be published: what it shows changed, or its
     /// newest beat is `interval_ms` newer than the one last published.
     fn snapshot_due(&mut self, app_id: &str, updated_at: i64, interval_ms: i64) -> Option<AppSnapshot> {
-        let now = Published { shown: self.state.shown().digest(), last_seen: self.state.last_seen };
+        let shown = self.state.shown();
+        let now = Published { shown: shown.digest(), last_seen: self.state.last_seen };
         let due = self
             .published
             .is_none_or(|last| last.shown != now.shown || now.last_seen - last.last_seen >= interval_ms);
         due.then(|| {
             self.published = Some(now);
-            self.state.snapshot(app_id, updated_at)
+            self.state.snapshot_showing(shown, app_id, updated_at)
         })
     }
 }

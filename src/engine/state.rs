@@ -282,7 +282,11 @@ impl AppState {
     }
 
     pub fn snapshot(&self, app_id: &str, updated_at_ms: i64) -> AppSnapshot {
-        let shown = self.shown();
+        self.snapshot_showing(self.shown(), app_id, updated_at_ms)
+    }
+
+    /// Its snapshot, `shown` being its [`AppState::shown`] already worked out.
+    pub fn snapshot_showing(&self, shown: Shown, app_id: &str, updated_at_ms: i64) -> AppSnapshot {
         let newest = self.instances.iter().max_by_key(|(id, i)| (i.last.sent_at, *id));
         let mut last_figures = BTreeMap::new();
         if let Some((_, i)) = newest {
