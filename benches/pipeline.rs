@@ -86,18 +86,29 @@ fn history(apps: usize) -> LoadgenOptions {
 }
 
 /// A configuration on topics and a schema of their own, both created.
-fn fresh_config(rt: &tokio::runtime::Runtime) -> Config {
+fn fresh_config(rt: &tokio::runtime::Runtime, topology: &Topology) -> Config {
     let mut config = Config::from_process(None).expect("a valid PULSEWATCH_* environment");
     let id = format!("{:08x}", rand::random::<u32>());
     config.kafka.topic_prefix = format!("bench-{id}-");
     config.postgres.schema = format!("bench_{id}");
-    rt.block_on(topology::apply(&config.kafka, &Topology::builtin()))
+    rt.block_on(topology::apply(&config.kafka, topology))
         .expect("Kafka reachable: start the local stack with scripts/stack up");
     rt.block_on(async {
         let mut c = store::connect(&config.postgres).await.expect("PostgreSQL reachable: scripts/stack up");
         store::migrate::migrate(&mut c, &config.postgres.schema).await.unwrap();
     });
     config
+}
+
+/// The topics of a backfill: `app-state` compacted only after an hour, so that the sink reads
+/// every record the processor wrote, a fixed amount of work (the sink's progress is counted in
+/// those records; cleaning them meanwhile would leave it short of the count).
+fn backfill_topology() -> Topology {
+    let mut topology = Topology::builtin();
+    let app_state =
+        topology.topics.iter_mut().find(|t| t.name == names::APP_STATE).expect("app-state declared");
+    app_state.config.insert("min.compaction.lag.ms".into(), "3600000".into());
+    topology
 }
 
 /// Deletes the run's topics and schema: they would only fill the broker's and the database's
@@ -153,7 +164,7 @@ impl std::fmt::Display for SinkFigures {
 /// Backfills `apps`, runs the processor over it (its outputs are the sink's input too), then
 /// the sink alone, then a plain COPY of the rows the sink left.
 fn sink_beside_copy(rt: &tokio::runtime::Runtime, apps: usize) -> SinkFigures {
-    let config = fresh_config(rt);
+    let config = fresh_config(rt, &backfill_topology());
     let n = load(&config, &history(apps));
     let topic = config.kafka.name(names::HEARTBEATS);
     let secs = run_processor_until(&config, &|| {
@@ -171,7 +182,7 @@ fn sink_beside_copy(rt: &tokio::runtime::Runtime, apps: usize) -> SinkFigures {
 /// The load, the no-op consumer, the processor, the sink beside a plain COPY, and the live
 /// run's alert latency.
 fn whole_pipeline(rt: &tokio::runtime::Runtime, apps: usize, full: bool) {
-    let config = fresh_config(rt);
+    let config = fresh_config(rt, &backfill_topology());
 
     // 1. History.
     let opts = history(apps);
@@ -190,7 +201,7 @@ fn whole_pipeline(rt: &tokio::runtime::Runtime, apps: usize, full: bool) {
         let mut config = config.clone();
         config.kafka.topic_prefix = format!("{}one-", config.kafka.topic_prefix);
         config.processor.engine_threads = 1;
-        rt.block_on(topology::apply(&config.kafka, &Topology::builtin())).unwrap();
+        rt.block_on(topology::apply(&config.kafka, &backfill_topology())).unwrap();
         assert_eq!(loadgen::run(&config.kafka, &opts).unwrap().beats_total, n);
         let topic = config.kafka.name(names::HEARTBEATS);
         let secs = run_processor_until(&config, &|| {

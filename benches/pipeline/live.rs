@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use pulsewatch::config::Config;
 use pulsewatch::metrics::METRICS;
 use pulsewatch::shutdown::Shutdown;
-use pulsewatch::topology::names;
+use pulsewatch::topology::{Topology, names};
 use pulsewatch::{processor, readback, sink, store};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -183,7 +183,7 @@ impl Counters {
 }
 
 fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Duration) -> LiveFigures {
-    let config = fresh_config(rt);
+    let config = fresh_config(rt, &Topology::builtin());
     let shutdown = Shutdown::new();
     let ready = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
     let stages = [

@@ -1,25 +1,45 @@
 //! Applying what a batch read to the engines: each partition's records and ends in the order
 //! they were read, by one engine that nothing else touches meanwhile, so partitions can be
-//! spread over threads without changing a decision.
+//! spread over threads without changing a decision. At the batch's end each engine is also
+//! ticked and its changed states taken as records, on the same threads.
 
 use std::collections::HashMap;
 
 use super::batch::{Batch, Pending};
+use crate::app_state::StateRecordOut;
 use crate::engine::{Effect, Engine};
 
 /// Below this many held events a batch is applied on the calling thread: starting threads
 /// would cost more than it saves.
 const PARALLEL_FROM: usize = 2_000;
 
-/// One partition's share: its engine, what it is to be given, and its effects so far.
-type Share<'a> = (&'a mut Engine, Vec<Pending>, Vec<Effect>);
+/// One partition's share of a batch.
+struct Share<'a> {
+    engine: &'a mut Engine,
+    /// What it is to be given, in the order read.
+    events: Vec<Pending>,
+    /// Its effects so far.
+    effects: Vec<Effect>,
+    /// Its changed states, once it was ticked.
+    records: Vec<StateRecordOut>,
+}
 
 /// Gives each engine the events `batch` holds for it, on up to `threads` threads, and puts
 /// their effects in the batch.
 pub fn apply(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize) {
+    run(engines, batch, threads, None);
+}
+
+/// As [`apply`], then ticks every engine at wall time `wall` and puts the records of the
+/// states it changed in the batch.
+pub fn apply_and_tick(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize, wall: i64) {
+    run(engines, batch, threads, Some(wall));
+}
+
+fn run(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize, tick: Option<i64>) {
     let mut held = std::mem::take(&mut batch.pending);
     let total: usize = held.values().map(Vec::len).sum();
-    if total == 0 {
+    if total == 0 && tick.is_none() {
         return;
     }
     // Events of a partition without an engine (revoked meanwhile) go with the batch's share
@@ -27,10 +47,21 @@ pub fn apply(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usi
     let mut shares: Vec<Share<'_>> = engines
         .iter_mut()
         .filter_map(|(p, engine)| {
-            let events = held.remove(p)?;
-            Some((engine, events, batch.effects.remove(p).unwrap_or_default()))
+            let events = held.remove(p);
+            if events.is_none() && tick.is_none() {
+                return None;
+            }
+            let effects = batch.effects.remove(p).unwrap_or_default();
+            Some(Share { engine, events: events.unwrap_or_default(), effects, records: Vec::new() })
         })
         .collect();
+    let give = |share: &mut Share<'_>| {
+        give(share);
+        if let Some(wall) = tick {
+            share.engine.on_tick(wall, &mut share.effects);
+            share.records = share.engine.take_state_records();
+        }
+    };
     if threads <= 1 || total < PARALLEL_FROM || shares.len() < 2 {
         shares.iter_mut().for_each(give);
     } else {
@@ -41,13 +72,18 @@ pub fn apply(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usi
             }
         });
     }
-    for (engine, _, effects) in shares {
-        batch.effects.insert(engine.partition(), effects);
+    for share in shares {
+        let p = share.engine.partition();
+        batch.effects.insert(p, share.effects);
+        if !share.records.is_empty() {
+            batch.state_records.insert(p, share.records);
+        }
     }
 }
 
 /// Applies one partition's events in order.
-fn give((engine, events, effects): &mut Share<'_>) {
+fn give(share: &mut Share<'_>) {
+    let Share { engine, events, effects, .. } = share;
     for event in events.drain(..) {
         match event {
             Pending::Beat { beat, offset, broker_ms, wall } => {
@@ -62,11 +98,11 @@ fn give((engine, events, effects): &mut Share<'_>) {
 /// first, each to the lightest group).
 fn balanced<'s, 'a>(shares: &'s mut [Share<'a>], threads: usize) -> Vec<Vec<&'s mut Share<'a>>> {
     let mut order: Vec<&mut Share<'a>> = shares.iter_mut().collect();
-    order.sort_by_key(|s| std::cmp::Reverse(s.1.len()));
+    order.sort_by_key(|s| std::cmp::Reverse(s.events.len()));
     let mut groups: Vec<(usize, Vec<&mut Share<'a>>)> = (0..threads).map(|_| (0, Vec::new())).collect();
     for share in order {
         let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one thread");
-        lightest.0 += share.1.len();
+        lightest.0 += share.events.len();
         lightest.1.push(share);
     }
     groups.into_iter().map(|g| g.1).filter(|g| !g.is_empty()).collect()
@@ -77,6 +113,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::alert::AlertKind;
     use crate::config::Config;
     use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
 
@@ -85,8 +122,9 @@ mod tests {
 
     /// Four partitions of one application each, two instances, 30 minutes of beats; the
     /// application of partition 1 crashes, that of partition 2 runs out of memory. Applied on
-    /// `threads` threads: the effects by partition, and how many were held.
-    fn applied(threads: usize) -> (BTreeMap<i32, Vec<Effect>>, usize) {
+    /// `threads` threads, then ticked an hour later when `tick`: the batch, and how many
+    /// events were held.
+    fn applied(threads: usize, tick: bool) -> (Batch, usize) {
         let config = Config::default();
         let rules = config.compiled_rules().unwrap();
         let mut engines: HashMap<i32, Engine> =
@@ -118,19 +156,50 @@ mod tests {
             batch.hold(p as i32, Pending::End { wall: T0 + 31 * 60_000 });
         }
         let held = batch.pending.values().map(Vec::len).sum();
-        apply(&mut engines, &mut batch, threads);
+        match tick {
+            true => apply_and_tick(&mut engines, &mut batch, threads, T0 + 90 * 60_000),
+            false => apply(&mut engines, &mut batch, threads),
+        }
         assert!(batch.pending.is_empty(), "everything held was given");
-        (batch.effects, held)
+        (batch, held)
+    }
+
+    /// A state record as its key, header and value.
+    type Written = (String, Vec<u8>, Vec<u8>);
+
+    /// Each partition's state records.
+    fn records(batch: &Batch) -> BTreeMap<i32, Vec<Written>> {
+        let of = |r: &StateRecordOut| (r.key(), r.header.clone(), r.value.clone());
+        batch.state_records.iter().map(|(p, rs)| (*p, rs.iter().map(of).collect())).collect()
     }
 
     #[test]
     fn partitions_spread_over_threads_decide_what_one_thread_does() {
-        let (one, held) = applied(1);
+        let (one, held) = applied(1, false);
         assert!(held >= PARALLEL_FROM, "enough events to be spread: {held}");
-        let (two, _) = applied(2);
-        assert_eq!(one, two);
-        let alerts = |p: i32| one[&p].iter().filter(|e| matches!(e, Effect::Alert(_))).count();
+        let (two, _) = applied(2, false);
+        assert_eq!(one.effects, two.effects);
+        assert!(one.state_records.is_empty(), "states are taken only with a tick");
+        let alerts = |p: i32| one.effects[&p].iter().filter(|e| matches!(e, Effect::Alert(_))).count();
         assert_eq!(alerts(0), 0, "the steady application raises nothing");
         assert!(alerts(1) > 0 && alerts(2) > 0, "the crash and the memory fault are found");
+    }
+
+    #[test]
+    fn engines_ticked_on_threads_decide_and_record_what_one_thread_does() {
+        let (one, _) = applied(1, true);
+        let (two, _) = applied(2, true);
+        assert_eq!(one.effects, two.effects);
+        assert_eq!(records(&one), records(&two));
+        assert_eq!(one.state_records.len(), 4, "every partition's application changed");
+        let (untimed, _) = applied(1, false);
+        let down = |b: &Batch| {
+            b.effects[&0]
+                .iter()
+                .filter(|e| matches!(e, Effect::Alert(a) if a.kind == AlertKind::AppDown))
+                .count()
+        };
+        assert_eq!(down(&untimed), 0, "without the tick the steady application is up");
+        assert_eq!(down(&one), 1, "an hour of silence later the tick finds it down");
     }
 }

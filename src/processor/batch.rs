@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::app_state::StateRecordOut;
 use crate::dead_letter::DeadLetter;
 use crate::engine::Effect;
 use crate::heartbeat::Heartbeat;
@@ -29,6 +30,8 @@ pub struct Batch {
     pub pending: BTreeMap<i32, Vec<Pending>>,
     /// Alerts and rollups decided, per partition.
     pub effects: BTreeMap<i32, Vec<Effect>>,
+    /// The app-state records of the applications the batch changed, per partition.
+    pub state_records: BTreeMap<i32, Vec<StateRecordOut>>,
     pub dead_letters: Vec<DeadLetter>,
     /// When each record read arrived (its broker time, or the wall clock): the end-to-end
     /// latency is measured from there once the batch commits.
@@ -38,10 +41,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn effects_of(&mut self, partition: i32) -> &mut Vec<Effect> {
-        self.effects.entry(partition).or_default()
-    }
-
     /// Holds `event` for `partition`'s engine.
     pub fn hold(&mut self, partition: i32, event: Pending) {
         self.pending.entry(partition).or_default().push(event);
@@ -51,6 +50,7 @@ impl Batch {
         self.offsets.remove(&partition);
         self.pending.remove(&partition);
         self.effects.remove(&partition);
+        self.state_records.remove(&partition);
         self.dead_letters.retain(|d| d.partition != partition);
     }
 

@@ -24,8 +24,13 @@
 //! `heartbeats-dlq` with the reason in headers, and processing goes on. A record whose
 //! writer schema the Schema Registry cannot give right now (down, slow) is no such record:
 //! the batch ends before it, its partition is sought back to it, and it is read again after
-//! an exponential backoff. No transaction is open while records are read (it begins with
-//! the batch's first output), so the pause holds no transaction open.
+//! an exponential backoff. A batch's transaction begins with its first output, once the
+//! batch before it committed, so the pause holds no transaction open.
+//!
+//! A batch's transaction commits on a thread of its own while the next batch is read and
+//! applied to the engines (which touches no producer); that batch's outputs are sent only
+//! once the commit succeeded. When it failed, the batch read meanwhile is dropped with the
+//! rest, as after any failed transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -92,6 +97,7 @@ pub fn run(config: &Config, shutdown: &Shutdown, ready: &AtomicBool) -> Result<(
     while !shutdown.is_triggered() {
         processor.step()?;
     }
+    processor.finish()?;
     // Every batch ended with its transaction committed (or aborted): nothing is in flight.
     tracing::info!("processor stopped");
     Ok(())
@@ -119,6 +125,16 @@ struct Processor<'a> {
     registry_down: Option<Unavailable>,
     registry_backoff: Backoff,
     lag_checked: Instant,
+    /// The batch whose transaction the committer is committing.
+    in_flight: Option<InFlight>,
+}
+
+/// A batch handed to the committer: what its latency and duration are measured from.
+struct InFlight {
+    /// When each of its records arrived.
+    arrivals: Vec<i64>,
+    /// When its reading began.
+    started: Instant,
 }
 
 impl<'a> Processor<'a> {
@@ -148,7 +164,8 @@ impl<'a> Processor<'a> {
         let transactional_id = config.processor.transactional_id(k);
         let rules = config.compiled_rules().map_err(|e| ProcessorError::Rules(e.to_string()))?;
         tracing::info!(topic = %topics.heartbeats, group = %k.name("processor"), "processor started");
-        let txn = Transaction::start(k, &transactional_id).map_err(|e| fenced_or(e, &transactional_id))?;
+        let txn = Transaction::start(k, &transactional_id, shutdown)
+            .map_err(|e| fenced_or(e, &transactional_id))?;
         let processor = Processor {
             config,
             shutdown,
@@ -163,14 +180,19 @@ impl<'a> Processor<'a> {
             registry_down: None,
             registry_backoff: Backoff::service(),
             lag_checked: Instant::now(),
+            in_flight: None,
         };
         Ok(processor)
     }
 
-    /// One batch: read it, then commit it in one transaction, or recover.
+    /// One batch: read it and apply it to the engines while the previous batch's transaction
+    /// commits; once that one committed, send this one's outputs and offsets and hand its
+    /// transaction to the committer. A failed commit is aborted and recovered from.
     fn step(&mut self) -> Result<(), ProcessorError> {
         if let Some(e) = self.registry_down.take() {
-            self.pause_for_registry(e);
+            if self.settle_previous()? {
+                self.pause_for_registry(e);
+            }
             return Ok(());
         }
         let started = Instant::now();
@@ -190,31 +212,69 @@ impl<'a> Processor<'a> {
             self.registry_backoff.succeeded();
         }
         let arrivals = std::mem::take(&mut self.batch.arrivals);
+        self.partitions.apply_and_tick(&mut self.batch, wall_ms());
+        if !self.settle_previous()? {
+            return Ok(());
+        }
         let outcome = match seek_failed {
             Some(e) => Err(TxnFailure::Abort(e)),
-            None => self.commit_batch(wall_ms()),
+            None => self.send_batch(),
         };
         match outcome {
             Ok(false) => {}
-            Ok(true) => {
+            Ok(true) => self.in_flight = Some(InFlight { arrivals, started }),
+            Err(TxnFailure::Fatal(e)) => return Err(self.fenced(e)),
+            Err(TxnFailure::Abort(e) | TxnFailure::Reset(e)) => return self.transaction_failed(e),
+        }
+        self.partitions.update_gauges();
+        Ok(())
+    }
+
+    /// Waits for the transaction handed to the committer. `Ok(false)`: it failed, and the
+    /// processor went back to the committed offsets, dropping the batch read meanwhile.
+    fn settle_previous(&mut self) -> Result<bool, ProcessorError> {
+        let Some(flight) = self.in_flight.take() else { return Ok(true) };
+        match self.txn.settle() {
+            Ok(_) => {
                 METRICS.transactions.with_label_values(&["committed"]).inc();
                 let done = wall_ms();
-                for t in arrivals {
+                for t in flight.arrivals {
                     METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
                 }
                 METRICS
                     .batch_seconds
                     .with_label_values(&["processor"])
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(flight.started.elapsed().as_secs_f64());
+                Ok(true)
             }
-            Err(TxnFailure::Fatal(e)) => return Err(self.fenced(e)),
-            Err(TxnFailure::Abort(e) | TxnFailure::Reset(e)) => {
-                tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
-                METRICS.transactions.with_label_values(&["aborted"]).inc();
-                return self.recover();
+            Err(e) => match TxnFailure::from(e) {
+                TxnFailure::Fatal(e) => Err(self.fenced(e)),
+                TxnFailure::Abort(e) | TxnFailure::Reset(e) => self.transaction_failed(e).map(|()| false),
+            },
+        }
+    }
+
+    fn transaction_failed(&mut self, e: KafkaError) -> Result<(), ProcessorError> {
+        tracing::warn!(error = %e, "processor: transaction failed; aborting and rewinding to the committed offsets");
+        METRICS.transactions.with_label_values(&["aborted"]).inc();
+        self.recover()
+    }
+
+    /// Ends the run: the last transaction handed to the committer commits, or is aborted (a
+    /// restart reads its batch again).
+    fn finish(mut self) -> Result<(), ProcessorError> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.txn.settle() {
+            match TxnFailure::from(e) {
+                TxnFailure::Fatal(e) => return Err(self.fenced(e)),
+                TxnFailure::Abort(e) | TxnFailure::Reset(e) => {
+                    tracing::warn!(error = %e, "processor: the last transaction failed; aborting it");
+                    self.txn.abort().ok();
+                }
             }
         }
-        self.partitions.update_gauges();
         Ok(())
     }
 
@@ -267,11 +327,10 @@ impl<'a> Processor<'a> {
         Ok(None)
     }
 
-    /// Ends a batch: the engines' timers and snapshots, every output, then the consumed
-    /// offsets, committed as one transaction. `Ok(false)` when there was nothing to commit.
-    fn commit_batch(&mut self, wall: i64) -> Result<bool, TxnFailure> {
-        self.partitions.apply_held(&mut self.batch);
-        self.publish_outputs(wall)?;
+    /// Sends what the batch decided and its consumed offsets in one transaction, and hands
+    /// it to the committer. `Ok(false)` when there was nothing to commit.
+    fn send_batch(&mut self) -> Result<bool, TxnFailure> {
+        self.send_outputs()?;
         let offsets = std::mem::take(&mut self.batch.offsets);
         if !self.txn.is_open() && offsets.is_empty() {
             return Ok(false);
@@ -292,19 +351,15 @@ impl<'a> Processor<'a> {
                 self.consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
             self.txn.producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
         }
-        self.txn.commit(self.shutdown)?;
+        self.txn.commit_in_background();
         Ok(true)
     }
 
-    /// Sends what the batch decided: each engine's due timers and changed states, the dead
-    /// letters, the alerts and rollups; the transaction begins with the first of them.
-    fn publish_outputs(&mut self, wall: i64) -> Result<(), TxnFailure> {
-        let mut engines: Vec<_> = self.partitions.engines.values_mut().collect();
-        engines.sort_by_key(|e| e.partition());
-        for engine in engines {
-            let p = engine.partition();
-            engine.on_tick(wall, self.batch.effects_of(p));
-            for record in engine.take_state_records() {
+    /// Sends what the batch decided: the changed states, the dead letters, the alerts and
+    /// rollups; the transaction begins with the first of them.
+    fn send_outputs(&mut self) -> Result<(), TxnFailure> {
+        for (p, records) in std::mem::take(&mut self.batch.state_records) {
+            for record in records {
                 self.txn.begin()?;
                 self.outputs.send_state(&self.txn.producer, p, &record)?;
             }
@@ -351,7 +406,7 @@ impl<'a> Processor<'a> {
             };
             tracing::warn!(error = %e, "processor: the producer cannot go on; a new one takes over its transactional id");
             METRICS.transactions.with_label_values(&["producer_reset"]).inc();
-            self.txn = Transaction::start(&self.config.kafka, &self.transactional_id)
+            self.txn = Transaction::start(&self.config.kafka, &self.transactional_id, self.shutdown)
                 .map_err(|e| fenced_or(e, &self.transactional_id))?;
         }
         self.partitions.apply_membership(self.consumer.context(), &mut self.batch);

@@ -76,6 +76,12 @@ impl<'a> Partitions<'a> {
         super::apply::apply(&mut self.engines, batch, self.engine_threads);
     }
 
+    /// Gives the engines what the batch holds for them, ticks them at wall time `wall` and
+    /// takes the records of the states they changed (see [`super::apply`]).
+    pub fn apply_and_tick(&mut self, batch: &mut Batch, wall: i64) {
+        super::apply::apply_and_tick(&mut self.engines, batch, self.engine_threads, wall);
+    }
+
     /// Applies the membership changes the consumer reported: a revoked partition's engine and
     /// its share of the batch are dropped; an assigned one waits to be rebuilt from app-state
     /// before its first record.
@@ -336,7 +342,7 @@ mod tests {
         let mut batch = Batch::default();
         for p in [0, 1] {
             batch.offsets.insert(p, 10);
-            batch.effects_of(p);
+            batch.effects.insert(p, Vec::new());
             batch.dead_letters.push(letter(p));
         }
         batch
