@@ -341,6 +341,9 @@ impl<'a> Lag<'a> {
             .client_config()
             .set("group.id", config.kafka.name("processor"))
             .set("enable.auto.commit", "false")
+            // The offsets committed so far: a read_committed client would wait for the
+            // transaction in flight, and the processor has one nearly all the time.
+            .set("isolation.level", "read_uncommitted")
             .create()
             .unwrap();
         let topic = config.kafka.name(names::HEARTBEATS);
