@@ -137,6 +137,18 @@ struct InFlight {
     started: Instant,
 }
 
+impl InFlight {
+    /// Counts the committed transaction, its records' latency and its duration.
+    fn committed(self) {
+        METRICS.transactions.with_label_values(&["committed"]).inc();
+        let done = wall_ms();
+        for t in self.arrivals {
+            METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
+        }
+        METRICS.batch_seconds.with_label_values(&["processor"]).observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 impl<'a> Processor<'a> {
     /// Joins the group and initialises the transactional producer (fencing an older one
     /// with the same id).
@@ -236,15 +248,7 @@ impl<'a> Processor<'a> {
         let Some(flight) = self.in_flight.take() else { return Ok(true) };
         match self.txn.settle() {
             Ok(_) => {
-                METRICS.transactions.with_label_values(&["committed"]).inc();
-                let done = wall_ms();
-                for t in flight.arrivals {
-                    METRICS.record_latency_seconds.observe(((done - t).max(0) as f64) / 1000.0);
-                }
-                METRICS
-                    .batch_seconds
-                    .with_label_values(&["processor"])
-                    .observe(flight.started.elapsed().as_secs_f64());
+                flight.committed();
                 Ok(true)
             }
             Err(e) => match TxnFailure::from(e) {
@@ -263,17 +267,16 @@ impl<'a> Processor<'a> {
     /// Ends the run: the last transaction handed to the committer commits, or is aborted (a
     /// restart reads its batch again).
     fn finish(mut self) -> Result<(), ProcessorError> {
-        if self.in_flight.is_none() {
-            return Ok(());
-        }
-        if let Err(e) = self.txn.settle() {
-            match TxnFailure::from(e) {
+        let Some(flight) = self.in_flight.take() else { return Ok(()) };
+        match self.txn.settle() {
+            Ok(_) => flight.committed(),
+            Err(e) => match TxnFailure::from(e) {
                 TxnFailure::Fatal(e) => return Err(self.fenced(e)),
                 TxnFailure::Abort(e) | TxnFailure::Reset(e) => {
                     tracing::warn!(error = %e, "processor: the last transaction failed; aborting it");
                     self.txn.abort().ok();
                 }
-            }
+            },
         }
         Ok(())
     }
