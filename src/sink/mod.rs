@@ -142,6 +142,9 @@ impl<'a> Sink<'a> {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "100")
+            // A fetch brings up to 8 MiB of a partition (1 MiB by default): with smaller
+            // fetches the reader waited between them while the database sat idle.
+            .set("max.partition.fetch.bytes", "8388608")
             .create_with_context(AssignmentLog::new("sink"))?;
         consumer.subscribe(&[
             &topics.heartbeats,
