@@ -249,6 +249,18 @@ pub fn is_transient(e: &KafkaError) -> bool {
     )
 }
 
+/// A client that reads consumer group `group`'s offsets as committed so far: `read_committed`
+/// (librdkafka's require_stable) would wait for the transaction in flight, which a working
+/// processor has nearly all the time, or which a killed one left open.
+pub fn committed_offsets_reader(kafka: &KafkaConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+    kafka
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+}
+
 /// The committed offsets of `partitions` of `topic` in the consumer's group, once no
 /// transaction holds them: a transaction still open on them (a killed member's, until the
 /// broker aborts it) makes the broker answer "unstable", and the question is asked again

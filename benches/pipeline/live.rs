@@ -21,7 +21,7 @@ use pulsewatch::config::Config;
 use pulsewatch::metrics::METRICS;
 use pulsewatch::shutdown::Shutdown;
 use pulsewatch::topology::{Topology, names};
-use pulsewatch::{processor, readback, sink, store};
+use pulsewatch::{kafka, processor, readback, sink, store};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -336,16 +336,8 @@ struct Lag<'a> {
 
 impl<'a> Lag<'a> {
     fn new(config: &Config, rt: &'a tokio::runtime::Runtime, rate: f64) -> Lag<'a> {
-        let consumer: BaseConsumer = config
-            .kafka
-            .client_config()
-            .set("group.id", config.kafka.name("processor"))
-            .set("enable.auto.commit", "false")
-            // The offsets committed so far: a read_committed client would wait for the
-            // transaction in flight, and the processor has one nearly all the time.
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .unwrap();
+        let consumer =
+            kafka::committed_offsets_reader(&config.kafka, &config.kafka.name("processor")).unwrap();
         let topic = config.kafka.name(names::HEARTBEATS);
         let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
         let partitions = md.topics()[0].partitions().iter().map(|p| p.id()).collect();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -306,14 +306,7 @@ fn wait_until_committed(
     timeout: Duration,
     shutdown: &Shutdown,
 ) -> Result<(), EvaluateError> {
-    // read_uncommitted: the offsets committed so far, without waiting for the transaction in
-    // flight that a processor has nearly all the time while it works.
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()?;
+    let consumer = kafka::committed_offsets_reader(kafka, group)?;
     let deadline = Instant::now() + timeout;
     let metadata =
         kafka::retrying(deadline, || consumer.fetch_metadata(Some(topic), Duration::from_secs(30)))?;

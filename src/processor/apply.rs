@@ -55,7 +55,7 @@ fn run(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize, ti
             Some(Share { engine, events: events.unwrap_or_default(), effects, records: Vec::new() })
         })
         .collect();
-    let give = |share: &mut Share<'_>| {
+    let work = |share: &mut Share<'_>| {
         give(share);
         if let Some(wall) = tick {
             share.engine.on_tick(wall, &mut share.effects);
@@ -63,12 +63,12 @@ fn run(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize, ti
         }
     };
     if threads <= 1 || total < PARALLEL_FROM || shares.len() < 2 {
-        shares.iter_mut().for_each(give);
+        shares.iter_mut().for_each(work);
     } else {
         let groups = balanced(&mut shares, threads);
         std::thread::scope(|scope| {
             for group in groups {
-                scope.spawn(move || group.into_iter().for_each(give));
+                scope.spawn(move || group.into_iter().for_each(work));
             }
         });
     }

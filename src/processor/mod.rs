@@ -247,7 +247,7 @@ impl<'a> Processor<'a> {
     fn settle_previous(&mut self) -> Result<bool, ProcessorError> {
         let Some(flight) = self.in_flight.take() else { return Ok(true) };
         match self.txn.settle() {
-            Ok(_) => {
+            Ok(()) => {
                 flight.committed();
                 Ok(true)
             }
@@ -269,7 +269,7 @@ impl<'a> Processor<'a> {
     fn finish(mut self) -> Result<(), ProcessorError> {
         let Some(flight) = self.in_flight.take() else { return Ok(()) };
         match self.txn.settle() {
-            Ok(_) => flight.committed(),
+            Ok(()) => flight.committed(),
             Err(e) => match TxnFailure::from(e) {
                 TxnFailure::Fatal(e) => return Err(self.fenced(e)),
                 TxnFailure::Abort(e) | TxnFailure::Reset(e) => {

@@ -133,17 +133,17 @@ impl Transaction {
         self.committing = true;
     }
 
-    /// Waits for the commit handed to the committer, if any: `Ok(true)` once it committed.
-    pub fn settle(&mut self) -> Result<bool, KafkaError> {
+    /// Waits for the commit handed to the committer, if any.
+    pub fn settle(&mut self) -> Result<(), KafkaError> {
         if !self.committing {
-            return Ok(false);
+            return Ok(());
         }
         self.committing = false;
         let answer = self.committer.answers.recv().expect("the committer thread answers every request");
         answer?;
         self.open = false;
         crate::health::HEALTH.committed("processor");
-        Ok(true)
+        Ok(())
     }
 
     /// Aborts the open transaction, if any. What it had enqueued is purged and the delivery

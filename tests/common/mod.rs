@@ -349,15 +349,8 @@ fn try_committed_progress(
     group: &str,
     topic: &str,
 ) -> Result<(i64, i64), rdkafka::error::KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    // read_uncommitted: the offsets committed so far, without waiting for a transaction a
-    // killed instance left open.
-    let consumer: BaseConsumer = config
-        .kafka
-        .client_config()
-        .set("group.id", group)
-        .set("isolation.level", "read_uncommitted")
-        .create()?;
+    use rdkafka::consumer::Consumer;
+    let consumer = pulsewatch::kafka::committed_offsets_reader(&config.kafka, group)?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut list = rdkafka::TopicPartitionList::new();
