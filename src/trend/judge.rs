@@ -13,7 +13,7 @@ use super::TrendConfig;
 use super::envelope::{Swings, swings};
 use super::history::SeriesPoint;
 use super::stats::{
-    Line, hamed_rao_factor, hinge, mann_kendall, median, ols_t, student_t_quantile, theil_sen,
+    Line, hamed_rao_factor, hinge, mann_kendall, median, ols_t, quadratic_t, student_t_quantile, theil_sen,
 };
 
 /// A growth judged to be real.
@@ -119,7 +119,11 @@ pub fn assess(fine: &[SeriesPoint], coarse: &[SeriesPoint], c: &TrendConfig) -> 
         // or a wandering level turns by then.
         let age = fine[fine.len() - 1].0 - fine[0].0 + 1.0;
         let young = age < f64::from(c.young_minutes);
-        let found = new_ground && !young && unlike_its_past(judged, past, c) && stands_out(past, &g);
+        let found = new_ground
+            && !young
+            && unlike_its_past(judged, past, c)
+            && stands_out(past, &g)
+            && !decelerates(judged, c);
         return found.then(|| Growth { projection: projection(rising, &g), ..g });
     }
     let fell = fine_swings.fell() || coarse_swings.as_ref().is_some_and(Swings::fell);
@@ -188,6 +192,14 @@ fn stands_out(past: &[SeriesPoint], g: &Growth) -> bool {
     let means = past.windows(MEAN_OF).map(|w| w.iter().map(net).sum::<f64>() / MEAN_OF as f64);
     let (lo, hi) = means.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), m| (lo.min(m), hi.max(m)));
     g.slope_per_min * g.span_minutes >= STAND_OUT * (hi - lo)
+}
+
+/// Whether the growth of `judged` slows as it goes: the quadratic term of a least-squares
+/// fit is negative, its t beyond `significance_z`. A cache warming to its cap, or a level
+/// wandering towards where it turns, decelerates; a leak keeps its pace.
+fn decelerates(judged: &[SeriesPoint], c: &TrendConfig) -> bool {
+    let (xs, ys): (Vec<f64>, Vec<f64>) = judged.iter().map(|p| (p.0, p.1)).unzip();
+    quadratic_t(&xs, &ys).is_some_and(|t| t <= -c.significance_z)
 }
 
 /// The swings of a series' values.

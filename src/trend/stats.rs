@@ -190,6 +190,54 @@ pub fn ols_t(xs: &[f64], ys: &[f64]) -> Option<(f64, f64)> {
     Some((slope, t))
 }
 
+/// The t statistic of the quadratic coefficient of a least-squares parabola through the
+/// points (x centred, so that the columns are far from collinear), infinite when they lie
+/// exactly on it; `None` with fewer than five points or no spread in x.
+pub fn quadratic_t(xs: &[f64], ys: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    if n < 5 {
+        return None;
+    }
+    let mx = xs.iter().sum::<f64>() / n as f64;
+    let rows: Vec<[f64; 3]> = xs.iter().map(|x| [1.0, x - mx, (x - mx).powi(2)]).collect();
+    // The normal equations: (XᵀX) β = Xᵀy.
+    let mut xtx = [[0.0; 3]; 3];
+    let mut xty = [0.0; 3];
+    for (row, y) in rows.iter().zip(ys) {
+        for (i, (xtx_i, xty_i)) in xtx.iter_mut().zip(&mut xty).enumerate() {
+            *xty_i += row[i] * y;
+            for (cell, r) in xtx_i.iter_mut().zip(row) {
+                *cell += row[i] * r;
+            }
+        }
+    }
+    let inv = invert3(&xtx)?;
+    let beta = inv.map(|r| r.iter().zip(&xty).map(|(a, b)| a * b).sum::<f64>());
+    let fitted = |row: &[f64; 3]| row.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>();
+    let sse: f64 = rows.iter().zip(ys).map(|(row, y)| (y - fitted(row)).powi(2)).sum();
+    let se = (sse / (n - 3) as f64 * inv[2][2]).sqrt();
+    let b = beta[2];
+    Some(if se > 0.0 {
+        b / se
+    } else if b == 0.0 {
+        0.0
+    } else {
+        b.signum() * f64::INFINITY
+    })
+}
+
+/// The inverse of a 3×3 matrix (its adjugate over its determinant); `None` when singular.
+fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
+    let minor = |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    let adj = [
+        [minor(1, 2, 1, 2), -minor(0, 2, 1, 2), minor(0, 1, 1, 2)],
+        [-minor(1, 2, 0, 2), minor(0, 2, 0, 2), -minor(0, 1, 0, 2)],
+        [minor(1, 2, 0, 1), -minor(0, 2, 0, 1), minor(0, 1, 0, 1)],
+    ];
+    let det = m[0][0] * adj[0][0] + m[0][1] * adj[1][0] + m[0][2] * adj[2][0];
+    (det != 0.0 && det.is_finite()).then(|| adj.map(|row| row.map(|v| v / det)))
+}
+
 /// A line that is flat until `onset`, then rises: `y = level + slope × max(0, x − onset)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hinge {
@@ -335,6 +383,28 @@ mod tests {
         // Nothing rises.
         let falling: Vec<f64> = xs.iter().map(|x| -x).collect();
         assert_eq!(hinge(&xs, &falling), None);
+    }
+
+    #[test]
+    fn the_quadratic_t_tells_growth_that_slows_from_growth_that_keeps_its_pace() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let xs: Vec<f64> = (0..30).map(|x| f64::from(x) + 1_000.0).collect();
+        let mut noisy = |f: &dyn Fn(f64) -> f64| -> Vec<f64> {
+            xs.iter().map(|x| f(x - 1_000.0) + rng.random_range(-0.5..0.5)).collect()
+        };
+        // A cache warming to its cap: 20 units, time constant 15 minutes.
+        let warming = noisy(&|x| 50.0 + 20.0 * (1.0 - (-x / 15.0).exp()));
+        assert!(quadratic_t(&xs, &warming).unwrap() < -5.0);
+        // A leak: a line; and an onset, which speeds up.
+        let line = noisy(&|x| 50.0 + 0.5 * x);
+        assert!(quadratic_t(&xs, &line).unwrap().abs() < 3.09);
+        let onset = noisy(&|x| 50.0 + (x - 10.0).max(0.0));
+        assert!(quadratic_t(&xs, &onset).unwrap() > 3.09);
+        let exact: Vec<f64> = xs.iter().map(|x| 2.0 - (x - 1_010.0).powi(2)).collect();
+        assert!(quadratic_t(&xs, &exact).unwrap() < -1e6);
+        assert_eq!(quadratic_t(&xs[..4], &line[..4]), None);
+        assert_eq!(quadratic_t(&[3.0; 6], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), None);
     }
 
     #[test]

@@ -149,3 +149,17 @@ fn a_rise_no_larger_than_the_level_moved_before_is_not_a_leak() {
         assert!(found > 60 && found <= 90, "noise {seed}: found at {found}");
     }
 }
+
+#[test]
+fn a_cache_still_warming_when_a_new_series_is_first_judged_is_not_a_leak() {
+    let c = TrendConfig::default();
+    // Time constants of 15 to 20 minutes: at 29 minutes the cache is still filling, and its
+    // two halves rise at rates that differ by less than the persistence test refuses; the
+    // growth slows all along, which a leak's does not.
+    for tau in [15.0, 17.5, 20.0] {
+        for seed in 0..6 {
+            let s = series(120, 0.008, seed, |m| 0.35 * GIB + 0.25 * GIB * (1.0 - (-m / tau).exp()));
+            assert_eq!(first_found(&s, &c), None, "tau {tau}, seed {seed}");
+        }
+    }
+}
