@@ -43,13 +43,22 @@ impl Baseline {
     }
 }
 
-/// A deterministic generator for one instance and one purpose.
+/// A deterministic generator for one instance and one purpose. Each input is mixed in
+/// whole before the next: were the seed merely XORed with the application's index, seed `s`
+/// and application `a` would draw what seed `s ^ d` draws for application `a ^ d`, and the
+/// runs of neighbouring seeds would share their series.
 pub fn instance_rng(seed: u64, app: usize, instance: usize, salt: u64) -> ChaCha8Rng {
-    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for x in [app as u64, instance as u64, salt] {
-        h = (h ^ x).wrapping_mul(0x1000_0000_01b3).rotate_left(29);
-    }
+    let h = [app as u64, instance as u64, salt].into_iter().fold(mix(seed), |h, x| mix(h ^ x));
     ChaCha8Rng::seed_from_u64(h)
+}
+
+/// SplitMix64's finaliser over `z` plus its increment: every bit of the input moves about
+/// half of the output's.
+fn mix(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The running state of one simulated instance: its counters and sequence number.
@@ -337,6 +346,20 @@ mod tests {
         let first = beats[1].as_ref().unwrap().memory_used_bytes.unwrap();
         let last = beats[719].as_ref().unwrap().memory_used_bytes.unwrap();
         assert!(last > first, "memory grows under a leak");
+    }
+
+    #[test]
+    fn neighbouring_seeds_draw_other_numbers_for_every_application() {
+        let first = |seed: u64, app: usize| instance_rng(seed, app, 0, 2).random::<u64>();
+        // 73 ^ 108 == 74 ^ 111: once, these two drew the same series.
+        assert_ne!(first(73, 108), first(74, 111));
+        let mut seen = std::collections::HashSet::new();
+        for seed in 1..=80 {
+            for app in 0..128 {
+                assert!(seen.insert(first(seed, app)), "seed {seed}, app {app}");
+            }
+        }
+        assert_eq!(first(5, 7), first(5, 7));
     }
 
     #[test]
