@@ -191,51 +191,35 @@ pub fn ols_t(xs: &[f64], ys: &[f64]) -> Option<(f64, f64)> {
 }
 
 /// The t statistic of the quadratic coefficient of a least-squares parabola through the
-/// points (x centred, so that the columns are far from collinear), infinite when they lie
-/// exactly on it; `None` with fewer than five points or no spread in x.
+/// points, infinite when they lie exactly on it; `None` with fewer than five points or fewer
+/// than three distinct x. The columns are made orthogonal (1, x − x̄, and x² less its parts
+/// along those two), so each coefficient is a projection of its own.
 pub fn quadratic_t(xs: &[f64], ys: &[f64]) -> Option<f64> {
     let n = xs.len();
     if n < 5 {
         return None;
     }
-    let mx = xs.iter().sum::<f64>() / n as f64;
-    let rows: Vec<[f64; 3]> = xs.iter().map(|x| [1.0, x - mx, (x - mx).powi(2)]).collect();
-    // The normal equations: (XᵀX) β = Xᵀy.
-    let mut xtx = [[0.0; 3]; 3];
-    let mut xty = [0.0; 3];
-    for (row, y) in rows.iter().zip(ys) {
-        for (i, (xtx_i, xty_i)) in xtx.iter_mut().zip(&mut xty).enumerate() {
-            *xty_i += row[i] * y;
-            for (cell, r) in xtx_i.iter_mut().zip(row) {
-                *cell += row[i] * r;
-            }
-        }
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+    let u: Vec<f64> = xs.iter().map(|x| x - mean(xs)).collect();
+    let uu = dot(&u, &u);
+    let squares: Vec<f64> = u.iter().map(|v| v * v).collect();
+    let (mean_square, along_u) = (mean(&squares), dot(&squares, &u) / uu);
+    let q: Vec<f64> = squares.iter().zip(&u).map(|(w, v)| w - mean_square - along_u * v).collect();
+    let qq = dot(&q, &q);
+    if !(uu > 0.0 && qq > 0.0) {
+        return None;
     }
-    let inv = invert3(&xtx)?;
-    let beta = inv.map(|r| r.iter().zip(&xty).map(|(a, b)| a * b).sum::<f64>());
-    let fitted = |row: &[f64; 3]| row.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>();
-    let sse: f64 = rows.iter().zip(ys).map(|(row, y)| (y - fitted(row)).powi(2)).sum();
-    let se = (sse / (n - 3) as f64 * inv[2][2]).sqrt();
-    let b = beta[2];
+    let (y_mean, slope, curve) = (mean(ys), dot(&u, ys) / uu, dot(&q, ys) / qq);
+    let sse: f64 = (0..n).map(|i| (ys[i] - y_mean - slope * u[i] - curve * q[i]).powi(2)).sum();
+    let se = (sse / (n - 3) as f64 / qq).sqrt();
     Some(if se > 0.0 {
-        b / se
-    } else if b == 0.0 {
+        curve / se
+    } else if curve == 0.0 {
         0.0
     } else {
-        b.signum() * f64::INFINITY
+        curve.signum() * f64::INFINITY
     })
-}
-
-/// The inverse of a 3×3 matrix (its adjugate over its determinant); `None` when singular.
-fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let minor = |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
-    let adj = [
-        [minor(1, 2, 1, 2), -minor(0, 2, 1, 2), minor(0, 1, 1, 2)],
-        [-minor(1, 2, 0, 2), minor(0, 2, 0, 2), -minor(0, 1, 0, 2)],
-        [minor(1, 2, 0, 1), -minor(0, 2, 0, 1), minor(0, 1, 0, 1)],
-    ];
-    let det = m[0][0] * adj[0][0] + m[0][1] * adj[1][0] + m[0][2] * adj[2][0];
-    (det != 0.0 && det.is_finite()).then(|| adj.map(|row| row.map(|v| v / det)))
 }
 
 /// A line that is flat until `onset`, then rises: `y = level + slope × max(0, x − onset)`.
