@@ -17,9 +17,10 @@ use crate::labels::Labels;
 /// is in the [`STATE_HEADER`] (postcard), the JSON value holds only the snapshot; 6 on, the
 /// trend windows are in a record of their own ([`WINDOWS_HEADER`]); 7 on, the state and the
 /// snapshot are in records of their own too ([`STATE_KEY_SUFFIX`], [`SNAPSHOT_HEADER`]), the
-/// snapshot written only when what it shows changed. Records of versions 1 to 6 still
-/// restore; the history of the versions is in `docs/contracts.md`.
-pub const STATE_VERSION: u32 = 7;
+/// snapshot written only when what it shows changed; 8 on, a state names the offset of the
+/// newest beat in it, and each partition has a [`PartitionMark`]. Records of versions 1 to 7
+/// still restore; the history of the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 8;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";
@@ -39,6 +40,31 @@ pub const WINDOWS_HEADER: &str = "pulsewatch-windows";
 /// What follows the app id in a windows record's key: an app id holds no NUL, so no
 /// application's key is ever another's windows key.
 pub const WINDOWS_KEY_SUFFIX: &str = "\0windows";
+
+/// The header of a partition's mark (version 8 on): where the processor had read the
+/// partition to, and its watermark then. Its key is [`PARTITION_KEY`], its value empty.
+pub const PARTITION_HEADER: &str = "pulsewatch-partition";
+
+/// The key of a partition's mark: no application's id is empty.
+pub const PARTITION_KEY: &str = "\0partition";
+
+/// What a partition's mark says, as of the transaction that wrote it: the offset of the
+/// last `heartbeats` record applied, and the partition's watermark. States may hold fewer
+/// beats than that (see `detection.state_interval_ms`): a restore replays the records from
+/// the committed offset up to `applied_through` into the applications whose states do not
+/// hold them yet, and applies the records after it as new.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PartitionMark {
+    pub applied_through: i64,
+    pub watermark_ms: i64,
+}
+
+impl PartitionMark {
+    /// Reads a mark from its [`PARTITION_HEADER`].
+    pub fn decode(header: &[u8]) -> Result<PartitionMark, StateRecordError> {
+        read_header(header).map(|(_, mark)| mark)
+    }
+}
 
 /// The current state of one application, as published on `app-state` (JSON, key app_id)
 /// and stored in the `application` table.
@@ -89,7 +115,7 @@ impl AppSnapshot {
 pub struct StateRecordOut {
     pub app_id: String,
     pub value: Vec<u8>,
-    /// [`SNAPSHOT_HEADER`], [`STATE_HEADER`] or [`WINDOWS_HEADER`].
+    /// [`SNAPSHOT_HEADER`], [`STATE_HEADER`], [`WINDOWS_HEADER`] or [`PARTITION_HEADER`].
     pub header_name: &'static str,
     pub header: Vec<u8>,
     /// What follows the app id in the record's key: nothing for a snapshot,
@@ -110,12 +136,22 @@ struct SnapshotValue<'a> {
 struct StateBodyOut<'a, S> {
     app_id: &'a str,
     updated_at_ms: i64,
+    through_offset: i64,
     state: Option<&'a S>,
 }
 
-/// The binary part of a record, as read back.
+/// The binary part of a record, as read back (version 8 on).
 #[derive(Deserialize)]
 struct StateBody<S> {
+    app_id: String,
+    updated_at_ms: i64,
+    through_offset: i64,
+    state: Option<S>,
+}
+
+/// The binary part of a record of versions 3 to 7, as read back.
+#[derive(Deserialize)]
+struct StateBody7<S> {
     app_id: String,
     updated_at_ms: i64,
     state: Option<S>,
@@ -135,14 +171,32 @@ impl StateRecordOut {
     }
 
     /// The state record of an application: the engine's `state` of it (absent for an
-    /// application the engine no longer tracks) and the partition's watermark.
-    pub fn state<S: Serialize>(app_id: &str, updated_at_ms: i64, state: Option<&S>) -> StateRecordOut {
+    /// application the engine no longer tracks), the offset of the newest beat it holds and
+    /// the partition's watermark.
+    pub fn state<S: Serialize>(
+        app_id: &str,
+        updated_at_ms: i64,
+        through_offset: i64,
+        state: Option<&S>,
+    ) -> StateRecordOut {
         StateRecordOut {
             app_id: app_id.to_owned(),
             value: Vec::new(),
             header_name: STATE_HEADER,
-            header: state_header(app_id, updated_at_ms, state),
+            header: state_header(app_id, updated_at_ms, through_offset, state),
             key_suffix: STATE_KEY_SUFFIX,
+        }
+    }
+
+    /// A partition's mark.
+    pub fn partition(mark: &PartitionMark) -> StateRecordOut {
+        let header = postcard::to_extend(mark, vec![STATE_VERSION as u8]);
+        StateRecordOut {
+            app_id: String::new(),
+            value: Vec::new(),
+            header_name: PARTITION_HEADER,
+            header: header.expect("a partition mark serialises"),
+            key_suffix: PARTITION_KEY,
         }
     }
 
@@ -150,8 +204,8 @@ impl StateRecordOut {
     /// what a restore still reads, for tests and benches.
     pub fn combined<S: Serialize>(snapshot: &AppSnapshot, state: Option<&S>) -> StateRecordOut {
         let value = serde_json::to_vec(&SnapshotValue { snapshot, version: 6 });
-        let mut header = state_header(&snapshot.app_id, snapshot.updated_at_ms, state);
-        header[0] = 6;
+        let body = StateBody7Out { app_id: &snapshot.app_id, updated_at_ms: snapshot.updated_at_ms, state };
+        let header = postcard::to_extend(&body, vec![6]).expect("the engine state serialises");
         StateRecordOut {
             app_id: snapshot.app_id.clone(),
             value: value.expect("a snapshot serialises"),
@@ -187,6 +241,10 @@ impl StateRecordOut {
         self.header_name == STATE_HEADER
     }
 
+    pub fn is_partition(&self) -> bool {
+        self.header_name == PARTITION_HEADER
+    }
+
     /// The record's key: the app id and the record's [`StateRecordOut::key_suffix`].
     pub fn key(&self) -> String {
         format!("{}{}", self.app_id, self.key_suffix)
@@ -194,9 +252,22 @@ impl StateRecordOut {
 }
 
 /// A [`STATE_HEADER`] of the current version.
-fn state_header<S: Serialize>(app_id: &str, updated_at_ms: i64, state: Option<&S>) -> Vec<u8> {
-    let body = StateBodyOut { app_id, updated_at_ms, state };
+fn state_header<S: Serialize>(
+    app_id: &str,
+    updated_at_ms: i64,
+    through_offset: i64,
+    state: Option<&S>,
+) -> Vec<u8> {
+    let body = StateBodyOut { app_id, updated_at_ms, through_offset, state };
     postcard::to_extend(&body, vec![STATE_VERSION as u8]).expect("the engine state serialises")
+}
+
+/// The binary part of a record of versions 3 to 7, as written (for tests and benches).
+#[derive(Serialize)]
+struct StateBody7Out<'a, S> {
+    app_id: &'a str,
+    updated_at_ms: i64,
+    state: Option<&'a S>,
 }
 
 /// An application's windows record as read back. `W` is the engine's trend windows of one
@@ -234,6 +305,8 @@ pub struct StateRecord<S> {
     pub version: u32,
     /// The partition's watermark when the record was written.
     pub updated_at_ms: i64,
+    /// The offset of the newest beat the state holds (version 8 on).
+    pub through_offset: Option<i64>,
     /// The engine's state of the application; none in version 1, or once it is gone.
     pub state: Option<S>,
 }
@@ -271,12 +344,22 @@ impl<S: DeserializeOwned> StateRecord<S> {
     /// its JSON value.
     pub fn decode(value: &[u8], header: Option<&[u8]>) -> Result<StateRecord<S>, StateRecordError> {
         if let Some(header) = header {
-            let (version, body) = read_header(header)?;
-            let body: StateBody<S> = body;
+            if header.first().is_some_and(|&v| v < 8) {
+                let (version, body): (u32, StateBody7<S>) = read_header(header)?;
+                return Ok(StateRecord {
+                    app_id: body.app_id,
+                    version,
+                    updated_at_ms: body.updated_at_ms,
+                    through_offset: None,
+                    state: body.state,
+                });
+            }
+            let (version, body): (u32, StateBody<S>) = read_header(header)?;
             return Ok(StateRecord {
                 app_id: body.app_id,
                 version,
                 updated_at_ms: body.updated_at_ms,
+                through_offset: Some(body.through_offset),
                 state: body.state,
             });
         }
@@ -288,6 +371,7 @@ impl<S: DeserializeOwned> StateRecord<S> {
                 app_id: json.snapshot.app_id,
                 version,
                 updated_at_ms: json.snapshot.updated_at_ms,
+                through_offset: None,
                 state: json.state,
             }),
         }

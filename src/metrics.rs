@@ -35,6 +35,9 @@ pub struct Metrics {
     pub tracked_instances: IntGauge,
     pub restoring_partitions: IntGauge,
     pub restored_apps: IntCounterVec,
+    /// Beats read again after a restore into states that did not hold them, and what such
+    /// beats raised again and was dropped (nothing, unless a replay decided otherwise).
+    pub replayed: IntCounterVec,
     pub clamped_beats: IntGauge,
     // The sink.
     pub sink_batch_rows: Histogram,
@@ -179,6 +182,7 @@ struct Processor {
     tracked_instances: IntGauge,
     restoring_partitions: IntGauge,
     restored_apps: IntCounterVec,
+    replayed: IntCounterVec,
     clamped_beats: IntGauge,
 }
 
@@ -205,6 +209,12 @@ impl Processor {
                 "Partitions whose state the processor is rebuilding from app-state (not ready meanwhile)",
             ),
             restored_apps: counter(r, "restored_apps_total", "Applications rebuilt from app-state", &[]),
+            replayed: counter(
+                r,
+                "replayed_total",
+                "After a restore: beats applied again to states that did not hold them (beats), and alerts or rollups they raised again, dropped (dropped_effects: none unless a replay decided otherwise)",
+                &["what"],
+            ),
             clamped_beats: gauge(
                 r,
                 "clamped_beats",
@@ -333,6 +343,7 @@ impl Metrics {
             tracked_instances,
             restoring_partitions,
             restored_apps,
+            replayed,
             clamped_beats,
         } = Processor::register(&registry);
         let Sink { sink_batch_rows, sink_held_rows, sink_retries, sink_skipped, sink_rejected, db_pool } =
@@ -358,6 +369,7 @@ impl Metrics {
             tracked_instances,
             restoring_partitions,
             restored_apps,
+            replayed,
             clamped_beats,
             sink_batch_rows,
             sink_held_rows,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::app_state::{SNAPSHOT_HEADER, STATE_HEADER, StateRecordError, WINDOWS_HEADER};
+use crate::app_state::{
+    PARTITION_HEADER, PartitionMark, SNAPSHOT_HEADER, STATE_HEADER, StateRecordError, WINDOWS_HEADER,
+};
 use crate::config::KafkaConfig;
 use crate::engine::{Engine, RestoredApps, StateRecord, WindowsRecord};
 use crate::readback::{self, End, ReadError};
@@ -71,14 +73,17 @@ enum RawKind {
     State,
     /// The windows header (version 6 on).
     Windows,
+    /// A partition's mark (version 8 on).
+    Mark,
     /// The JSON value (versions 1 and 2).
     Json,
 }
 
-/// A record read back: an application's state, or its windows.
+/// A record read back: an application's state, or its windows, or the partition's mark.
 enum Read {
     State(StateRecord),
     Windows(WindowsRecord),
+    Mark(PartitionMark),
 }
 
 impl RecordBatch {
@@ -91,6 +96,7 @@ impl RecordBatch {
             (Some(h), _) => (h, RawKind::State),
             (None, Some(h)) => (h, RawKind::Windows),
             (None, None) if header(SNAPSHOT_HEADER).is_some() => return,
+            (None, None) if let Some(h) = value(PARTITION_HEADER) => (h, RawKind::Mark),
             (None, None) => (m.payload().unwrap_or_default(), RawKind::Json),
         };
         self.bytes.extend_from_slice(bytes);
@@ -114,6 +120,7 @@ impl RecordBatch {
             let decoded = match r.kind {
                 RawKind::State => StateRecord::decode(&[], Some(bytes)).map(Read::State),
                 RawKind::Windows => WindowsRecord::decode(bytes).map(Read::Windows),
+                RawKind::Mark => PartitionMark::decode(bytes).map(Read::Mark),
                 RawKind::Json => StateRecord::decode(bytes, None).map(Read::State),
             };
             (r.partition, decoded)
@@ -233,6 +240,7 @@ fn work(
             match decoded {
                 Ok(Read::State(r)) => restored.entry(partition).or_default().add(r),
                 Ok(Read::Windows(r)) => restored.entry(partition).or_default().add_windows(r),
+                Ok(Read::Mark(m)) => restored.entry(partition).or_default().add_mark(m),
                 Err(e) => {
                     unreadable += 1;
                     first_error.get_or_insert(e);

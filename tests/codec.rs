@@ -101,7 +101,7 @@ proptest! {
         let mut engine = Engine::new(0, config, rules);
         let (app_id, sent_at) = (b.app_id.clone(), b.sent_at);
         engine.on_beat(b, 0, sent_at, &mut Vec::new());
-        let record = engine.take_state_records().pop().unwrap();
+        let record = engine.take_state_records().into_iter().find(|r| r.is_state()).unwrap();
         let back = StateRecord::decode(&record.value, Some(&record.header)).unwrap();
         prop_assert_eq!(&back.app_id, &app_id);
         // (Compared as JSON: the derived rule profile is not part of the state.)
@@ -156,7 +156,7 @@ fn app_state_records_of_version_3_read_back_to_the_state_they_held() {
     assert_eq!((engine.app_count(), engine.instance_count()), (3, 6));
     for (app_id, r) in fixture.iter().map(|r| (r["app_id"].as_str().unwrap(), r)) {
         let state = engine.app(app_id).unwrap();
-        let out = pulsewatch::app_state::StateRecordOut::state(app_id, 0, Some(state));
+        let out = pulsewatch::app_state::StateRecordOut::state(app_id, 0, 0, Some(state));
         let back = StateRecord::decode(&out.value, Some(&out.header)).unwrap();
         assert_eq!(back.version, STATE_VERSION);
         // (The restore schedules each instance's deadline anew: compared with the engine's.)

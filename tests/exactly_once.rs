@@ -14,6 +14,11 @@ use pulsewatch::metrics_1m::Rollup;
 use pulsewatch::topology::names;
 use rdkafka::message::Message;
 
+/// Beats a processor read again after a restore into states that did not hold them; and what
+/// they raised again, which it dropped (none, unless a replay decided otherwise).
+const REPLAYED: &str = r#"pulsewatch_replayed_total{what="beats"}"#;
+const DROPPED: &str = r#"pulsewatch_replayed_total{what="dropped_effects"}"#;
+
 #[test]
 fn a_paused_processor_is_fenced_by_its_successor_and_nothing_is_written_twice() {
     let config = common::prepare("eos_fencing");
@@ -99,6 +104,7 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
         let share = 0.05 + 0.075 * k as f64;
         killed.wait_for_progress(between(share, share + 0.05));
         std::thread::sleep(Duration::from_millis(between(0.0, 300.0) as u64));
+        assert_eq!(p.metric(DROPPED), 0.0, "kill {k}: a replay decided otherwise");
         p.signal("KILL");
         drop(p);
         progress.push(killed.progress());
@@ -108,6 +114,7 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     let p = killed.start(Some(0));
     killed.wait_until_done();
     let got = decisions(&killed.config, &m);
+    assert_eq!(p.metric(DROPPED), 0.0, "the last restart: a replay decided otherwise");
     p.stop();
     assert_same_decisions("killed ten times", &expected, &got);
 
@@ -124,21 +131,32 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
         while_fed += usize::from(!load.is_finished());
         progress.push(run.progress());
     };
+    // Fed at about 80 times real time, a batch covers seconds of event time: states wait
+    // unwritten, and a member that takes a partition over reads their beats again.
+    let mut replayed = 0.0;
+    let mut leaving = |p: &Pipeline| {
+        replayed += p.metric(REPLAYED);
+        assert_eq!(p.metric(DROPPED), 0.0, "a replay decided otherwise");
+    };
     let first = scaled.start(Some(0));
     next_change(&scaled, &mut progress);
     let second = scaled.spawn(Some(1));
     let third = scaled.spawn(Some(2));
     next_change(&scaled, &mut progress);
+    leaving(&second);
     second.stop();
     next_change(&scaled, &mut progress);
     let fourth = scaled.spawn(Some(3));
     next_change(&scaled, &mut progress);
+    leaving(&third);
     third.signal("KILL");
     drop(third);
     next_change(&scaled, &mut progress);
+    leaving(&first);
     first.stop();
     let fifth = scaled.spawn(Some(4));
     next_change(&scaled, &mut progress);
+    leaving(&fourth);
     fourth.signal("KILL");
     drop(fourth);
     let sixth = scaled.spawn(Some(5));
@@ -150,6 +168,9 @@ fn killed_and_rescaled_processors_decide_exactly_what_one_uninterrupted_processo
     assert_eq!(m3.beats_total, m.beats_total);
     scaled.wait_until_done();
     let got = decisions(&scaled.config, &m);
+    leaving(&fifth);
+    leaving(&sixth);
+    assert!(replayed > 0.0, "members that took partitions over read beats again into their states");
     fifth.stop();
     sixth.stop();
     assert_same_decisions("instances joining, stopped and killed", &expected, &got);

@@ -99,7 +99,7 @@ fn a_restore_keeps_each_apps_newest_record_and_counts_the_unreadable() {
             AppState { last_seen: 2, ..AppState::default() },
         );
         let v6 = StateRecordOut::combined(&old.snapshot(&app_id, 1_800_000_000_001), Some(&old));
-        let state = StateRecordOut::state(&app_id, 1_800_000_000_002, Some(&new));
+        let state = StateRecordOut::state(&app_id, 1_800_000_000_002, 0, Some(&new));
         let snapshot = StateRecordOut::snapshot(&old.snapshot(&app_id, 1_800_000_000_002));
         for r in [&v6, &state, &snapshot] {
             let headers = OwnedHeaders::new().insert(Header { key: r.header_name, value: Some(&r.header) });
@@ -187,7 +187,7 @@ fn a_restore_waits_for_a_transaction_pending_on_the_state_partition() {
     producer.init_transactions(Duration::from_secs(60)).unwrap();
     producer.begin_transaction().unwrap();
     let state = AppState { last_seen: 5, ..AppState::default() };
-    let record = StateRecordOut::state("app-pending", 1_800_000_000_000, Some(&state));
+    let record = StateRecordOut::state("app-pending", 1_800_000_000_000, 0, Some(&state));
     let headers = OwnedHeaders::new().insert(Header { key: STATE_HEADER, value: Some(&record.header) });
     kafka::send_to(&producer, &topic, Some(0), "app-pending", &record.value, Some(headers)).unwrap();
     producer.flush(Duration::from_secs(60)).unwrap();

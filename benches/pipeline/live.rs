@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pulsewatch::config::Config;
+use pulsewatch::loadgen::manifest::Manifest;
 use pulsewatch::metrics::METRICS;
 use pulsewatch::shutdown::Shutdown;
 use pulsewatch::topology::{Topology, names};
@@ -205,13 +206,14 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
     let backfill = backfill_minutes();
     let backfilled = apps as u64 * backfill * 60 / interval.as_secs().max(1);
     let mut base = (backfill == 0).then(|| Counters::now(&config));
+    let manifest = std::env::temp_dir().join("pulsewatch-bench-live.json");
     let mut loadgen = Command::new(env!("CARGO_BIN_EXE_pulsewatch"))
         .args(["loadgen", "--quiet", "--instances", "1", "--seed", "11", "--app-prefix", "live-"])
         .args(["--apps", &apps.to_string()])
         .args(["--interval", &format!("{}s", interval.as_secs())])
         .args(["--duration", &format!("{}s", span.as_secs())])
         .args(["--backfill", &format!("{backfill}m")])
-        .args(["--manifest", &std::env::temp_dir().join("pulsewatch-bench-live.json").to_string_lossy()])
+        .args(["--manifest", &manifest.to_string_lossy()])
         .env("PULSEWATCH_KAFKA_TOPIC_PREFIX", &config.kafka.topic_prefix)
         .spawn()
         .expect("the pulsewatch binary runs the load generator");
@@ -220,7 +222,7 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
     let (mut processor_lag_s, mut sink_lag_s) = (0.0f64, 0.0f64);
     while loadgen.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_secs(1));
-        let (p, s) = lag.behind_s();
+        let Behind { read: p, sink: s, .. } = lag.behind_s();
         if base.is_none() {
             // The backfill is processed: the live measurement starts.
             let beats = METRICS.records_in.with_label_values(&["processor", &lag.topic]).get();
@@ -234,14 +236,16 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
     }
     assert!(loadgen.wait().unwrap().success(), "the load generator failed");
     let base = base.expect("the processor caught up with the backfill before the live run ended");
-    // From here on the whole fleet is silent: deadlines after this are no false alarms.
-    let load_end_ms = chrono::Utc::now().timestamp_millis();
-    // Both stages catch up with the last beats before the CPU is read.
+    // The fleet's last beats were due before this: deadlines after it are no false alarms
+    // (the stages run on until every state is written, so they fire).
+    let load_end_ms = Manifest::read(&manifest).expect("the load generator's manifest").end_ms;
+    // Both stages catch up with the last beats before the CPU is read, the processor's
+    // states holding every beat written (its offsets committed to the end).
     let caught_up = Instant::now();
     loop {
-        let (p, s) = lag.behind_s();
+        let Behind { read: p, committed, sink: s } = lag.behind_s();
         (processor_lag_s, sink_lag_s) = (processor_lag_s.max(p), sink_lag_s.max(s));
-        if (p, s) == (0.0, 0.0) {
+        if (committed, s) == (0.0, 0.0) {
             break;
         }
         assert!(caught_up.elapsed() < Duration::from_secs(300), "the stages did not catch up in 5 minutes");
@@ -321,8 +325,8 @@ fn ready(addr: std::net::SocketAddr) -> bool {
         && head.starts_with(b"HTTP/1.1 200")
 }
 
-/// How far the processor (its committed offsets) and the sink (its `sink_offset` rows) are
-/// behind the end of `heartbeats`, in seconds of beats at `rate` a second.
+/// How far the processor and the sink (its `sink_offset` rows) are behind the end of
+/// `heartbeats`, in seconds of beats at `rate` a second.
 struct Lag<'a> {
     consumer: BaseConsumer,
     topic: String,
@@ -332,6 +336,15 @@ struct Lag<'a> {
     sink_offsets: String,
     rt: &'a tokio::runtime::Runtime,
     rate: f64,
+}
+
+/// Seconds of beats behind the end of `heartbeats`: not yet read by the processor, not yet
+/// committed by it (its states hold beats unwritten for up to `detection.state_interval_ms`,
+/// which a restart reads again), not yet stored by the sink.
+struct Behind {
+    read: f64,
+    committed: f64,
+    sink: f64,
 }
 
 impl<'a> Lag<'a> {
@@ -349,7 +362,7 @@ impl<'a> Lag<'a> {
         Lag { consumer, topic, partitions, database, sink_offsets, rt, rate }
     }
 
-    fn behind_s(&self) -> (f64, f64) {
+    fn behind_s(&self) -> Behind {
         let timeout = Duration::from_secs(10);
         let ends: Vec<i64> = self
             .partitions
@@ -373,7 +386,9 @@ impl<'a> Lag<'a> {
             ends.iter().enumerate().map(|(i, end)| (end - done(i)).max(0)).sum::<i64>() as f64 / self.rate
         };
         let sink = behind(&|i| stored.iter().find(|(p, _)| *p == self.partitions[i]).map_or(0, |s| s.1));
-        (behind(&|i| processed[i]), sink)
+        let read = METRICS.records_in.with_label_values(&["processor", &self.topic]).get() as i64;
+        let unread = (ends.iter().sum::<i64>() - read).max(0) as f64 / self.rate;
+        Behind { read: unread, committed: behind(&|i| processed[i]), sink }
     }
 
     fn sink_offsets(&self) -> Vec<(i32, i64)> {

@@ -40,6 +40,7 @@ impl Engine {
             let ctx = StepContext { profile: &app.profile, origin };
             step_liveness(&ctx, &mut app.state, &timer.app_id, &timer.instance_id, wm, out);
             self.dirty.insert(timer.app_id.clone());
+            self.writes.must_write(&timer.app_id);
         }
         self.schedule_liveness(&timer.app_id, &timer.instance_id);
     }

@@ -20,12 +20,13 @@ pub mod state;
 mod thresholds;
 mod timers;
 pub mod vec_map;
+mod writes;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::alert::Alert;
-use crate::app_state::{AppSnapshot, StateRecordOut};
+use crate::app_state::{AppSnapshot, PartitionMark, StateRecordOut};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::metrics_1m::Rollup;
 use crate::minute::MINUTE_MS;
@@ -37,6 +38,7 @@ use liveness::{StepContext, next_deadline};
 use rollup::Joined;
 pub use state::{AppState, InstanceState, Liveness, RestoredApps, StateRecord, WindowsRecord};
 use timers::{TimerKind, Timers};
+use writes::Writes;
 
 /// What processing produced, to be published.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,11 @@ pub struct EngineStats {
     pub out_of_order: u64,
     /// Beats whose minute was already emitted: counted nowhere.
     pub late_for_rollup: u64,
+    /// Beats applied again after a restore, to states written before them.
+    pub replayed: u64,
+    /// Alerts and rollups such beats raised again, and were dropped: none, unless a replay
+    /// decided otherwise than the first time.
+    pub replay_effects: u64,
 }
 
 /// One tracked application: its state, the profile it is judged by (from the configuration
@@ -65,6 +72,12 @@ struct Tracked {
     /// The snapshot last published, if any since the application was tracked or restored
     /// (or its labels changed).
     published: Option<Published>,
+    /// The offset of the newest beat applied to the state.
+    applied: i64,
+    /// The offset of the newest beat the state last written holds.
+    written: i64,
+    /// The first beat applied since then, if the state is not written with it yet.
+    unwritten: Option<i64>,
 }
 
 /// What a published snapshot showed: the digest of its [`state::Shown`] and its newest beat.
@@ -75,8 +88,8 @@ struct Published {
 }
 
 impl Tracked {
-    fn new(state: AppState, profile: Arc<Profile>) -> Tracked {
-        Tracked { state, profile, published: None }
+    fn new(state: AppState, profile: Arc<Profile>, written: i64) -> Tracked {
+        Tracked { state, profile, published: None, applied: written, written, unwritten: None }
     }
 
     /// The application's snapshot, if it is to be published: what it shows changed, or its
@@ -109,10 +122,32 @@ pub struct Engine {
     windows_dirty: HashSet<String>,
     /// Leak transitions of the beat being applied (kept to reuse its allocation).
     leak_changes: Vec<LeakChange>,
+    /// States to write, and those holding beats not written yet.
+    writes: Writes,
     /// Offset of the last record seen: the position timer-driven alerts point at.
     last_offset: i64,
+    /// The last offset a partition mark was written for.
+    marked: i64,
+    /// The offset [`Engine::offset_to_commit`] last returned.
+    offset_sent: i64,
+    /// After a restore, the offset of the last record applied before it: records up to it
+    /// are replayed into the states that do not hold them yet, and fire no timer.
+    replay_through: Option<i64>,
+    /// The wall clock when the last record was read, and at the last tick; whether the
+    /// partition was read to its end since that record.
+    read_wall_ms: i64,
+    tick_wall_ms: i64,
+    read_to_end: bool,
     pub stats: EngineStats,
 }
+
+/// The fewest states grown old a take writes, when more are.
+const OLD_STATES_PER_TAKE: usize = 256;
+
+/// A partition read to its end that has read nothing for this long writes every state it
+/// holds unwritten: a quiet fleet leaves nothing to replay, and its offsets are committed to
+/// the end.
+const QUIET_WRITE_MS: i64 = 1_000;
 
 /// The beat being applied, as the steps of [`Engine::apply_beat`] see it.
 struct BeatContext<'a> {
@@ -144,7 +179,14 @@ impl Engine {
             dirty: BTreeSet::new(),
             windows_dirty: HashSet::new(),
             leak_changes: Vec::new(),
+            writes: Writes::default(),
             last_offset: -1,
+            marked: -1,
+            offset_sent: -1,
+            replay_through: None,
+            read_wall_ms: 0,
+            tick_wall_ms: 0,
+            read_to_end: false,
             stats: EngineStats::default(),
         }
     }
@@ -191,14 +233,52 @@ impl Engine {
     ) {
         self.stats.beats += 1;
         self.last_offset = offset;
+        (self.read_wall_ms, self.read_to_end) = (wall_ms, false);
+        if self.replay_through.is_some_and(|through| offset <= through) {
+            self.replay_beat(beat, offset, wall_ms);
+            return;
+        }
+        self.replay_through = None;
         let source = source_hash(&beat.app_id, &beat.instance_id);
         self.watermark.observe(Observation { event_ms: beat.sent_at, broker_ms, source }, wall_ms);
-        self.apply_beat(beat, offset, wall_ms, out);
+        self.apply_beat(beat, offset, wall_ms, false, out);
         self.fire_due(wall_ms, out);
+    }
+
+    /// A record at `offset` that is no beat was read at wall time `wall_ms` (its dead letter
+    /// is the processor's).
+    pub fn on_skipped(&mut self, offset: i64, wall_ms: i64) {
+        self.last_offset = offset;
+        (self.read_wall_ms, self.read_to_end) = (wall_ms, false);
+    }
+
+    /// Whether the record at `offset` was applied before the restore this engine came from:
+    /// it is replayed, and what it caused then (a dead letter, say) is not caused again.
+    pub fn replays(&self, offset: i64) -> bool {
+        self.replay_through.is_some_and(|through| offset <= through)
+    }
+
+    /// A beat applied before the restore: applied again to its application if the state
+    /// restored does not hold it. The watermark and the timers were restored past it; the
+    /// beat was written unless deferrable, which it is only when the watermark did not
+    /// change what it decided, so it is applied on none.
+    fn replay_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64) {
+        if self.apps.get(&beat.app_id).is_none_or(|tracked| tracked.written >= offset) {
+            return; // held by the state restored, or of an application forgotten since
+        }
+        self.stats.replayed += 1;
+        let mut effects = Vec::new();
+        self.apply_beat(beat, offset, wall_ms, true, &mut effects);
+        if !effects.is_empty() {
+            self.stats.replay_effects += effects.len() as u64;
+            tracing::warn!(partition = self.partition, offset, effects = ?effects, "engine: a replayed beat decided otherwise than before the restore; its effects are dropped");
+        }
     }
 
     /// The partition has been read to its end.
     pub fn on_end_of_partition(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.replay_through = None;
+        self.read_to_end = true;
         self.watermark.reached_end(wall_ms);
         self.fire_due(wall_ms, out);
     }
@@ -210,39 +290,88 @@ impl Engine {
 
     /// A clock tick: once caught up, the watermark moves with the wall clock.
     pub fn on_tick(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        self.tick_wall_ms = wall_ms;
         self.watermark.advance(wall_ms);
         self.fire_due(wall_ms, out);
     }
 
     /// The `app-state` records of the applications that changed since the last call, in app
     /// order: each one's windows record when those changed, its snapshot when it is due
-    /// (see `detection.snapshot_interval_ms`), and its state without its trend windows.
-    /// What [`Engine::restore_apps`] reads back.
+    /// (see `detection.snapshot_interval_ms`), and its state without its trend windows when
+    /// it is due (see [`writes`]); then the states whose unwritten beats grew old, and the
+    /// partition's mark. What [`Engine::restore_apps`] reads back.
     pub fn take_state_records(&mut self) -> Vec<StateRecordOut> {
         let dirty = std::mem::take(&mut self.dirty);
         let updated_at = self.watermark.current().unwrap_or_default();
         let interval = self.config.snapshot_interval_ms;
-        let mut records = Vec::with_capacity(dirty.len());
+        let quiet = self.read_to_end && self.tick_wall_ms - self.read_wall_ms >= QUIET_WRITE_MS;
+        let old_before = match quiet {
+            true => i64::MAX,
+            false => updated_at.saturating_sub(self.config.state_interval_ms),
+        };
+        let mut records = Vec::with_capacity(dirty.len() + 1);
         for app_id in dirty {
-            let windows_changed = self.windows_dirty.remove(&app_id);
+            let must = self.writes.due.remove(&app_id);
             let Some(tracked) = self.apps.get_mut(&app_id) else {
+                self.windows_dirty.remove(&app_id);
                 records.push(StateRecordOut::snapshot(&AppSnapshot::gone(&app_id, updated_at)));
-                records.push(StateRecordOut::state(&app_id, updated_at, None::<&AppState>));
+                records.push(StateRecordOut::state(&app_id, updated_at, self.last_offset, None::<&AppState>));
                 continue;
             };
             if let Some(snapshot) = tracked.snapshot_due(&app_id, updated_at, interval) {
                 records.push(StateRecordOut::snapshot(&snapshot));
             }
-            let app = &mut tracked.state;
-            // The windows change once a minute, the rest at every beat: they are written apart.
-            let windows = app.take_windows();
-            if windows_changed {
-                records.push(app.windows_record(&app_id, &windows));
+            if must {
+                let windows_changed = self.windows_dirty.remove(&app_id);
+                write_state(&app_id, tracked, windows_changed, updated_at, &mut records);
             }
-            records.push(StateRecordOut::state(&app_id, updated_at, Some(&*app)));
-            app.put_windows(windows);
+        }
+        // States that grew old together (a fleet that started together) are written a share
+        // at a time, so that no transaction grows large enough to hold the partition's
+        // reading up.
+        let mut share = OLD_STATES_PER_TAKE.max(self.writes.unwritten.len() / 64);
+        while let Some(first) = self.writes.unwritten.front() {
+            let tracked = self.apps.get_mut(&first.app_id).filter(|t| t.unwritten == Some(first.offset));
+            match tracked {
+                Some(_) if share == 0 => break,
+                Some(tracked) if first.event_ms <= old_before => {
+                    share -= 1;
+                    let windows_changed = self.windows_dirty.remove(&first.app_id);
+                    write_state(&first.app_id, tracked, windows_changed, updated_at, &mut records);
+                }
+                Some(_) => break,
+                None => {} // written since
+            }
+            self.writes.unwritten.pop_front();
+        }
+        if self.last_offset > self.marked {
+            let mark = PartitionMark { applied_through: self.last_offset, watermark_ms: updated_at };
+            records.push(StateRecordOut::partition(&mark));
+            self.marked = self.last_offset;
         }
         records
+    }
+
+    /// The offset of the first beat some application's state holds but `app-state` does
+    /// not, as of the last [`Engine::take_state_records`]: the partition's offset may be
+    /// committed up to it, no further.
+    pub fn unwritten_from(&self) -> Option<i64> {
+        self.writes.unwritten.front().map(|u| u.offset)
+    }
+
+    /// The partition's offset to commit with the records of the last
+    /// [`Engine::take_state_records`]: past every record read, unless some state does not
+    /// hold its beats written yet. `None` when nothing was read, or when it is the offset
+    /// last returned.
+    pub fn offset_to_commit(&mut self) -> Option<i64> {
+        if self.last_offset < 0 {
+            return None;
+        }
+        let next = self.unwritten_from().map_or(self.last_offset + 1, |from| from.min(self.last_offset + 1));
+        (next != self.offset_sent).then(|| {
+            self.offset_sent = next;
+            next
+        })
     }
 
     /// Rebuilds a partition's engine from its `app-state` records, oldest first (the newest
@@ -271,7 +400,7 @@ impl Engine {
         restored: RestoredApps,
     ) -> Engine {
         let mut engine = Engine::new(partition, config, rules);
-        let RestoredApps { mut apps, watermark, mut windows } = restored;
+        let RestoredApps { mut apps, through, watermark, mut windows, mark } = restored;
         for (app_id, app) in apps.iter_mut() {
             match windows.remove(app_id) {
                 Some(of_app) => app.put_windows_of(of_app),
@@ -279,6 +408,7 @@ impl Engine {
                 // the application takes them out, so its windows record must come with it.
                 None => {
                     engine.windows_dirty.insert(app_id.clone());
+                    engine.writes.must_write(app_id);
                 }
             }
         }
@@ -304,10 +434,16 @@ impl Engine {
             for &minute in app.rollups.keys() {
                 engine.timers.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
             }
-            engine.apps.insert(app_id, Tracked::new(app, profile));
+            // A state of version 7 or before holds every beat before the committed offset.
+            let written = through.get(&app_id).copied().unwrap_or(i64::MIN);
+            engine.apps.insert(app_id, Tracked::new(app, profile, written));
         }
-        if let Some(w) = watermark {
+        if let Some(w) = watermark.max(mark.map(|m| m.watermark_ms)) {
             engine.watermark.restore(w);
+        }
+        if let Some(mark) = mark {
+            engine.replay_through = Some(mark.applied_through);
+            engine.marked = mark.applied_through;
         }
         engine
     }
@@ -315,30 +451,55 @@ impl Engine {
     /// Applies one valid beat to its application, step by step in the order their effects
     /// are emitted: its minute's rollup; the deadlines it shows passed; the instance's return
     /// and restart; the threshold rules; the leak trends; a clean stop.
-    fn apply_beat(&mut self, beat: Heartbeat, offset: i64, wall_ms: i64, out: &mut Vec<Effect>) {
+    /// A replayed beat (`replay`) is applied on no watermark: it was deferred only if the
+    /// watermark decided nothing of it.
+    fn apply_beat(
+        &mut self,
+        beat: Heartbeat,
+        offset: i64,
+        wall_ms: i64,
+        replay: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let t = beat.sent_at;
         let app_id = beat.app_id.clone();
         let instance_id = beat.instance_id.clone();
         if !self.dirty.contains(&app_id) {
             self.dirty.insert(app_id.clone());
         }
-        let wm = self.watermark.current().unwrap_or(i64::MIN);
-        let live_wm = self.watermark.liveness().unwrap_or(wm);
-        let Tracked { state: app, profile, .. } = track(&mut self.apps, &self.rules, &beat);
+        let (wm, live_wm) = match replay {
+            true => (i64::MIN, i64::MIN),
+            false => {
+                let wm = self.watermark.current().unwrap_or(i64::MIN);
+                (wm, self.watermark.liveness().unwrap_or(wm))
+            }
+        };
+        let effects_before = out.len();
+        let interval = self.config.state_interval_ms;
+        let Tracked { state: app, profile, applied, unwritten, .. } =
+            track(&mut self.apps, &self.rules, &beat);
+        *applied = offset;
         let origin = Origin { partition: self.partition, offset, wall_ms };
         let ctx = BeatContext { app_id: &app_id, instance_id: &instance_id, t, origin, profile };
 
         let deltas = app.instances.get(&instance_id).map(|i| i.deltas_to(&beat)).unwrap_or_default();
-        match rollup::join(&mut app.rollups, &beat, &deltas, wm) {
+        let too_late = match rollup::join(&mut app.rollups, &beat, &deltas, wm) {
             Joined::Opened(minute) => {
-                self.timers.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute))
+                self.timers.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
+                false
             }
-            Joined::Added => {}
-            Joined::TooLate => self.stats.late_for_rollup += 1,
-        }
+            Joined::Added => false,
+            Joined::TooLate => {
+                self.stats.late_for_rollup += 1;
+                true
+            }
+        };
+        // Whether a replay of the beat decides alike (see `writes`), so far.
+        let mut deferrable = interval > 0 && !too_late;
         if app.instances.get(&instance_id).is_some_and(|i| t < i.last.sent_at) {
             // An older beat than one already seen: it counts in the rollup, not in liveness.
             self.stats.out_of_order += 1;
+            self.writes.beat_applied(&app_id, unwritten, offset, t, deferrable);
             return;
         }
 
@@ -354,19 +515,23 @@ impl Engine {
             let quiet = self.config.restart_quiet_ms;
             if let Some(end) = restart::on_beat(&ctx, instance, &beat, quiet, &mut self.leak_changes, out) {
                 self.timers.schedule(end, &app_id, &instance_id, TimerKind::RestartQuiet);
+                deferrable = false;
             }
         }
         thresholds::judge(&ctx, instance, &beat, &deltas, self.rules.error_rate_min_requests, out);
         leaks::judge(&ctx, &mut instance.trend, &beat, deltas.requests, &mut self.leak_changes, out);
         // A new instance too: a windows record of the app written before it came (or before
-        // one of the same id left) must not give it windows on a restore.
+        // one of the same id left) must not give it windows on a restore. A minute closed by
+        // the beat is written with the state, whenever that is: a replay closes it alike.
         if instance.trend.take_window_changed() || is_new {
             self.windows_dirty.insert(app_id.clone());
+            deferrable &= !is_new;
         }
 
         let stopping = beat.status == InstanceStatus::Stopping;
         // A beat behind the watermark its deadlines are judged on counts from there.
         instance.anchor = beat.sent_at.max(live_wm);
+        deferrable &= live_wm <= beat.sent_at && !stopping;
         instance.set_last(beat);
         let reschedule = if stopping {
             liveness::stop(&ctx, app, out);
@@ -374,6 +539,8 @@ impl Engine {
         } else {
             liveness::stays(&ctx, app)
         };
+        deferrable &= out.len() == effects_before;
+        self.writes.beat_applied(&app_id, unwritten, offset, t, deferrable);
         if is_new || reschedule {
             self.schedule_liveness(&app_id, &instance_id);
         }
@@ -381,6 +548,9 @@ impl Engine {
 
     /// Fires every timer the watermark has passed, in deadline order.
     fn fire_due(&mut self, wall_ms: i64, out: &mut Vec<Effect>) {
+        if self.replay_through.is_some() {
+            return; // the restored states are not whole until the replay ends
+        }
         let (Some(wm), Some(live)) = (self.watermark.current(), self.watermark.liveness()) else { return };
         // Liveness deadlines fire on the eager watermark; the others wait for the watermark.
         while let Some(timer) = self.timers.pop_due(live, wm) {
@@ -402,11 +572,33 @@ impl Engine {
             // The closed minute leaves the app's state record too, or a restore would close
             // and publish it again.
             self.dirty.insert(app_id.to_owned());
+            self.writes.must_write(app_id);
         }
         if app.instances.is_empty() && app.rollups.is_empty() && app.app_down.is_none() {
             self.apps.remove(app_id);
         }
     }
+}
+
+/// Adds the records of `tracked`'s state (its windows too when they changed) to `records`:
+/// it is written with every beat applied to it.
+fn write_state(
+    app_id: &str,
+    tracked: &mut Tracked,
+    windows_changed: bool,
+    updated_at: i64,
+    records: &mut Vec<StateRecordOut>,
+) {
+    let app = &mut tracked.state;
+    // The windows change once a minute, the rest at every beat: they are written apart.
+    let windows = app.take_windows();
+    if windows_changed {
+        records.push(app.windows_record(app_id, &windows));
+    }
+    records.push(StateRecordOut::state(app_id, updated_at, tracked.applied, Some(&*app)));
+    app.put_windows(windows);
+    tracked.written = tracked.applied;
+    tracked.unwritten = None;
 }
 
 /// The application of `beat`, tracked from its first beat on with its profile; its newest
@@ -418,7 +610,7 @@ fn track<'a>(
 ) -> &'a mut Tracked {
     if !apps.contains_key(&beat.app_id) {
         let profile = rules.profile_for(&beat.app_id, &beat.labels);
-        apps.insert(beat.app_id.clone(), Tracked::new(AppState::default(), profile));
+        apps.insert(beat.app_id.clone(), Tracked::new(AppState::default(), profile, i64::MIN));
     }
     let tracked = apps.get_mut(&beat.app_id).expect("inserted above");
     let app = &mut tracked.state;

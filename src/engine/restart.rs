@@ -105,5 +105,6 @@ impl Engine {
         let quiet = Quiet { app_id: &timer.app_id, instance_id: &timer.instance_id, started, at: timer.at };
         out.push(quiet.resolved(inst, quiet_ms, origin));
         self.dirty.insert(timer.app_id.clone());
+        self.writes.must_write(&timer.app_id);
     }
 }

@@ -9,7 +9,7 @@ use super::rates::RateWindow;
 use super::rollup::{Deltas, MinuteAcc, memory_ratio};
 use super::vec_map::VecMap;
 use crate::alert::{AlertKind, Severity};
-use crate::app_state::{AppSnapshot, StateRecordError, StateRecordOut};
+use crate::app_state::{AppSnapshot, PartitionMark, StateRecordError, StateRecordOut};
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
 use crate::rules::{MAX_FLAP_TRANSITIONS, Rule, RuleStates};
@@ -343,15 +343,15 @@ impl AppState {
     }
 
     /// The records the engine writes of this state: the windows record, the snapshot, then
-    /// the state record without the windows (a copy of the state is made: for tests and
-    /// benches).
+    /// the state record without the windows, holding beats through offset 0 (a copy of the
+    /// state is made: for tests and benches).
     pub fn records(&self, app_id: &str, updated_at_ms: i64) -> [StateRecordOut; 3] {
         let mut rest = self.clone();
         let windows = rest.take_windows();
         [
             rest.windows_record(app_id, &windows),
             StateRecordOut::snapshot(&self.snapshot(app_id, updated_at_ms)),
-            StateRecordOut::state(app_id, updated_at_ms, Some(&rest)),
+            StateRecordOut::state(app_id, updated_at_ms, 0, Some(&rest)),
         ]
     }
 
@@ -372,13 +372,16 @@ pub type StateRecord = crate::app_state::StateRecord<AppState>;
 pub type WindowsRecord = crate::app_state::WindowsRecord<History>;
 
 /// What a partition's `app-state` records restore: each application's state from its newest
-/// record and its instances' windows from its newest windows record, and the newest
-/// watermark they carry.
+/// record and its instances' windows from its newest windows record, the newest watermark
+/// they carry, and the partition's newest mark.
 #[derive(Debug, Default)]
 pub struct RestoredApps {
     pub(super) apps: HashMap<String, AppState>,
+    /// The offset of the newest beat each state holds (states of version 8 on).
+    pub(super) through: HashMap<String, i64>,
     pub(super) watermark: Option<i64>,
     pub(super) windows: HashMap<String, Vec<(String, History)>>,
+    pub(super) mark: Option<PartitionMark>,
 }
 
 impl RestoredApps {
@@ -395,13 +398,23 @@ impl RestoredApps {
                 if r.version < 6 {
                     self.windows.remove(&r.app_id);
                 }
+                match r.through_offset {
+                    Some(offset) => self.through.insert(r.app_id.clone(), offset),
+                    None => self.through.remove(&r.app_id),
+                };
                 self.apps.insert(r.app_id, state);
             }
             None => {
                 self.apps.remove(&r.app_id);
+                self.through.remove(&r.app_id);
                 self.windows.remove(&r.app_id);
             }
         }
+    }
+
+    /// Takes a partition's mark read after the ones before it.
+    pub fn add_mark(&mut self, mark: PartitionMark) {
+        self.mark = Some(mark);
     }
 
     /// Takes a windows record read after the ones before it.
@@ -414,6 +427,8 @@ impl RestoredApps {
     pub fn add_written(&mut self, r: &StateRecordOut) -> Result<(), StateRecordError> {
         if r.is_windows() {
             self.add_windows(WindowsRecord::decode(&r.header)?);
+        } else if r.is_partition() {
+            self.add_mark(PartitionMark::decode(&r.header)?);
         } else if r.is_state() {
             self.add(StateRecord::decode(&r.value, Some(&r.header))?);
         }

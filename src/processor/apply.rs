@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use super::batch::{Batch, Pending};
 use crate::app_state::StateRecordOut;
 use crate::engine::{Effect, Engine};
+use crate::metrics::METRICS;
 
 /// Below this many held events a batch is applied on the calling thread: starting threads
 /// would cost more than it saves.
@@ -84,13 +85,21 @@ fn run(engines: &mut HashMap<i32, Engine>, batch: &mut Batch, threads: usize, ti
 /// Applies one partition's events in order.
 fn give(share: &mut Share<'_>) {
     let Share { engine, events, effects, .. } = share;
+    let before = engine.stats;
     for event in events.drain(..) {
         match event {
             Pending::Beat { beat, offset, broker_ms, wall } => {
                 engine.on_record(beat, offset, broker_ms, wall, effects)
             }
             Pending::End { wall } => engine.on_end_of_partition(wall, effects),
+            Pending::Skipped { offset, wall } => engine.on_skipped(offset, wall),
         }
+    }
+    let replayed = engine.stats.replayed - before.replayed;
+    if replayed > 0 {
+        METRICS.replayed.with_label_values(&["beats"]).inc_by(replayed);
+        let dropped = engine.stats.replay_effects - before.replay_effects;
+        METRICS.replayed.with_label_values(&["dropped_effects"]).inc_by(dropped);
     }
 }
 

@@ -17,6 +17,8 @@ pub enum Pending {
     Beat { beat: Heartbeat, offset: i64, broker_ms: Option<i64>, wall: i64 },
     /// The partition was read to its end at this wall clock.
     End { wall: i64 },
+    /// A record that is no beat (its dead letter goes with the batch), read at this offset.
+    Skipped { offset: i64, wall: i64 },
 }
 
 /// What a batch has read and decided, held per partition until its transaction. A partition
@@ -24,8 +26,6 @@ pub enum Pending {
 /// committed offset, so nothing of it may be committed here.
 #[derive(Default)]
 pub struct Batch {
-    /// The next offset to consume, per partition.
-    pub offsets: BTreeMap<i32, i64>,
     /// What each partition's engine is still to be given, in the order it was read.
     pub pending: BTreeMap<i32, Vec<Pending>>,
     /// Alerts and rollups decided, per partition.
@@ -47,7 +47,6 @@ impl Batch {
     }
 
     pub fn forget(&mut self, partition: i32) {
-        self.offsets.remove(&partition);
         self.pending.remove(&partition);
         self.effects.remove(&partition);
         self.state_records.remove(&partition);

@@ -13,11 +13,14 @@
 //! from the committed offset, so none of it may be committed here.
 //!
 //! Each application's engine state goes to `app-state` (in the partition of the same number
-//! as its heartbeats) in the transaction of every batch that changed it, its trend windows in
-//! a record of their own when they changed. Before it
+//! as its heartbeats) in the transaction of a batch that changed it, its trend windows in a
+//! record of their own when they changed; a state only its beats changed may wait (see
+//! `engine::writes`), and the partition's offset is then committed no further than its first
+//! beat unwritten. Before it
 //! processes a newly assigned partition (also one given back after it was revoked), the
 //! processor rebuilds that partition's engine from there (read_committed, to its end once no
-//! transaction is pending on it): the state as of the committed offsets. When a
+//! transaction is pending on it): the state as of the committed offsets, to which the engine
+//! applies again the beats read from there that its states do not hold. When a
 //! transaction fails it is aborted, every partition goes back to its committed offset, and
 //! its engine is rebuilt the same way. A producer fenced by another instance with the same
 //! transactional id stops the stage without writing. Undecodable or invalid records go to
@@ -32,6 +35,7 @@
 //! once the commit succeeded. When it failed, the batch read meanwhile is dropped with the
 //! rest, as after any failed transaction.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -334,7 +338,12 @@ impl<'a> Processor<'a> {
     /// it to the committer. `Ok(false)` when there was nothing to commit.
     fn send_batch(&mut self) -> Result<bool, TxnFailure> {
         self.send_outputs()?;
-        let offsets = std::mem::take(&mut self.batch.offsets);
+        let offsets: BTreeMap<i32, i64> = self
+            .partitions
+            .engines
+            .iter_mut()
+            .filter_map(|(p, e)| Some((*p, e.offset_to_commit()?)))
+            .collect();
         if !self.txn.is_open() && offsets.is_empty() {
             return Ok(false);
         }

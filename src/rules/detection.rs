@@ -47,6 +47,10 @@ pub struct DetectionConfig {
     /// once its newest beat is this much newer than the last one published, ms; 0: at
     /// every change.
     pub snapshot_interval_ms: i64,
+    /// Longest an application's state may go unwritten to `app-state` while only its beats
+    /// changed it, in event time, ms: a restore replays those beats from `heartbeats`. 0:
+    /// written in every transaction that changed it.
+    pub state_interval_ms: i64,
 }
 
 impl Default for DetectionConfig {
@@ -65,6 +69,7 @@ impl Default for DetectionConfig {
             phi_min_std_ms: 500.0,
             phi_window: 100,
             snapshot_interval_ms: 30_000,
+            state_interval_ms: 30_000,
         }
     }
 }
@@ -96,6 +101,9 @@ impl DetectionConfig {
         }
         if self.snapshot_interval_ms < 0 {
             return bad("snapshot_interval_ms", "must be 0 (every change) or positive");
+        }
+        if self.state_interval_ms < 0 {
+            return bad("state_interval_ms", "must be 0 (every change) or positive");
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use super::batch::{Batch, place};
 use crate::ack::AlertAck;
 use crate::alert::Alert;
-use crate::app_state::{AppSnapshot, STATE_HEADER, WINDOWS_HEADER};
+use crate::app_state::{AppSnapshot, PARTITION_HEADER, STATE_HEADER, WINDOWS_HEADER};
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::METRICS;
@@ -90,11 +90,12 @@ fn decode(
     Ok(decode_output(topic, payload, topics))
 }
 
-/// Whether an `app-state` record is the processor's alone: a windows record, or a state
-/// record with no snapshot in its value (a record before version 7 held both).
+/// Whether an `app-state` record is the processor's alone: a windows record, a partition's
+/// mark, or a state record with no snapshot in its value (a record before version 7 held
+/// both).
 fn is_engine_only(msg: &BorrowedMessage<'_>, payload: &[u8]) -> bool {
     let has = |name: &str| msg.headers().is_some_and(|hs| hs.iter().any(|h| h.key == name));
-    has(WINDOWS_HEADER) || (payload.is_empty() && has(STATE_HEADER))
+    has(WINDOWS_HEADER) || has(PARTITION_HEADER) || (payload.is_empty() && has(STATE_HEADER))
 }
 
 /// Decodes a record of one of the processor's output topics.

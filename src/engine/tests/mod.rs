@@ -14,7 +14,12 @@ const S: i64 = 1_000;
 const T0: i64 = 1_800_000_000_000;
 
 fn engine() -> Engine {
-    let c = DetectionConfig::default();
+    engine_writing_every(DetectionConfig::default().state_interval_ms)
+}
+
+/// An engine that leaves a state unwritten for up to `state_interval_ms` of event time.
+fn engine_writing_every(state_interval_ms: i64) -> Engine {
+    let c = DetectionConfig { state_interval_ms, ..DetectionConfig::default() };
     let rules = CompiledRules::new(&RuleSet::default(), &c, &TrendConfig::default()).unwrap();
     Engine::new(0, c, rules)
 }

@@ -69,6 +69,10 @@ fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
             if version == STATE_VERSION {
                 parsed.add_written(r).unwrap();
             }
+        } else if r.is_partition() {
+            if version == STATE_VERSION {
+                parsed.add_written(r).unwrap();
+            }
         } else if r.is_state() {
             parsed.add(read_back(r, version, windows.get(&r.app_id)));
         }
@@ -94,11 +98,24 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
             to_ms: T0 + 60 * 60 * S,
         })
         .collect();
-    // The second cut restores from records of the previous version (the state in JSON).
-    for (cut_minute, version) in [(25, STATE_VERSION), (47, 2), (70, STATE_VERSION)] {
-        let mut original = engine();
+    // The second cut restores from records of version 2 (the state in JSON), which a
+    // processor wrote at every change; the others restore states that leave beats unwritten
+    // and replay those. The last two cut anywhere, the others after a minute closed.
+    for (cut_minute, version, anywhere) in [
+        (25, STATE_VERSION, false),
+        (47, 2, false),
+        (70, STATE_VERSION, false),
+        (33, STATE_VERSION, true),
+        (58, STATE_VERSION, true),
+    ] {
+        let mut original = match version {
+            STATE_VERSION => engine(),
+            _ => engine_writing_every(0),
+        };
         let mut restored: Option<Engine> = None;
         let mut records: Vec<StateRecordOut> = Vec::new();
+        // Every beat read, for the replay after the cut.
+        let mut read: Vec<(i64, Heartbeat)> = Vec::new();
         let (mut out_original, mut out_restored) = (Vec::new(), Vec::new());
         let mut sims: Vec<InstanceSim> = (0..kinds.len())
             .flat_map(|app| (0..2).map(move |i| (app, i)))
@@ -115,6 +132,8 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                     offset += 1;
                     if let Some(r) = restored.as_mut() {
                         r.on_beat(b.clone(), offset, 0, &mut out_restored);
+                    } else {
+                        read.push((offset, b.clone()));
                     }
                     original.on_beat(b, offset, 0, &mut out_original);
                     // A commit every few beats, so that a commit may hold some apps of a
@@ -125,11 +144,24 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                         if let Some(r) = restored.as_mut() {
                             r.take_state_records();
                         } else if round >= cut_minute * 12
-                            && out_original[batch_from..].iter().any(|e| matches!(e, Effect::Rollup(_)))
+                            && (anywhere
+                                || out_original[batch_from..].iter().any(|e| matches!(e, Effect::Rollup(_))))
                         {
-                            // The cut, right after a batch that closed a minute: a new owner
-                            // restores what was committed so far.
-                            restored = Some(restore_all(&records, version));
+                            // The cut, right after a commit: a new owner restores what was
+                            // committed so far, and reads the partition from the committed
+                            // offset, which the beats some states do not hold hold back.
+                            let mut back = restore_all(&records, version);
+                            let from = original.unwritten_from().unwrap_or(offset + 1);
+                            let mut replayed = Vec::new();
+                            for (o, b) in read.iter().filter(|(o, _)| *o >= from) {
+                                back.on_beat(b.clone(), *o, 0, &mut replayed);
+                            }
+                            assert!(replayed.is_empty(), "cut at {cut_minute}: a replay publishes nothing");
+                            assert_eq!(back.stats.replay_effects, 0, "cut at {cut_minute}");
+                            if anywhere {
+                                assert!(back.stats.replayed > 0, "cut at {cut_minute}: some beats replayed");
+                            }
+                            restored = Some(back);
                             out_original.clear();
                         }
                         batch_from = out_original.len();
@@ -154,7 +186,8 @@ fn state_records_of_every_version_read_back_and_bad_ones_are_refused() {
     let mut out = Vec::new();
     run_app(&mut e, "a", T0, T0 + 120 * S, 0, &mut out);
     let records = e.take_state_records();
-    let (r, snapshot) = (records.last().unwrap(), records.iter().find(|r| r.is_snapshot()).unwrap());
+    let (r, snapshot) =
+        (records.iter().rfind(|r| r.is_state()).unwrap(), records.iter().find(|r| r.is_snapshot()).unwrap());
     let back = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
     assert_eq!((back.version, back.app_id.as_str()), (STATE_VERSION, "a"));
     assert_eq!(back.state.as_ref().map(|s| s.instances.len()), Some(1));
@@ -189,12 +222,14 @@ fn window_lengths(e: &Engine, app: &str) -> Vec<usize> {
 
 #[test]
 fn the_trend_windows_are_written_apart_once_a_minute_and_restore_with_the_state() {
-    let mut e = engine();
+    let mut e = engine_writing_every(0);
     let mut out = Vec::new();
-    // The first beat: the new instance's (empty) windows are written with its state.
+    // The first beat: the new instance's (empty) windows are written with its state, then
+    // the partition's mark.
     let mut seq = run_app(&mut e, "a", T0, T0, 0, &mut out);
     let first = e.take_state_records();
-    assert_eq!(first.iter().map(StateRecordOut::is_windows).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(first.iter().map(StateRecordOut::is_windows).collect::<Vec<_>>(), [false, true, false, false]);
+    assert!(first[3].is_partition());
     let (mut states, mut windows) = (0, 0);
     let mut written = first;
     // Ten minutes of 5 s beats, committed at every beat.
@@ -277,7 +312,7 @@ fn published(e: &mut Engine) -> Vec<AppSnapshot> {
 
 #[test]
 fn a_snapshot_is_published_when_what_it_shows_changes_and_otherwise_once_per_interval() {
-    let mut e = engine();
+    let mut e = engine_writing_every(0);
     let mut out = Vec::new();
     let (mut seen, mut seq, mut written) = (Vec::new(), 0, Vec::new());
     for k in 0..13 {
@@ -313,4 +348,36 @@ fn a_snapshot_is_published_when_what_it_shows_changes_and_otherwise_once_per_int
     let mut back = rebuilt(restored);
     run_app(&mut back, "a", T0 + 70 * S, T0 + 70 * S, seq + 1, &mut out);
     assert_eq!(published(&mut back).len(), 1);
+}
+
+#[test]
+fn a_state_only_beats_changed_is_written_once_its_first_unwritten_beat_is_the_interval_old() {
+    // One application beating every 5 s for ten minutes, a commit after every beat.
+    let states_written = |interval_ms: i64| {
+        let mut e = engine_writing_every(interval_ms);
+        let mut out = Vec::new();
+        let (mut states, mut committed) = (0, 0);
+        for k in 0..120 {
+            let t = T0 + k * 5 * S;
+            run_app(&mut e, "a", t, t, k, &mut out);
+            let records = e.take_state_records();
+            states += records.iter().filter(|r| r.is_state()).count();
+            assert!(records.last().is_some_and(StateRecordOut::is_partition), "a mark with every commit");
+            // The offsets committed hold back no beat older than the interval, the allowed
+            // lateness and a beat.
+            if let Some(from) = e.unwritten_from() {
+                assert!(from <= k + 1);
+                assert!((k + 1 - from) * 5 * S <= interval_ms + 10 * S, "beat {k}: unwritten from {from}");
+            }
+            // (Asked only when it moved.)
+            committed = e.offset_to_commit().unwrap_or(committed);
+            assert_eq!(committed, e.unwritten_from().unwrap_or(k + 2));
+        }
+        assert!(out.iter().all(|e| matches!(e, Effect::Rollup(_))), "a steady app raises nothing");
+        states
+    };
+    assert_eq!(states_written(0), 120, "at every change");
+    let deferred = states_written(30_000);
+    // Its first beat (a new instance), each minute closed (a rollup), and the beats between.
+    assert!((10..=30).contains(&deferred), "{deferred} state records for 120 beats");
 }
