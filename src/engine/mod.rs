@@ -252,6 +252,11 @@ impl Engine {
         (self.read_wall_ms, self.read_to_end) = (wall_ms, false);
     }
 
+    /// Whether records applied before the restore are still to be read again.
+    pub fn is_replaying(&self) -> bool {
+        self.replay_through.is_some()
+    }
+
     /// Whether the record at `offset` was applied before the restore this engine came from:
     /// it is replayed, and what it caused then (a dead letter, say) is not caused again.
     pub fn replays(&self, offset: i64) -> bool {

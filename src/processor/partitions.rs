@@ -51,6 +51,8 @@ pub struct Partitions<'a> {
     pending: BTreeSet<i32>,
     /// Where each partition just rebuilt must be read from.
     starts: Starts,
+    /// Since when the engines restored last replay the beats their states did not hold.
+    replaying_since: Option<Instant>,
     /// Threads that apply a batch's records to the engines.
     engine_threads: usize,
 }
@@ -67,6 +69,7 @@ impl<'a> Partitions<'a> {
             engines: HashMap::new(),
             pending: BTreeSet::new(),
             starts: Starts::default(),
+            replaying_since: None,
             engine_threads: config.processor.engine_threads(),
         }
     }
@@ -80,6 +83,22 @@ impl<'a> Partitions<'a> {
     /// takes the records of the states they changed (see [`super::apply`]).
     pub fn apply_and_tick(&mut self, batch: &mut Batch, wall: i64) {
         super::apply::apply_and_tick(&mut self.engines, batch, self.engine_threads, wall);
+        self.note_replay_done();
+    }
+
+    /// Logs once the engines restored last have replayed what their states did not hold.
+    fn note_replay_done(&mut self) {
+        let Some(since) = self.replaying_since else { return };
+        if self.engines.values().any(Engine::is_replaying) {
+            return;
+        }
+        self.replaying_since = None;
+        let beats: u64 = self.engines.values().map(|e| e.stats.replayed).sum();
+        tracing::info!(
+            beats,
+            seconds = since.elapsed().as_secs_f64(),
+            "processor: replay after the restore done"
+        );
     }
 
     /// Applies the membership changes the consumer reported: a revoked partition's engine and
@@ -118,6 +137,7 @@ impl<'a> Partitions<'a> {
         self.engines.values_mut().for_each(Engine::reading_paused);
         let restored = self.restore_engines(&partitions)?;
         self.engines.extend(restored);
+        self.replaying_since = Some(Instant::now());
         self.starts.expect(consumer, &self.heartbeats, &partitions)?;
         self.pending.clear();
         // What /metrics says agrees with the restore before /readyz does.
