@@ -300,85 +300,6 @@ impl Engine {
         self.fire_due(wall_ms, out);
     }
 
-    /// The `app-state` records of the applications that changed since the last call, in app
-    /// order: each one's windows record when those changed, its snapshot when it is due
-    /// (see `detection.snapshot_interval_ms`), and its state without its trend windows when
-    /// it is due (see [`writes`]); then the states whose unwritten beats grew old, and the
-    /// partition's mark. What [`Engine::restore_apps`] reads back.
-    pub fn take_state_records(&mut self) -> Vec<StateRecordOut> {
-        let dirty = std::mem::take(&mut self.dirty);
-        let updated_at = self.watermark.current().unwrap_or_default();
-        let interval = self.config.snapshot_interval_ms;
-        let quiet = self.read_to_end && self.tick_wall_ms - self.read_wall_ms >= QUIET_WRITE_MS;
-        let old_before = match quiet {
-            true => i64::MAX,
-            false => updated_at.saturating_sub(self.config.state_interval_ms),
-        };
-        let mut records = Vec::with_capacity(dirty.len() + 1);
-        for app_id in dirty {
-            let must = self.writes.due.remove(&app_id);
-            let Some(tracked) = self.apps.get_mut(&app_id) else {
-                self.windows_dirty.remove(&app_id);
-                records.push(StateRecordOut::snapshot(&AppSnapshot::gone(&app_id, updated_at)));
-                records.push(StateRecordOut::state(&app_id, updated_at, self.last_offset, None::<&AppState>));
-                continue;
-            };
-            if let Some(snapshot) = tracked.snapshot_due(&app_id, updated_at, interval) {
-                records.push(StateRecordOut::snapshot(&snapshot));
-            }
-            if must {
-                let windows_changed = self.windows_dirty.remove(&app_id);
-                write_state(&app_id, tracked, windows_changed, updated_at, &mut records);
-            }
-        }
-        // States that grew old together (a fleet that started together) are written a share
-        // at a time, so that no transaction grows large enough to hold the partition's
-        // reading up.
-        let mut share = OLD_STATES_PER_TAKE.max(self.writes.unwritten.len() / 64);
-        while let Some(first) = self.writes.unwritten.front() {
-            let tracked = self.apps.get_mut(&first.app_id).filter(|t| t.unwritten == Some(first.offset));
-            match tracked {
-                Some(_) if share == 0 => break,
-                Some(tracked) if first.event_ms <= old_before => {
-                    share -= 1;
-                    let windows_changed = self.windows_dirty.remove(&first.app_id);
-                    write_state(&first.app_id, tracked, windows_changed, updated_at, &mut records);
-                }
-                Some(_) => break,
-                None => {} // written since
-            }
-            self.writes.unwritten.pop_front();
-        }
-        if self.last_offset > self.marked {
-            let mark = PartitionMark { applied_through: self.last_offset, watermark_ms: updated_at };
-            records.push(StateRecordOut::partition(&mark));
-            self.marked = self.last_offset;
-        }
-        records
-    }
-
-    /// The offset of the first beat some application's state holds but `app-state` does
-    /// not, as of the last [`Engine::take_state_records`]: the partition's offset may be
-    /// committed up to it, no further.
-    pub fn unwritten_from(&self) -> Option<i64> {
-        self.writes.unwritten.front().map(|u| u.offset)
-    }
-
-    /// The partition's offset to commit with the records of the last
-    /// [`Engine::take_state_records`]: past every record read, unless some state does not
-    /// hold its beats written yet. `None` when nothing was read, or when it is the offset
-    /// last returned.
-    pub fn offset_to_commit(&mut self) -> Option<i64> {
-        if self.last_offset < 0 {
-            return None;
-        }
-        let next = self.unwritten_from().map_or(self.last_offset + 1, |from| from.min(self.last_offset + 1));
-        (next != self.offset_sent).then(|| {
-            self.offset_sent = next;
-            next
-        })
-    }
-
     /// Rebuilds a partition's engine from its `app-state` records, oldest first (the newest
     /// of each application wins): every application's state and pending deadlines, and the
     /// watermark. Records without state (of version 1, or of applications no longer tracked)
@@ -472,13 +393,8 @@ impl Engine {
         if !self.dirty.contains(&app_id) {
             self.dirty.insert(app_id.clone());
         }
-        let (wm, live_wm) = match replay {
-            true => (i64::MIN, i64::MIN),
-            false => {
-                let wm = self.watermark.current().unwrap_or(i64::MIN);
-                (wm, self.watermark.liveness().unwrap_or(wm))
-            }
-        };
+        let wm = if replay { i64::MIN } else { self.watermark.current().unwrap_or(i64::MIN) };
+        let live_wm = if replay { wm } else { self.watermark.liveness().unwrap_or(wm) };
         let effects_before = out.len();
         let interval = self.config.state_interval_ms;
         let Tracked { state: app, profile, applied, unwritten, .. } =
@@ -488,19 +404,10 @@ impl Engine {
         let ctx = BeatContext { app_id: &app_id, instance_id: &instance_id, t, origin, profile };
 
         let deltas = app.instances.get(&instance_id).map(|i| i.deltas_to(&beat)).unwrap_or_default();
-        let too_late = match rollup::join(&mut app.rollups, &beat, &deltas, wm) {
-            Joined::Opened(minute) => {
-                self.timers.schedule(minute + MINUTE_MS, &app_id, "", TimerKind::RollupClose(minute));
-                false
-            }
-            Joined::Added => false,
-            Joined::TooLate => {
-                self.stats.late_for_rollup += 1;
-                true
-            }
-        };
+        let joined = rollup::join(&mut app.rollups, &beat, &deltas, wm);
+        let in_time = follow_join(joined, &app_id, &mut self.timers, &mut self.stats);
         // Whether a replay of the beat decides alike (see `writes`), so far.
-        let mut deferrable = interval > 0 && !too_late;
+        let mut deferrable = interval > 0 && in_time;
         if app.instances.get(&instance_id).is_some_and(|i| t < i.last.sent_at) {
             // An older beat than one already seen: it counts in the rollup, not in liveness.
             self.stats.out_of_order += 1;
@@ -585,25 +492,20 @@ impl Engine {
     }
 }
 
-/// Adds the records of `tracked`'s state (its windows too when they changed) to `records`:
-/// it is written with every beat applied to it.
-fn write_state(
-    app_id: &str,
-    tracked: &mut Tracked,
-    windows_changed: bool,
-    updated_at: i64,
-    records: &mut Vec<StateRecordOut>,
-) {
-    let app = &mut tracked.state;
-    // The windows change once a minute, the rest at every beat: they are written apart.
-    let windows = app.take_windows();
-    if windows_changed {
-        records.push(app.windows_record(app_id, &windows));
+/// Schedules the close of a minute a beat opened, or counts a beat too late for its minute;
+/// whether the beat joined its minute in time.
+fn follow_join(joined: Joined, app_id: &str, timers: &mut Timers, stats: &mut EngineStats) -> bool {
+    match joined {
+        Joined::Opened(minute) => {
+            timers.schedule(minute + MINUTE_MS, app_id, "", TimerKind::RollupClose(minute));
+            true
+        }
+        Joined::Added => true,
+        Joined::TooLate => {
+            stats.late_for_rollup += 1;
+            false
+        }
     }
-    records.push(StateRecordOut::state(app_id, updated_at, tracked.applied, Some(&*app)));
-    app.put_windows(windows);
-    tracked.written = tracked.applied;
-    tracked.unwritten = None;
 }
 
 /// The application of `beat`, tracked from its first beat on with its profile; its newest

@@ -80,6 +80,24 @@ fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
     rebuilt(parsed)
 }
 
+/// An engine rebuilt from `records` (as in [`restore_all`]) that has read again the beats of
+/// `read` from offset `from` on, as a new owner reads them from the committed offset; it
+/// publishes nothing meanwhile.
+fn restore_and_replay(
+    records: &[StateRecordOut],
+    version: u32,
+    read: &[(i64, Heartbeat)],
+    from: i64,
+) -> Engine {
+    let mut back = restore_all(records, version);
+    let mut replayed = Vec::new();
+    for (o, b) in read.iter().filter(|(o, _)| *o >= from) {
+        back.on_beat(b.clone(), *o, 0, &mut replayed);
+    }
+    assert!(replayed.is_empty(), "a replay publishes nothing: {replayed:?}");
+    back
+}
+
 #[test]
 fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
     use FaultKind::*;
@@ -150,13 +168,8 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
                             // The cut, right after a commit: a new owner restores what was
                             // committed so far, and reads the partition from the committed
                             // offset, which the beats some states do not hold hold back.
-                            let mut back = restore_all(&records, version);
                             let from = original.unwritten_from().unwrap_or(offset + 1);
-                            let mut replayed = Vec::new();
-                            for (o, b) in read.iter().filter(|(o, _)| *o >= from) {
-                                back.on_beat(b.clone(), *o, 0, &mut replayed);
-                            }
-                            assert!(replayed.is_empty(), "cut at {cut_minute}: a replay publishes nothing");
+                            let back = restore_and_replay(&records, version, &read, from);
                             assert_eq!(back.stats.replay_effects, 0, "cut at {cut_minute}");
                             if anywhere {
                                 assert!(back.stats.replayed > 0, "cut at {cut_minute}: some beats replayed");
