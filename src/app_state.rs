@@ -18,9 +18,11 @@ use crate::labels::Labels;
 /// trend windows are in a record of their own ([`WINDOWS_HEADER`]); 7 on, the state and the
 /// snapshot are in records of their own too ([`STATE_KEY_SUFFIX`], [`SNAPSHOT_HEADER`]), the
 /// snapshot written only when what it shows changed; 8 on, a state names the offset of the
-/// newest beat in it, and each partition has a [`PartitionMark`]. Records of versions 1 to 7
-/// still restore; the history of the versions is in `docs/contracts.md`.
-pub const STATE_VERSION: u32 = 8;
+/// newest beat in it, and each partition has a [`PartitionMark`]; 9 on, the windows are
+/// written whole now and then (a base) and as the points added since in between (a tail,
+/// [`WINDOWS_TAIL_KEY_SUFFIX`]). Records of versions 1 to 8 still restore; the history of
+/// the versions is in `docs/contracts.md`.
+pub const STATE_VERSION: u32 = 9;
 
 /// The header of an `app-state` record that carries the engine state (version 3 on).
 pub const STATE_HEADER: &str = "pulsewatch-state";
@@ -40,6 +42,10 @@ pub const WINDOWS_HEADER: &str = "pulsewatch-windows";
 /// What follows the app id in a windows record's key: an app id holds no NUL, so no
 /// application's key is ever another's windows key.
 pub const WINDOWS_KEY_SUFFIX: &str = "\0windows";
+
+/// What follows the app id in the key of a windows tail (version 9 on): a windows record
+/// that holds each instance's points since the base, the windows record written last.
+pub const WINDOWS_TAIL_KEY_SUFFIX: &str = "\0windows-tail";
 
 /// The header of a partition's mark (version 8 on): where the processor had read the
 /// partition to, and its watermark then. Its key is [`PARTITION_KEY`], its value empty.
@@ -119,7 +125,7 @@ pub struct StateRecordOut {
     pub header_name: &'static str,
     pub header: Vec<u8>,
     /// What follows the app id in the record's key: nothing for a snapshot,
-    /// [`STATE_KEY_SUFFIX`] or [`WINDOWS_KEY_SUFFIX`].
+    /// [`STATE_KEY_SUFFIX`], [`WINDOWS_KEY_SUFFIX`] or [`WINDOWS_TAIL_KEY_SUFFIX`].
     pub key_suffix: &'static str,
 }
 
@@ -215,16 +221,32 @@ impl StateRecordOut {
         }
     }
 
-    /// The windows record of `app_id`: each instance's windows, by instance id.
-    pub fn windows<W: Serialize>(app_id: &str, windows: &[(&str, &W)]) -> StateRecordOut {
-        let body = (app_id, windows);
+    /// The windows record of `app_id`, a base: each instance's windows, by instance id, as
+    /// of the state holding beats through offset `through`.
+    pub fn windows<W: Serialize>(app_id: &str, through: i64, windows: &[(&str, &W)]) -> StateRecordOut {
+        StateRecordOut::windows_form(app_id, through, false, windows)
+    }
+
+    /// The windows tail of `app_id`: each instance's points since the base written at
+    /// `base` (its `through`), by instance id.
+    pub fn windows_tail<W: Serialize>(app_id: &str, base: i64, points: &[(&str, &W)]) -> StateRecordOut {
+        StateRecordOut::windows_form(app_id, base, true, points)
+    }
+
+    fn windows_form<W: Serialize>(
+        app_id: &str,
+        base: i64,
+        tail: bool,
+        windows: &[(&str, &W)],
+    ) -> StateRecordOut {
+        let body = (app_id, base, tail, windows);
         let header = postcard::to_extend(&body, vec![STATE_VERSION as u8]);
         StateRecordOut {
             app_id: app_id.to_owned(),
             value: Vec::new(),
             header_name: WINDOWS_HEADER,
             header: header.expect("trend windows serialise"),
-            key_suffix: WINDOWS_KEY_SUFFIX,
+            key_suffix: if tail { WINDOWS_TAIL_KEY_SUFFIX } else { WINDOWS_KEY_SUFFIX },
         }
     }
 
@@ -270,11 +292,16 @@ struct StateBody7Out<'a, S> {
     state: Option<&'a S>,
 }
 
-/// An application's windows record as read back. `W` is the engine's trend windows of one
-/// instance.
+/// An application's windows record as read back, a base or a tail. `W` is the engine's
+/// trend windows of one instance.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WindowsRecord<W> {
     pub app_id: String,
+    /// The base it is or extends, named by the offset of the newest beat the application's
+    /// state held when the base was written; none before version 9.
+    pub base: Option<i64>,
+    /// Whether it is a tail: each instance's points since the base, not its whole windows.
+    pub tail: bool,
     /// By instance id.
     pub windows: Vec<(String, W)>,
 }
@@ -282,7 +309,17 @@ pub struct WindowsRecord<W> {
 impl<W: DeserializeOwned> WindowsRecord<W> {
     /// Reads a record from its [`WINDOWS_HEADER`].
     pub fn decode(header: &[u8]) -> Result<WindowsRecord<W>, StateRecordError> {
-        read_header(header).map(|(_, record)| record)
+        if header.first().is_some_and(|&v| v < 9) {
+            let (_, (app_id, windows)): (u32, (String, Vec<(String, W)>)) = read_header(header)?;
+            return Ok(WindowsRecord { app_id, base: None, tail: false, windows });
+        }
+        let (_, (app_id, base, tail, windows)) = read_header(header)?;
+        Ok(WindowsRecord { app_id, base: Some(base), tail, windows })
+    }
+
+    /// Whether it is the tail of `base`, as read back.
+    pub fn extends(&self, base: &WindowsRecord<W>) -> bool {
+        self.tail && !base.tail && base.base.is_some() && self.base == base.base
     }
 }
 

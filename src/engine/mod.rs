@@ -78,6 +78,9 @@ struct Tracked {
     written: i64,
     /// The first beat applied since then, if the state is not written with it yet.
     unwritten: Option<i64>,
+    /// The windows base written last, by the offset its state held; none while no base of
+    /// this version holds the windows (the next windows record written is then a base).
+    windows_base: Option<i64>,
 }
 
 /// What a published snapshot showed: the digest of its [`state::Shown`] and its newest beat.
@@ -89,7 +92,15 @@ struct Published {
 
 impl Tracked {
     fn new(state: AppState, profile: Arc<Profile>, written: i64) -> Tracked {
-        Tracked { state, profile, published: None, applied: written, written, unwritten: None }
+        Tracked {
+            state,
+            profile,
+            published: None,
+            applied: written,
+            written,
+            unwritten: None,
+            windows_base: None,
+        }
     }
 
     /// The application's snapshot, if it is to be published: what it shows changed, or its
@@ -326,18 +337,7 @@ impl Engine {
         restored: RestoredApps,
     ) -> Engine {
         let mut engine = Engine::new(partition, config, rules);
-        let RestoredApps { mut apps, through, watermark, mut windows, mark } = restored;
-        for (app_id, app) in apps.iter_mut() {
-            match windows.remove(app_id) {
-                Some(of_app) => app.put_windows_of(of_app),
-                // Records before version 6 hold the windows themselves: the next record of
-                // the application takes them out, so its windows record must come with it.
-                None => {
-                    engine.windows_dirty.insert(app_id.clone());
-                    engine.writes.must_write(app_id);
-                }
-            }
-        }
+        let RestoredApps { apps, through, watermark, mut windows, mut tails, mark } = restored;
         let liveness: usize = apps.values().map(|a| a.instances.len()).sum();
         let other: usize = apps
             .values()
@@ -347,6 +347,8 @@ impl Engine {
         engine.apps.reserve(apps.len());
         for (app_id, mut app) in apps {
             let profile = engine.rules.profile_for(&app_id, &app.labels);
+            let (base, tail) = (windows.remove(&app_id), tails.remove(&app_id));
+            let windows_base = engine.restore_windows(&app_id, &mut app, &profile, base, tail);
             for (id, inst) in app.instances.iter_mut() {
                 inst.drop_last_ids(); // (records of version 3 kept the newest beat whole)
                 let at = next_deadline(&profile, inst);
@@ -362,7 +364,9 @@ impl Engine {
             }
             // A state of version 7 or before holds every beat before the committed offset.
             let written = through.get(&app_id).copied().unwrap_or(i64::MIN);
-            engine.apps.insert(app_id, Tracked::new(app, profile, written));
+            let mut tracked = Tracked::new(app, profile, written);
+            tracked.windows_base = windows_base;
+            engine.apps.insert(app_id, tracked);
         }
         if let Some(w) = watermark.max(mark.map(|m| m.watermark_ms)) {
             engine.watermark.restore(w);
@@ -372,6 +376,28 @@ impl Engine {
             engine.marked = mark.applied_through;
         }
         engine
+    }
+
+    /// Gives a restored application's instances the windows of its newest base and of the
+    /// tail of that base, if read; returns the base's name.
+    fn restore_windows(
+        &mut self,
+        app_id: &str,
+        app: &mut AppState,
+        profile: &Profile,
+        base: Option<WindowsRecord>,
+        tail: Option<WindowsRecord>,
+    ) -> Option<i64> {
+        let Some(base) = base else {
+            // Records before version 6 hold the windows themselves: the next record of the
+            // application takes them out, so its windows record must come with it.
+            self.windows_dirty.insert(app_id.to_owned());
+            self.writes.must_write(app_id);
+            return None;
+        };
+        let tail = tail.filter(|t| t.extends(&base)).map(|t| t.windows);
+        app.put_windows_of(base.windows, tail, &profile.trend);
+        base.base
     }
 
     /// Applies one valid beat to its application, step by step in the order their effects

@@ -13,7 +13,7 @@ use crate::app_state::{AppSnapshot, PartitionMark, StateRecordError, StateRecord
 use crate::heartbeat::{Heartbeat, InstanceStatus};
 use crate::labels::Labels;
 use crate::rules::{MAX_FLAP_TRANSITIONS, Rule, RuleStates};
-use crate::trend::{History, InstanceTrend};
+use crate::trend::{History, InstanceTrend, TrendConfig};
 
 /// Where an instance stands on liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,31 +335,75 @@ impl AppState {
         }
     }
 
-    /// The windows record of the application, of `windows` taken from it.
-    pub fn windows_record(&self, app_id: &str, windows: &[History]) -> StateRecordOut {
-        let by_instance: Vec<(&str, &History)> =
-            self.instances.keys().map(String::as_str).zip(windows).collect();
-        StateRecordOut::windows(app_id, &by_instance)
+    /// The windows record to write: a tail — each instance's points since the base written
+    /// last, `base` naming it — or, when no base holds an instance's window as it is or a
+    /// tail would hold `max_tail` points of one, a new base of the windows as of the state
+    /// holding beats through offset `through`, which `base` then names.
+    pub fn windows_record(
+        &mut self,
+        app_id: &str,
+        base: &mut Option<i64>,
+        through: i64,
+        max_tail: usize,
+    ) -> StateRecordOut {
+        let tails: Option<Vec<(&str, History)>> = match *base {
+            Some(_) => self
+                .instances
+                .iter()
+                .map(|(id, i)| i.trend.tail().filter(|t| t.len() < max_tail).map(|t| (id.as_str(), t)))
+                .collect(),
+            None => None,
+        };
+        if let (Some(tails), Some(base)) = (tails, *base) {
+            let by_instance: Vec<(&str, &History)> = tails.iter().map(|(id, t)| (*id, t)).collect();
+            return StateRecordOut::windows_tail(app_id, base, &by_instance);
+        }
+        let record = self.base_record(app_id, through);
+        for (_, instance) in self.instances.iter_mut() {
+            instance.trend.based();
+        }
+        *base = Some(through);
+        record
     }
 
-    /// The records the engine writes of this state: the windows record, the snapshot, then
+    /// A windows base of the application: its instances' whole windows.
+    fn base_record(&self, app_id: &str, through: i64) -> StateRecordOut {
+        let by_instance: Vec<(&str, &History)> =
+            self.instances.iter().map(|(id, i)| (id.as_str(), &i.trend.window)).collect();
+        StateRecordOut::windows(app_id, through, &by_instance)
+    }
+
+    /// The records the engine writes of this state: the windows base, the snapshot, then
     /// the state record without the windows, holding beats through offset 0 (a copy of the
     /// state is made: for tests and benches).
     pub fn records(&self, app_id: &str, updated_at_ms: i64) -> [StateRecordOut; 3] {
         let mut rest = self.clone();
-        let windows = rest.take_windows();
+        rest.take_windows();
         [
-            rest.windows_record(app_id, &windows),
+            self.base_record(app_id, 0),
             StateRecordOut::snapshot(&self.snapshot(app_id, updated_at_ms)),
             StateRecordOut::state(app_id, updated_at_ms, 0, Some(&rest)),
         ]
     }
 
-    /// Gives the instances the windows a windows record holds for them, by instance id.
-    pub fn put_windows_of(&mut self, windows: Vec<(String, History)>) {
-        for (id, window) in windows {
+    /// Gives the instances the windows a base holds for them, by instance id, then the
+    /// points of its tail, if any, as they were added (`c`: the application's trend
+    /// settings).
+    pub fn put_windows_of(
+        &mut self,
+        base: Vec<(String, History)>,
+        tail: Option<Vec<(String, History)>>,
+        c: &TrendConfig,
+    ) {
+        for (id, window) in base {
             if let Some(instance) = self.instances.get_mut(&id) {
                 instance.trend.window = window;
+                instance.trend.based();
+            }
+        }
+        for (id, points) in tail.into_iter().flatten() {
+            if let Some(instance) = self.instances.get_mut(&id) {
+                instance.trend.window.extend(&points, c);
             }
         }
     }
@@ -372,15 +416,16 @@ pub type StateRecord = crate::app_state::StateRecord<AppState>;
 pub type WindowsRecord = crate::app_state::WindowsRecord<History>;
 
 /// What a partition's `app-state` records restore: each application's state from its newest
-/// record and its instances' windows from its newest windows record, the newest watermark
-/// they carry, and the partition's newest mark.
+/// record and its instances' windows from its newest windows base and tail, the newest
+/// watermark they carry, and the partition's newest mark.
 #[derive(Debug, Default)]
 pub struct RestoredApps {
     pub(super) apps: HashMap<String, AppState>,
     /// The offset of the newest beat each state holds (states of version 8 on).
     pub(super) through: HashMap<String, i64>,
     pub(super) watermark: Option<i64>,
-    pub(super) windows: HashMap<String, Vec<(String, History)>>,
+    pub(super) windows: HashMap<String, WindowsRecord>,
+    pub(super) tails: HashMap<String, WindowsRecord>,
     pub(super) mark: Option<PartitionMark>,
 }
 
@@ -397,6 +442,7 @@ impl RestoredApps {
                 // before it (of a newer processor that had the partition first) is older.
                 if r.version < 6 {
                     self.windows.remove(&r.app_id);
+                    self.tails.remove(&r.app_id);
                 }
                 match r.through_offset {
                     Some(offset) => self.through.insert(r.app_id.clone(), offset),
@@ -408,6 +454,7 @@ impl RestoredApps {
                 self.apps.remove(&r.app_id);
                 self.through.remove(&r.app_id);
                 self.windows.remove(&r.app_id);
+                self.tails.remove(&r.app_id);
             }
         }
     }
@@ -417,9 +464,12 @@ impl RestoredApps {
         self.mark = Some(mark);
     }
 
-    /// Takes a windows record read after the ones before it.
+    /// Takes a windows record, a base or a tail, read after the ones before it.
     pub fn add_windows(&mut self, r: WindowsRecord) {
-        self.windows.insert(r.app_id, r.windows);
+        match r.tail {
+            true => self.tails.insert(r.app_id.clone(), r),
+            false => self.windows.insert(r.app_id.clone(), r),
+        };
     }
 
     /// Takes a record as the engine wrote it (of this version, any kind; a snapshot

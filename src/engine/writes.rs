@@ -14,6 +14,10 @@ use super::{
     AppSnapshot, AppState, Engine, OLD_STATES_PER_TAKE, PartitionMark, QUIET_WRITE_MS, StateRecordOut,
     Tracked,
 };
+use crate::trend::TrendConfig;
+
+/// Most points of one instance a windows tail holds (see [`max_tail_points`]).
+const WINDOWS_TAIL_POINTS: usize = 20;
 
 /// The first beat an application's state holds that is not written yet.
 #[derive(Debug, Clone)]
@@ -154,13 +158,22 @@ fn write_state(
     records: &mut Vec<StateRecordOut>,
 ) {
     let app = &mut tracked.state;
-    // The windows change once a minute, the rest at every beat: they are written apart.
-    let windows = app.take_windows();
+    // The windows change once a minute, the rest at every beat: they are written apart, and
+    // mostly as the points added since they were written whole.
     if windows_changed {
-        records.push(app.windows_record(app_id, &windows));
+        let max_tail = max_tail_points(&tracked.profile.trend);
+        records.push(app.windows_record(app_id, &mut tracked.windows_base, tracked.applied, max_tail));
     }
+    let windows = app.take_windows();
     records.push(StateRecordOut::state(app_id, updated_at, tracked.applied, Some(&*app)));
     app.put_windows(windows);
     tracked.written = tracked.applied;
     tracked.unwritten = None;
+}
+
+/// Points a windows tail holds at most before the windows are written whole again: a tail
+/// is rewritten at every minute, so it costs its length again each time; and it must hold
+/// no point the window has dropped since the base.
+fn max_tail_points(c: &TrendConfig) -> usize {
+    (c.lookback_minutes as usize / 2).clamp(1, WINDOWS_TAIL_POINTS)
 }

@@ -76,6 +76,31 @@ impl History {
         self.coarse.clear();
     }
 
+    /// The minute of the newest point.
+    pub fn newest_minute(&self) -> Option<u32> {
+        self.fine.points().last().map(|p| p.minute)
+    }
+
+    /// Minute points of minute `from` or later.
+    pub fn count_since(&self, from: u32) -> usize {
+        self.fine.points().filter(|p| p.minute >= from).count()
+    }
+
+    /// The minute points of minute `from` or later, as a history of their own: a tail.
+    pub fn since(&self, from: u32) -> History {
+        let points: Vec<Point> = self.fine.points().filter(|p| p.minute >= from).collect();
+        History { fine: Window::of_points(points.into_iter()), coarse: Window::default() }
+    }
+
+    /// Pushes the points of `tail` newer than the newest held, as each was pushed when its
+    /// minute closed: the history becomes what it was when the tail was taken.
+    pub fn extend(&mut self, tail: &History, c: &TrendConfig) {
+        let newest = self.newest_minute();
+        for p in tail.fine.points().filter(|p| newest.is_none_or(|n| p.minute > n)) {
+            self.push(p, c);
+        }
+    }
+
     /// The Mann–Kendall z of a resource over the fine window: the cheap first look.
     pub fn quick_z(&self, r: Resource) -> f64 {
         self.fine.quick_z(r)

@@ -339,6 +339,11 @@ pub struct InstanceTrend {
     /// Whether `window` changed since [`InstanceTrend::take_window_changed`] last said.
     #[serde(skip)]
     window_changed: Changed,
+    /// The minute from which the window's points are not in the windows base written last;
+    /// none while no base holds the window as it is (a new instance, a new process). Kept by
+    /// the writer and restored from the base; not part of the state record.
+    #[serde(skip)]
+    tail_from: Option<u32>,
 }
 
 /// A flag that is not part of the state it sits in: equal whatever its value, never
@@ -379,10 +384,26 @@ impl InstanceTrend {
         std::mem::take(&mut self.window_changed).0
     }
 
+    /// The window is written whole, as a base: the points after it go to tails.
+    pub fn based(&mut self) {
+        self.tail_from = Some(self.window.newest_minute().map_or(0, |m| m + 1));
+    }
+
+    /// The points closed since the base, as a tail; none while no base holds the window.
+    pub fn tail(&self) -> Option<History> {
+        self.tail_from.map(|from| self.window.since(from))
+    }
+
+    /// How many points closed since the base; none while no base holds the window.
+    pub fn tail_len(&self) -> Option<usize> {
+        self.tail_from.map(|from| self.window.count_since(from))
+    }
+
     /// A new process: the series start over and open leak alerts resolve.
     pub fn restart(&mut self, out: &mut Vec<LeakChange>) {
         self.window.clear();
         self.window_changed = Changed(true);
+        self.tail_from = None;
         self.open_minute = None;
         for r in Resource::ALL {
             if let Some(open) = self.open[r.index()].take() {

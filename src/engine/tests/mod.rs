@@ -1,6 +1,6 @@
 use super::*;
 use crate::alert::{AlertKind, AlertState, Severity};
-use crate::app_state::{STATE_VERSION, StateRecordError};
+use crate::app_state::{STATE_VERSION, StateRecordError, WINDOWS_KEY_SUFFIX, WINDOWS_TAIL_KEY_SUFFIX};
 use crate::loadgen::scenario::{ActiveFault, FaultKind, FaultParams, InstanceSim};
 use crate::rules::{DetectionConfig, RuleSet};
 use crate::trend::TrendConfig;

@@ -21,17 +21,21 @@ fn comparable(effects: &[Effect]) -> Vec<String> {
         .collect()
 }
 
+/// The newest windows base and tail of each application.
+type WindowsWritten = HashMap<String, (WindowsRecord, Option<WindowsRecord>)>;
+
 /// A state record read back as written, or after rewriting it in the form of version 2
-/// (the whole state in the JSON value, with the windows of the app's newest windows record
-/// written before it, as a processor of that version held them).
-fn read_back(r: &StateRecordOut, version: u32, windows: Option<&WindowsRecord>) -> StateRecord {
+/// (the whole state in the JSON value, with the windows of the app's newest windows base and
+/// tail written before it, as a processor of that version held them).
+fn read_back(r: &StateRecordOut, version: u32, windows: &WindowsWritten) -> StateRecord {
     let mut record = StateRecord::decode(&r.value, Some(&r.header)).unwrap();
     if version == STATE_VERSION {
         return record;
     }
     assert_eq!(version, 2);
-    if let (Some(state), Some(w)) = (record.state.as_mut(), windows) {
-        state.put_windows_of(w.windows.clone());
+    if let (Some(state), Some((base, tail))) = (record.state.as_mut(), windows.get(&r.app_id)) {
+        let tail = tail.as_ref().filter(|t| t.extends(base)).map(|t| t.windows.clone());
+        state.put_windows_of(base.windows.clone(), tail, &TrendConfig::default());
     }
     #[derive(serde::Serialize)]
     struct V2<'a> {
@@ -62,10 +66,14 @@ fn rebuilt(restored: RestoredApps) -> Engine {
 /// form of `version` 2.
 fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
     let mut parsed = RestoredApps::default();
-    let mut windows = HashMap::new();
+    let mut windows = WindowsWritten::new();
     for r in records {
         if r.is_windows() {
-            windows.insert(r.app_id.clone(), WindowsRecord::decode(&r.header).unwrap());
+            let w = WindowsRecord::decode(&r.header).unwrap();
+            match w.tail {
+                true => windows.get_mut(&r.app_id).expect("a tail follows its base").1 = Some(w),
+                false => drop(windows.insert(r.app_id.clone(), (w, None))),
+            }
             if version == STATE_VERSION {
                 parsed.add_written(r).unwrap();
             }
@@ -74,7 +82,7 @@ fn restore_all(records: &[StateRecordOut], version: u32) -> Engine {
                 parsed.add_written(r).unwrap();
             }
         } else if r.is_state() {
-            parsed.add(read_back(r, version, windows.get(&r.app_id)));
+            parsed.add(read_back(r, version, &windows));
         }
     }
     rebuilt(parsed)
@@ -393,4 +401,68 @@ fn a_state_only_beats_changed_is_written_once_its_first_unwritten_beat_is_the_in
     let deferred = states_written(30_000);
     // Its first beat (a new instance), each minute closed (a rollup), and the beats between.
     assert!((10..=30).contains(&deferred), "{deferred} state records for 120 beats");
+}
+
+#[test]
+fn the_windows_are_written_whole_now_and_then_and_as_tails_between_and_restore_exactly_from_both() {
+    let mut e = engine_writing_every(0);
+    let mut out = Vec::new();
+    let mut written: Vec<StateRecordOut> = Vec::new();
+    let (mut bases, mut tails, mut written_bytes, mut whole_bytes) = (0, 0, 0, 0);
+    let mut seq = [0i64; 2];
+    // Three hours of two instances beating every 20 s, their memory wandering; the second
+    // restarts (its seq goes back) after 100 minutes, which its next windows record must
+    // write whole.
+    for k in 0..540i64 {
+        let t = T0 + k * 20 * S;
+        for (i, seq) in seq.iter_mut().enumerate() {
+            *seq = if i == 1 && k == 300 { 1 } else { *seq + 1 };
+            let mut b = beat("a", &format!("i{i}"), *seq, t);
+            b.memory_used_bytes = Some(500_000_000 + ((k * 7_919 + i as i64 * 104_729) % 65_536) * 997);
+            e.on_beat(b, 2 * k + i as i64, 0, &mut out);
+        }
+        for r in e.take_state_records() {
+            if r.is_windows() {
+                let tail = WindowsRecord::decode(&r.header).unwrap().tail;
+                assert_eq!(r.key_suffix, if tail { WINDOWS_TAIL_KEY_SUFFIX } else { WINDOWS_KEY_SUFFIX });
+                (bases, tails) = if tail { (bases, tails + 1) } else { (bases + 1, tails) };
+                written_bytes += r.header.len();
+                whole_bytes += e.app("a").unwrap().records("a", 0)[0].header.len();
+            }
+            written.push(r);
+        }
+        if k % 17 == 16 {
+            // Restored from what was written so far, the state is the original's, windows
+            // and the point its tails start from included.
+            let back = restore_all(&written, STATE_VERSION);
+            assert_eq!(back.app("a"), e.app("a"), "restored after {k} beats");
+        }
+    }
+    assert_eq!(bases + tails, 1 + 179, "the new instances' windows, then a record per minute closed");
+    // The first minute, every 20 minutes after (when a tail would hold 20 points), and
+    // after the restart.
+    assert!((9..=12).contains(&bases), "{bases} bases");
+    assert!(written_bytes * 2 < whole_bytes, "{written_bytes} bytes written, {whole_bytes} as whole windows");
+}
+
+#[test]
+fn a_windows_record_of_version_8_restores_as_a_base_and_the_next_windows_are_written_whole() {
+    let mut e = engine_writing_every(0);
+    let mut out = Vec::new();
+    let seq = run_app(&mut e, "a", T0, T0 + 600 * S, 0, &mut out);
+    let [_, _, state] = e.app("a").unwrap().records("a", T0 + 600 * S);
+    let windows: Vec<(&str, &crate::trend::History)> =
+        e.app("a").unwrap().instances.iter().map(|(id, i)| (id.as_str(), &i.trend.window)).collect();
+    let v8 = postcard::to_extend(&("a", &windows), vec![8]).unwrap();
+    let read = WindowsRecord::decode(&v8).unwrap();
+    assert_eq!((read.base, read.tail), (None, false));
+    let mut restored = RestoredApps::default();
+    restored.add(StateRecord::decode(&state.value, Some(&state.header)).unwrap());
+    restored.add_windows(read);
+    let mut back = rebuilt(restored);
+    assert_eq!(window_lengths(&back, "a"), window_lengths(&e, "a"));
+    run_app(&mut back, "a", T0 + 605 * S, T0 + 665 * S, seq, &mut out);
+    let next: Vec<_> = back.take_state_records().into_iter().filter(StateRecordOut::is_windows).collect();
+    assert_eq!(next.len(), 1);
+    assert!(!WindowsRecord::decode(&next[0].header).unwrap().tail, "a base, not a tail of a base unnamed");
 }
