@@ -47,6 +47,9 @@ pub const WINDOWS_KEY_SUFFIX: &str = "\0windows";
 /// that holds each instance's points since the base, the windows record written last.
 pub const WINDOWS_TAIL_KEY_SUFFIX: &str = "\0windows-tail";
 
+/// The kinds of `app-state` record ([`StateRecordOut::kind`]).
+pub const STATE_KINDS: [&str; 5] = ["snapshot", "state", "windows", "windows_tail", "mark"];
+
 /// The header of a partition's mark (version 8 on): where the processor had read the
 /// partition to, and its watermark then. Its key is [`PARTITION_KEY`], its value empty.
 pub const PARTITION_HEADER: &str = "pulsewatch-partition";
@@ -265,6 +268,18 @@ impl StateRecordOut {
 
     pub fn is_partition(&self) -> bool {
         self.header_name == PARTITION_HEADER
+    }
+
+    /// What kind of record it is: `snapshot`, `state`, `windows` (a base), `windows_tail`
+    /// or `mark`.
+    pub fn kind(&self) -> &'static str {
+        match (self.header_name, self.key_suffix) {
+            (SNAPSHOT_HEADER, _) => "snapshot",
+            (WINDOWS_HEADER, WINDOWS_TAIL_KEY_SUFFIX) => "windows_tail",
+            (WINDOWS_HEADER, _) => "windows",
+            (PARTITION_HEADER, _) => "mark",
+            _ => "state",
+        }
     }
 
     /// The record's key: the app id and the record's [`StateRecordOut::key_suffix`].

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// Beats read again after a restore into states that did not hold them, and what such
     /// beats raised again and was dropped (nothing, unless a replay decided otherwise).
     pub replayed: IntCounterVec,
+    /// Bytes of the `app-state` records produced, by kind of record.
+    pub state_bytes_out: IntCounterVec,
     pub clamped_beats: IntGauge,
     // The sink.
     pub sink_batch_rows: Histogram,
@@ -183,6 +185,7 @@ struct Processor {
     restoring_partitions: IntGauge,
     restored_apps: IntCounterVec,
     replayed: IntCounterVec,
+    state_bytes_out: IntCounterVec,
     clamped_beats: IntGauge,
 }
 
@@ -214,6 +217,12 @@ impl Processor {
                 "replayed_total",
                 "After a restore: beats applied again to states that did not hold them (beats), and alerts or rollups they raised again, dropped (dropped_effects: none unless a replay decided otherwise)",
                 &["what"],
+            ),
+            state_bytes_out: counter(
+                r,
+                "state_bytes_out_total",
+                "Bytes of the app-state records produced (key, value and headers, before compression), by kind: snapshot, state, windows, windows_tail, mark",
+                &["kind"],
             ),
             clamped_beats: gauge(
                 r,
@@ -344,6 +353,7 @@ impl Metrics {
             restoring_partitions,
             restored_apps,
             replayed,
+            state_bytes_out,
             clamped_beats,
         } = Processor::register(&registry);
         let Sink { sink_batch_rows, sink_held_rows, sink_retries, sink_skipped, sink_rejected, db_pool } =
@@ -370,6 +380,7 @@ impl Metrics {
             restoring_partitions,
             restored_apps,
             replayed,
+            state_bytes_out,
             clamped_beats,
             sink_batch_rows,
             sink_held_rows,

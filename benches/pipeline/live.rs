@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pulsewatch::app_state::STATE_KINDS;
 use pulsewatch::config::Config;
 use pulsewatch::loadgen::manifest::Manifest;
 use pulsewatch::metrics::METRICS;
@@ -42,6 +43,8 @@ pub struct LiveFigures {
     state_records: u64,
     state_bytes_produced: u64,
     state_bytes: u64,
+    /// The bytes produced by kind of record, in the order of [`STATE_KINDS`].
+    by_kind: [u64; STATE_KINDS.len()],
     /// CPU seconds of this process from the first live beat until both stages caught up.
     cpu_secs: f64,
     /// The most each stage was behind, in seconds of beats.
@@ -66,17 +69,24 @@ struct Restart {
     state_records: u64,
 }
 
+/// Bytes per beat of each kind of `app-state` record: "snapshot 175, state 233, ...".
+fn by_kind(bytes: &[u64; STATE_KINDS.len()], beats: f64) -> String {
+    let each = STATE_KINDS.iter().zip(bytes).map(|(kind, &b)| format!("{kind} {:.0}", b as f64 / beats));
+    each.collect::<Vec<_>>().join(", ")
+}
+
 impl std::fmt::Display for LiveFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let beats = self.beats.max(1) as f64;
         write!(
             f,
-            "  {:>7} apps every {:>2} s after {} min of history: {} live beats; app-state {:.0} bytes/beat produced, {:.0} on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
+            "  {:>7} apps every {:>2} s after {} min of history: {} live beats; app-state {:.0} bytes/beat produced ({}), {:.0} on disk ({:.2} records/beat); CPU {:.1} µs/beat (processor + sink); most behind: processor {:.1} s, sink {:.1} s; alerts {:?}; rows: heartbeat_event {}, metric_rollup_1m {}, application {}",
             self.apps,
             self.interval.as_secs(),
             self.backfill,
             self.beats,
             self.state_bytes_produced as f64 / beats,
+            by_kind(&self.by_kind, beats),
             self.state_bytes as f64 / beats,
             self.state_records as f64 / beats,
             self.cpu_secs * 1e6 / beats,
@@ -155,6 +165,7 @@ struct Counters {
     state_records: u64,
     state_bytes_produced: u64,
     state_bytes: u64,
+    by_kind: [u64; STATE_KINDS.len()],
     /// CPU seconds of this process.
     cpu_secs: f64,
 }
@@ -168,6 +179,7 @@ impl Counters {
             state_records: METRICS.records_out.with_label_values(&["processor", &app_state]).get(),
             state_bytes_produced: METRICS.bytes_out.with_label_values(&["processor", &app_state]).get(),
             state_bytes: log_bytes(&kafka_data_dir(), &app_state),
+            by_kind: STATE_KINDS.map(|kind| METRICS.state_bytes_out.with_label_values(&[kind]).get()),
             cpu_secs: cpu_seconds(),
         }
     }
@@ -178,6 +190,7 @@ impl Counters {
             state_records: self.state_records - base.state_records,
             state_bytes_produced: self.state_bytes_produced - base.state_bytes_produced,
             state_bytes: self.state_bytes.saturating_sub(base.state_bytes),
+            by_kind: std::array::from_fn(|k| self.by_kind[k] - base.by_kind[k]),
             cpu_secs: self.cpu_secs - base.cpu_secs,
         }
     }
@@ -267,6 +280,7 @@ fn run(rt: &tokio::runtime::Runtime, apps: usize, interval: Duration, span: Dura
         state_bytes_produced: grown.state_bytes_produced,
         alerts: alerts_by_kind(&config, load_end_ms),
         state_bytes: grown.state_bytes,
+        by_kind: grown.by_kind,
         cpu_secs: grown.cpu_secs,
         processor_lag_s,
         sink_lag_s,

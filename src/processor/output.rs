@@ -5,7 +5,7 @@ use prometheus::IntCounter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use crate::app_state::StateRecordOut;
+use crate::app_state::{STATE_KINDS, StateRecordOut};
 use crate::dead_letter::DeadLetter;
 use crate::engine::Effect;
 use crate::kafka::{self, TrackedProducer};
@@ -21,6 +21,8 @@ pub struct Outputs {
     /// The app-state records and bytes produced, looked up once rather than per record.
     state_records: IntCounter,
     state_bytes: IntCounter,
+    /// The bytes by kind of record, in the order of [`STATE_KINDS`].
+    state_bytes_by_kind: [IntCounter; STATE_KINDS.len()],
 }
 
 impl Outputs {
@@ -29,6 +31,7 @@ impl Outputs {
         Outputs {
             state_records: METRICS.records_out.with_label_values(&labels),
             state_bytes: METRICS.bytes_out.with_label_values(&labels),
+            state_bytes_by_kind: STATE_KINDS.map(|kind| METRICS.state_bytes_out.with_label_values(&[kind])),
             topics,
             alert_schema_id,
         }
@@ -50,6 +53,8 @@ impl Outputs {
         self.state_records.inc();
         let bytes = key.len() + record.value.len() + record.header_name.len() + record.header.len();
         self.state_bytes.inc_by(bytes as u64);
+        let kind = STATE_KINDS.iter().position(|&k| k == record.kind()).expect("a kind of record listed");
+        self.state_bytes_by_kind[kind].inc_by(bytes as u64);
         Ok(())
     }
 

@@ -425,6 +425,7 @@ fn the_windows_are_written_whole_now_and_then_and_as_tails_between_and_restore_e
             if r.is_windows() {
                 let tail = WindowsRecord::decode(&r.header).unwrap().tail;
                 assert_eq!(r.key_suffix, if tail { WINDOWS_TAIL_KEY_SUFFIX } else { WINDOWS_KEY_SUFFIX });
+                assert_eq!(r.kind(), if tail { "windows_tail" } else { "windows" });
                 (bases, tails) = if tail { (bases, tails + 1) } else { (bases + 1, tails) };
                 written_bytes += r.header.len();
                 whole_bytes += e.app("a").unwrap().records("a", 0)[0].header.len();
