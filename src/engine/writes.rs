@@ -161,7 +161,7 @@ fn write_state(
     // The windows change once a minute, the rest at every beat: they are written apart, and
     // mostly as the points added since they were written whole.
     if windows_changed {
-        let max_tail = max_tail_points(&tracked.profile.trend);
+        let max_tail = max_tail_points(&tracked.profile.trend, app_id);
         records.push(app.windows_record(app_id, &mut tracked.windows_base, tracked.applied, max_tail));
     }
     let windows = app.take_windows();
@@ -171,9 +171,13 @@ fn write_state(
     tracked.unwritten = None;
 }
 
-/// Points a windows tail holds at most before the windows are written whole again: a tail
-/// is rewritten at every minute, so it costs its length again each time; and it must hold
-/// no point the window has dropped since the base.
-fn max_tail_points(c: &TrendConfig) -> usize {
-    (c.lookback_minutes as usize / 2).clamp(1, WINDOWS_TAIL_POINTS)
+/// Points a windows tail of `app_id` holds at most before the windows are written whole
+/// again: a tail is rewritten at every minute, so it costs its length again each time, and
+/// it must hold no point the window has dropped since the base (half `lookback_minutes` at
+/// most). From half to all of that, by the app id, so that a fleet that started together
+/// does not write every base in the same minute.
+fn max_tail_points(c: &TrendConfig, app_id: &str) -> usize {
+    let most = (c.lookback_minutes as usize / 2).clamp(1, WINDOWS_TAIL_POINTS);
+    let spread = crate::alert::fnv1a([app_id.as_bytes()]) % (most as u64 / 2 + 1);
+    most - spread as usize
 }

@@ -440,9 +440,9 @@ fn the_windows_are_written_whole_now_and_then_and_as_tails_between_and_restore_e
         }
     }
     assert_eq!(bases + tails, 1 + 179, "the new instances' windows, then a record per minute closed");
-    // The first minute, every 20 minutes after (when a tail would hold 20 points), and
-    // after the restart.
-    assert!((9..=12).contains(&bases), "{bases} bases");
+    // The first minute, every 10 to 20 minutes after (when a tail would hold that many
+    // points, by the app id), and after the restart.
+    assert!((9..=20).contains(&bases), "{bases} bases");
     assert!(written_bytes * 2 < whole_bytes, "{written_bytes} bytes written, {whole_bytes} as whole windows");
 }
 
