@@ -3,11 +3,12 @@
 //! instance (the incremental Mann–Kendall gate stops it) and for a leaking one (the full
 //! robust judgement of every resource, every minute). Prints the bytes an instance's trend
 //! state takes once its history is full (two hours of minute points, a day of quarter-hour
-//! ones), coded as the engine keeps them. Run: `cargo bench --bench trend`.
+//! ones), coded as the engine keeps them; and what a restore does with a full history: read
+//! its base, and add the points of a tail to it. Run: `cargo bench --bench trend`.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pulsewatch::heartbeat::Heartbeat;
-use pulsewatch::trend::{InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, assess};
+use pulsewatch::trend::{History, InstanceTrend, LeakChange, POINT_BYTES, TrendConfig, assess};
 
 /// The allocator the `pulsewatch` binary runs with (src/main.rs), so that these figures are
 /// the binary's.
@@ -64,6 +65,9 @@ fn bench(c: &mut Criterion) {
             h.coarse().len(),
             points * POINT_BYTES,
         );
+        if slope_per_min == 0.0 {
+            restore_cost(&mut g, &mut trend, &mut hb, &mut i, &config);
+        }
         g.bench_function(format!("one minute of beats, closed and judged: {name}"), |b| {
             b.iter(|| {
                 for _ in 0..12 {
@@ -82,6 +86,45 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assess(std::hint::black_box(&series), &[], &config))
     });
     g.finish();
+}
+
+/// Points in the tail a restore adds: about the mean a restore finds (a tail holds up to 9
+/// to 19, by the app id, and is read at any point of that).
+const TAIL_POINTS: i64 = 8;
+
+/// What a restore does with a full history written as a base, then a tail of
+/// [`TAIL_POINTS`] minutes closed since: reads the base, reads the tail and adds its points.
+fn restore_cost(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    trend: &mut InstanceTrend,
+    hb: &mut Heartbeat,
+    i: &mut i64,
+    config: &TrendConfig,
+) {
+    trend.based();
+    let base = postcard::to_stdvec(&trend.window).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..12 * TAIL_POINTS {
+        set_beat(hb, *i, 0.4 * GIB * jitter(*i));
+        trend.observe(hb, 500.0, config, &mut out);
+        *i += 1;
+    }
+    let tail = postcard::to_stdvec(&trend.tail().unwrap()).unwrap();
+    println!("restore: a base of {} B, a tail of {TAIL_POINTS} points of {} B", base.len(), tail.len());
+    g.bench_function("restore: read a full history's base", |b| {
+        b.iter(|| postcard::from_bytes::<History>(std::hint::black_box(&base)).unwrap())
+    });
+    let read: History = postcard::from_bytes(&base).unwrap();
+    g.bench_function(format!("restore: read a tail of {TAIL_POINTS} points and add it to the base"), |b| {
+        b.iter_batched(
+            || read.clone(),
+            |mut h| {
+                h.extend(&postcard::from_bytes::<History>(&tail).unwrap(), config);
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, bench);

@@ -86,19 +86,43 @@ impl History {
         self.fine.points().filter(|p| p.minute >= from).count()
     }
 
-    /// The minute points of minute `from` or later, as a history of their own: a tail.
+    /// The minute points of minute `from` or later, as a history of their own — a tail —
+    /// whose statistics are those of the whole minute window (see [`History::extend`]).
     pub fn since(&self, from: u32) -> History {
-        let points: Vec<Point> = self.fine.points().filter(|p| p.minute >= from).collect();
-        History { fine: Window::of_points(points.into_iter()), coarse: Window::default() }
+        History { fine: self.fine.since(from), coarse: Window::default() }
     }
 
-    /// Pushes the points of `tail` newer than the newest held, as each was pushed when its
-    /// minute closed: the history becomes what it was when the tail was taken.
+    /// Pushes the points of `tail` (taken by [`History::since`]) newer than the newest held,
+    /// as each was pushed when its minute closed: the history becomes what it was when the
+    /// tail was taken. The minute points are decoded and coded once, not at every push, and
+    /// when every point of the tail is new, the minute window's statistics are the tail's (a
+    /// restore adds a tail to every instance it reads).
     pub fn extend(&mut self, tail: &History, c: &TrendConfig) {
-        let newest = self.newest_minute();
-        for p in tail.fine.points().filter(|p| newest.is_none_or(|n| p.minute > n)) {
-            self.push(p, c);
+        let capacity = c.lookback_minutes as usize;
+        let mut all: Vec<Point> = self.fine.points().collect();
+        let held = all.len();
+        let newest = all.last().map(|p| p.minute);
+        all.extend(tail.fine.points().filter(|p| newest.is_none_or(|n| p.minute > n)));
+        let known = (all.len() - held == tail.fine.len()).then_some(&tail.fine);
+        if held > capacity || capacity < COARSE_MINUTES as usize {
+            // A window wider than the settings keep, or narrower than a quarter: push by push.
+            for &p in &all[held..] {
+                self.push(p, c);
+            }
+            return;
         }
+        for j in held.max(1)..all.len() {
+            let (last, p) = (all[j - 1], all[j]);
+            let bucket = last.minute / COARSE_MINUTES;
+            if bucket != p.minute / COARSE_MINUTES {
+                // As in `push`: the fine window then held the newest `capacity` points before p.
+                let then = all[j.saturating_sub(capacity)..j].iter().copied();
+                if let Some(q) = mean_of(then.filter(|q| q.minute / COARSE_MINUTES == bucket)) {
+                    self.coarse.push(q, coarse_capacity(c));
+                }
+            }
+        }
+        self.fine.extend_decoded(&all, held, capacity, known);
     }
 
     /// The Mann–Kendall z of a resource over the fine window: the cheap first look.
@@ -234,6 +258,40 @@ mod tests {
         assert!((y - (x - 1_000_005.0)).abs() < 1.0, "{x} {y}");
         assert_eq!(x, f64::from(1_000_005 + 285 - 15 + 7));
         assert!(h.coarse().points().all(|p| p.values[2].is_nan()), "a column never reported stays NaN");
+    }
+
+    #[test]
+    fn a_tail_extends_a_history_exactly_as_its_points_were_pushed() {
+        for lookback in [120, 30, 8] {
+            let c = TrendConfig { lookback_minutes: lookback, history_hours: 3, ..TrendConfig::default() };
+            let mut pushed = History::default();
+            let mut minute = 3_000_007u32;
+            for k in 0..400u32 {
+                // Gaps now and then, values that wander, a column that comes and goes.
+                minute += 1 + (k % 7 == 3) as u32 * (k % 5);
+                let mut p = point(minute, 100.0 + ((k * 37) % 23) as f32 + k as f32 * 0.1);
+                p.values[4] = if k % 11 < 4 { f32::NAN } else { (k % 13) as f32 };
+                let base = pushed.clone();
+                let mut taken = base.clone();
+                taken.push(p, &c);
+                // A tail holds fewer points than half the window (as the engine writes it).
+                for later in 0..(k % 25).min(lookback / 2 - 1) {
+                    let q = point(minute + 1 + later, 90.0 + ((later * 53) % 17) as f32);
+                    taken.push(q, &c);
+                }
+                let tail = taken.since(base.newest_minute().map_or(0, |m| m + 1));
+                let mut extended = base.clone();
+                extended.extend(&tail, &c);
+                assert_eq!(extended, taken, "lookback {lookback}, after {k} points");
+                // A tail that holds the newest point of the base too: its statistics are
+                // not the window's, which counts its pairs itself.
+                let overlapping = taken.since(base.newest_minute().unwrap_or(0));
+                let mut extended = base.clone();
+                extended.extend(&overlapping, &c);
+                assert_eq!(extended, taken, "lookback {lookback}, after {k} points, overlapping");
+                pushed.push(p, &c);
+            }
+        }
     }
 
     #[test]

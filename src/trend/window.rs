@@ -255,6 +255,69 @@ impl Window {
         }
     }
 
+    /// What [`Window::push`]ing each point of `all` after the first `held` would leave,
+    /// `all` being the window's points (the first `held`, decoded) and those to add: the
+    /// points decoded and coded once instead of at every push. The statistics are `known`
+    /// (those of the window that was pushed), or else gain each pair that ends at a point
+    /// added and lose each that starts at a point dropped (the oldest).
+    pub(super) fn extend_decoded(
+        &mut self,
+        all: &[Point],
+        held: usize,
+        capacity: usize,
+        known: Option<&Window>,
+    ) {
+        debug_assert!(held == self.len() && held <= capacity && capacity > 0);
+        let dropped = all.len().saturating_sub(capacity);
+        match known {
+            Some(w) => (self.s, self.valid) = (w.s, w.valid),
+            None => self.count_pairs(all, held, dropped),
+        }
+        let kept = &all[dropped..];
+        self.coded.clear();
+        self.coded.reserve(kept.len() * MAX_CODED_POINT / 2);
+        let mut coder = Coder::default();
+        for p in kept {
+            coder.encode(p, &mut self.coded);
+        }
+        self.len = kept.len() as u32;
+    }
+
+    /// The statistics of [`Window::extend_decoded`], pair by pair.
+    fn count_pairs(&mut self, all: &[Point], held: usize, dropped: usize) {
+        for (j, p) in all.iter().enumerate().skip(held) {
+            for q in &all[..j] {
+                add_signs(&mut self.s, q, p, 1);
+            }
+            self.count_valid(p, 1);
+        }
+        for (i, p) in all.iter().enumerate().take(dropped) {
+            for q in &all[i + 1..] {
+                add_signs(&mut self.s, p, q, -1);
+            }
+            self.count_valid(p, -1);
+        }
+    }
+
+    /// The window of the points of `self` from minute `from` on, with the statistics of the
+    /// whole of `self`: what a tail carries, so that the window it extends need not count
+    /// them again.
+    pub(super) fn since(&self, from: u32) -> Window {
+        let points: Vec<Point> = self.points().filter(|p| p.minute >= from).collect();
+        let mut tail = Window::of_points(points.into_iter());
+        (tail.s, tail.valid) = (self.s, self.valid);
+        tail
+    }
+
+    /// Counts `p`'s values as held (`by` 1) or no longer (-1).
+    fn count_valid(&mut self, p: &Point, by: i32) {
+        for (c, v) in p.values.iter().enumerate() {
+            if !v.is_nan() {
+                self.valid[c] = self.valid[c].wrapping_add_signed(by);
+            }
+        }
+    }
+
     /// Removes the oldest point and its part of the statistics, the next one coded anew as
     /// the first; then appends `next`, if given, in the same pass over the points.
     fn drop_oldest(&mut self, next: Option<&Point>) {
