@@ -309,7 +309,7 @@ struct StateBody7Out<'a, S> {
 
 /// An application's windows record as read back, a base or a tail. `W` is the engine's
 /// trend windows of one instance.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct WindowsRecord<W> {
     pub app_id: String,
     /// The base it is or extends, named by the offset of the newest beat the application's

@@ -295,6 +295,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_taken_under_other_settings_is_added_as_the_settings_now_keep_points() {
+        let old = TrendConfig { lookback_minutes: 30, history_hours: 2, ..TrendConfig::default() };
+        let now = TrendConfig { lookback_minutes: 60, ..old.clone() };
+        let p = |m: u32| point(1_000_000 + m, (m % 7) as f32 + m as f32 * 0.3);
+        let mut base = History::default();
+        (0..40).for_each(|m| base.push(p(m), &old));
+        let mut taken = base.clone();
+        (40..50).for_each(|m| taken.push(p(m), &old));
+        let tail = taken.since(base.newest_minute().unwrap() + 1);
+        // The window kept 30 points when the tail was taken; with 60 kept, none is dropped.
+        let mut expected = base.clone();
+        (40..50).for_each(|m| expected.push(p(m), &now));
+        let mut extended = base.clone();
+        extended.extend(&tail, &now);
+        assert_eq!(extended.len(), 40);
+        assert_eq!(extended, expected);
+    }
+
+    #[test]
     fn every_persisted_form_reads_back() {
         let c = TrendConfig::default();
         let mut h = History::default();

@@ -54,6 +54,17 @@ struct Coder {
     bits: [u32; COLUMNS],
 }
 
+/// How many points report each column.
+fn valid_of(points: &[Point]) -> [u32; COLUMNS] {
+    let mut valid = [0; COLUMNS];
+    for p in points {
+        for (n, v) in valid.iter_mut().zip(p.values) {
+            *n += u32::from(!v.is_nan());
+        }
+    }
+    valid
+}
+
 /// Adds `weight` times what the pair of an earlier point and a later one contributes to the
 /// statistics (1 when the later one comes, -1 when the earlier one goes).
 fn add_signs(s: &mut [i64; COLUMNS], earlier: &Point, later: &Point, weight: i64) {
@@ -257,9 +268,10 @@ impl Window {
 
     /// What [`Window::push`]ing each point of `all` after the first `held` would leave,
     /// `all` being the window's points (the first `held`, decoded) and those to add: the
-    /// points decoded and coded once instead of at every push. The statistics are `known`
-    /// (those of the window that was pushed), or else gain each pair that ends at a point
-    /// added and lose each that starts at a point dropped (the oldest).
+    /// points decoded and coded once instead of at every push. The statistics are those
+    /// `known` of the window that was pushed, if it held the same points (its counts of
+    /// values say so); or else gain each pair that ends at a point added and lose each that
+    /// starts at a point dropped (the oldest).
     pub(super) fn extend_decoded(
         &mut self,
         all: &[Point],
@@ -269,34 +281,39 @@ impl Window {
     ) {
         debug_assert!(held == self.len() && held <= capacity && capacity > 0);
         let dropped = all.len().saturating_sub(capacity);
-        match known {
-            Some(w) => (self.s, self.valid) = (w.s, w.valid),
+        let kept = &all[dropped..];
+        let valid = valid_of(kept);
+        match known.filter(|w| w.valid == valid) {
+            Some(w) => self.s = w.s,
             None => self.count_pairs(all, held, dropped),
         }
-        let kept = &all[dropped..];
-        self.coded.clear();
-        self.coded.reserve(kept.len() * MAX_CODED_POINT / 2);
-        let mut coder = Coder::default();
-        for p in kept {
-            coder.encode(p, &mut self.coded);
-        }
-        self.len = kept.len() as u32;
+        self.valid = valid;
+        self.recode(kept);
     }
 
-    /// The statistics of [`Window::extend_decoded`], pair by pair.
+    /// The Mann–Kendall S of [`Window::extend_decoded`], pair by pair.
     fn count_pairs(&mut self, all: &[Point], held: usize, dropped: usize) {
         for (j, p) in all.iter().enumerate().skip(held) {
             for q in &all[..j] {
                 add_signs(&mut self.s, q, p, 1);
             }
-            self.count_valid(p, 1);
         }
         for (i, p) in all.iter().enumerate().take(dropped) {
             for q in &all[i + 1..] {
                 add_signs(&mut self.s, p, q, -1);
             }
-            self.count_valid(p, -1);
         }
+    }
+
+    /// Codes `points` as the window's, in place of those it held.
+    fn recode(&mut self, points: &[Point]) {
+        self.coded.clear();
+        self.coded.reserve(points.len() * MAX_CODED_POINT / 2);
+        let mut coder = Coder::default();
+        for p in points {
+            coder.encode(p, &mut self.coded);
+        }
+        self.len = points.len() as u32;
     }
 
     /// The window of the points of `self` from minute `from` on, with the statistics of the
@@ -304,18 +321,9 @@ impl Window {
     /// them again.
     pub(super) fn since(&self, from: u32) -> Window {
         let points: Vec<Point> = self.points().filter(|p| p.minute >= from).collect();
-        let mut tail = Window::of_points(points.into_iter());
-        (tail.s, tail.valid) = (self.s, self.valid);
+        let mut tail = Window { s: self.s, valid: self.valid, ..Window::default() };
+        tail.recode(&points);
         tail
-    }
-
-    /// Counts `p`'s values as held (`by` 1) or no longer (-1).
-    fn count_valid(&mut self, p: &Point, by: i32) {
-        for (c, v) in p.values.iter().enumerate() {
-            if !v.is_nan() {
-                self.valid[c] = self.valid[c].wrapping_add_signed(by);
-            }
-        }
     }
 
     /// Removes the oldest point and its part of the statistics, the next one coded anew as
