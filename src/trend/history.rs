@@ -81,11 +81,6 @@ impl History {
         self.fine.points().last().map(|p| p.minute)
     }
 
-    /// Minute points of minute `from` or later.
-    pub fn count_since(&self, from: u32) -> usize {
-        self.fine.points().filter(|p| p.minute >= from).count()
-    }
-
     /// The minute points of minute `from` or later, as a history of their own — a tail —
     /// whose statistics are those of the whole minute window (see [`History::extend`]).
     pub fn since(&self, from: u32) -> History {

@@ -394,11 +394,6 @@ impl InstanceTrend {
         self.tail_from.map(|from| self.window.since(from))
     }
 
-    /// How many points closed since the base; none while no base holds the window.
-    pub fn tail_len(&self) -> Option<usize> {
-        self.tail_from.map(|from| self.window.count_since(from))
-    }
-
     /// A new process: the series start over and open leak alerts resolve.
     pub fn restart(&mut self, out: &mut Vec<LeakChange>) {
         self.window.clear();

@@ -106,13 +106,25 @@ fn restore_and_replay(
     back
 }
 
-#[test]
-fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
+/// The faults of the restore test: one kind an app, from minute 20 to 60.
+const RESTORE_FAULTS: [FaultKind; 9] = {
     use FaultKind::*;
+    [Crash, Leak, CpuHigh, Restart, ErrorBurst, Flapping, GcSawtooth, PoolSaturation, ConnectionLeak]
+};
+
+/// Where the restore test cuts: after `minute`, from records of `version`, anywhere or only
+/// after a commit that closed a minute.
+struct Cut {
+    minute: i64,
+    version: u32,
+    anywhere: bool,
+}
+
+/// What the original engine and the one restored at `cut` published after it, for 90
+/// minutes of the [`RESTORE_FAULTS`] fleet, committed every five beats.
+fn run_with_cut(cut: &Cut) -> (Engine, Vec<Effect>, Engine, Vec<Effect>) {
     let interval = 5_000;
-    let kinds =
-        [Crash, Leak, CpuHigh, Restart, ErrorBurst, Flapping, GcSawtooth, PoolSaturation, ConnectionLeak];
-    let faults: Vec<ActiveFault> = kinds
+    let faults: Vec<ActiveFault> = RESTORE_FAULTS
         .iter()
         .enumerate()
         .map(|(app, &kind)| ActiveFault {
@@ -124,79 +136,81 @@ fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
             to_ms: T0 + 60 * 60 * S,
         })
         .collect();
+    let mut original = match cut.version {
+        STATE_VERSION => engine(),
+        _ => engine_writing_every(0),
+    };
+    let mut restored: Option<Engine> = None;
+    let mut records: Vec<StateRecordOut> = Vec::new();
+    // Every beat read, for the replay after the cut.
+    let mut read: Vec<(i64, Heartbeat)> = Vec::new();
+    let (mut out_original, mut out_restored) = (Vec::new(), Vec::new());
+    let mut sims: Vec<InstanceSim> = (0..RESTORE_FAULTS.len())
+        .flat_map(|app| (0..2).map(move |i| (app, i)))
+        .map(|(app, i)| InstanceSim::new(9, app, i, format!("app-{app}"), interval))
+        .collect();
+    let (mut offset, mut batch_from) = (0, 0);
+    for round in 0..(90 * 12) {
+        for sim in sims.iter_mut() {
+            let t = T0 + round * interval + sim.phase_ms;
+            let active: Vec<&ActiveFault> =
+                faults.iter().filter(|f| f.covers(sim.app, sim.instance)).collect();
+            let Some(b) = sim.beat(t, interval as i32, &active) else { continue };
+            offset += 1;
+            match restored.as_mut() {
+                Some(r) => r.on_beat(b.clone(), offset, 0, &mut out_restored),
+                None => read.push((offset, b.clone())),
+            }
+            original.on_beat(b, offset, 0, &mut out_original);
+            // A commit every few beats, so that a commit may hold some apps of a round and
+            // not others: an app's minute then closes in a batch that has no beat of it.
+            if offset % 5 != 0 {
+                continue;
+            }
+            records.extend(original.take_state_records());
+            if let Some(r) = restored.as_mut() {
+                r.take_state_records();
+            } else if round >= cut.minute * 12
+                && (cut.anywhere || out_original[batch_from..].iter().any(|e| matches!(e, Effect::Rollup(_))))
+            {
+                // The cut, right after a commit: a new owner restores what was committed
+                // so far, and reads the partition from the committed offset, which the
+                // beats some states do not hold hold back.
+                let from = original.unwritten_from().unwrap_or(offset + 1);
+                let back = restore_and_replay(&records, cut.version, &read, from);
+                assert_eq!(back.stats.replay_effects, 0, "cut at {}", cut.minute);
+                if cut.anywhere {
+                    assert!(back.stats.replayed > 0, "cut at {}: some beats replayed", cut.minute);
+                }
+                restored = Some(back);
+                out_original.clear();
+            }
+            batch_from = out_original.len();
+        }
+    }
+    (original, out_original, restored.expect("the cut came"), out_restored)
+}
+
+#[test]
+fn an_engine_restored_from_its_state_records_goes_on_exactly_as_the_original() {
     // The second cut restores from records of version 2 (the state in JSON), which a
     // processor wrote at every change; the others restore states that leave beats unwritten
     // and replay those. The last two cut anywhere, the others after a minute closed.
-    for (cut_minute, version, anywhere) in [
+    for (minute, version, anywhere) in [
         (25, STATE_VERSION, false),
         (47, 2, false),
         (70, STATE_VERSION, false),
         (33, STATE_VERSION, true),
         (58, STATE_VERSION, true),
     ] {
-        let mut original = match version {
-            STATE_VERSION => engine(),
-            _ => engine_writing_every(0),
-        };
-        let mut restored: Option<Engine> = None;
-        let mut records: Vec<StateRecordOut> = Vec::new();
-        // Every beat read, for the replay after the cut.
-        let mut read: Vec<(i64, Heartbeat)> = Vec::new();
-        let (mut out_original, mut out_restored) = (Vec::new(), Vec::new());
-        let mut sims: Vec<InstanceSim> = (0..kinds.len())
-            .flat_map(|app| (0..2).map(move |i| (app, i)))
-            .map(|(app, i)| InstanceSim::new(9, app, i, format!("app-{app}"), interval))
-            .collect();
-        let mut offset = 0;
-        let mut batch_from = 0;
-        for round in 0..(90 * 12) {
-            for sim in sims.iter_mut() {
-                let t = T0 + round * interval + sim.phase_ms;
-                let active: Vec<&ActiveFault> =
-                    faults.iter().filter(|f| f.covers(sim.app, sim.instance)).collect();
-                if let Some(b) = sim.beat(t, interval as i32, &active) {
-                    offset += 1;
-                    if let Some(r) = restored.as_mut() {
-                        r.on_beat(b.clone(), offset, 0, &mut out_restored);
-                    } else {
-                        read.push((offset, b.clone()));
-                    }
-                    original.on_beat(b, offset, 0, &mut out_original);
-                    // A commit every few beats, so that a commit may hold some apps of a
-                    // round and not others: an app's minute then closes in a batch that
-                    // has no beat of it.
-                    if offset % 5 == 0 {
-                        records.extend(original.take_state_records());
-                        if let Some(r) = restored.as_mut() {
-                            r.take_state_records();
-                        } else if round >= cut_minute * 12
-                            && (anywhere
-                                || out_original[batch_from..].iter().any(|e| matches!(e, Effect::Rollup(_))))
-                        {
-                            // The cut, right after a commit: a new owner restores what was
-                            // committed so far, and reads the partition from the committed
-                            // offset, which the beats some states do not hold hold back.
-                            let from = original.unwritten_from().unwrap_or(offset + 1);
-                            let back = restore_and_replay(&records, version, &read, from);
-                            assert_eq!(back.stats.replay_effects, 0, "cut at {cut_minute}");
-                            if anywhere {
-                                assert!(back.stats.replayed > 0, "cut at {cut_minute}: some beats replayed");
-                            }
-                            restored = Some(back);
-                            out_original.clear();
-                        }
-                        batch_from = out_original.len();
-                    }
-                }
-            }
-        }
-        let restored = restored.unwrap();
+        let (original, out_original, restored, out_restored) =
+            run_with_cut(&Cut { minute, version, anywhere });
         assert_eq!(restored.app_count(), original.app_count());
         let (a, b) = (comparable(&out_original), comparable(&out_restored));
-        assert!(a.iter().any(|o| o.contains("Alert")), "cut at {cut_minute}: the rest has alerts to compare");
-        assert_eq!(a.len(), b.len(), "cut at {cut_minute}");
+        assert!(a.iter().any(|o| o.contains("Alert")), "cut at {minute}: the rest has alerts to compare");
+        assert_eq!(a.len(), b.len(), "cut at {minute}");
         for (x, y) in a.iter().zip(&b) {
-            assert_eq!(x, y, "cut at {cut_minute}");
+            assert_eq!(x, y, "cut at {minute}");
         }
     }
 }
